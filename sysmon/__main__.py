@@ -1,0 +1,3 @@
+from sysmon.cli import main
+
+main()

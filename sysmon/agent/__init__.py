@@ -1,0 +1,1 @@
+"""The collector: sampling, batching, the unacked buffer, the three client streams."""

@@ -1,0 +1,38 @@
+"""The collector's gRPC channel to the aggregator: TLS when asked for, the token in metadata."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from sysmon.core.settings import AgentSettings, is_loopback
+
+log = logging.getLogger(__name__)
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Our own loop reconnects with backoff and jitter; keep gRPC's from adding minutes of its own.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+]
+
+
+def open_channel(settings: AgentSettings) -> grpc.aio.Channel:
+    options = list(CHANNEL_OPTIONS)
+    if settings.tls or settings.tls_ca:
+        roots = settings.tls_ca.read_bytes() if settings.tls_ca else None
+        if settings.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", settings.tls_server_name))
+        return grpc.aio.secure_channel(settings.aggregator, grpc.ssl_channel_credentials(roots), options)
+    if settings.token and not is_loopback(settings.aggregator):
+        log.warning("sending the token to %s without TLS; set SYSMON_TLS_CA or SYSMON_TLS", settings.aggregator)
+    return grpc.aio.insecure_channel(settings.aggregator, options)
+
+
+def call_metadata(settings: AgentSettings) -> tuple[tuple[str, str], ...]:
+    if settings.token is None:
+        return ()
+    return (("authorization", f"Bearer {settings.token.get_secret_value()}"),)

@@ -1,0 +1,1 @@
+"""The aggregator: gRPC services, normalization, the writers, rollups and retention."""

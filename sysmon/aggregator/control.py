@@ -1,0 +1,234 @@
+"""ControlService: one bidirectional stream per collector session, and the hub that routes to it.
+
+Acknowledgements, retry requests and rejections produced anywhere in the aggregator, and
+commands arriving on the bus, reach a collector through its session's outbox. A collector
+without an open control stream loses nothing by missing an ack: it sends the batch again after
+its ack timeout and storage recognises the duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from sysmon.aggregator import telemetry
+from sysmon.aggregator.storage import CONNECTION_ERRORS, Storage
+from sysmon.core import bus as busmod
+from sysmon.core.metrics import InvalidInput, Limits, check_host_id, check_session_id
+from sysmon.pb.v1 import control_pb2, control_pb2_grpc, events_pb2
+
+log = logging.getLogger(__name__)
+
+BatchKey = tuple[str, str, int]
+OUTBOX = 10_000
+HEARTBEAT_MS = 10_000
+
+
+@dataclass
+class Peer:
+    host_id: str
+    session_id: str
+    hello: control_pb2.Hello
+    outbox: asyncio.Queue[control_pb2.AggregatorMessage] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=OUTBOX)
+    )
+    last_heartbeat: control_pb2.Heartbeat | None = None
+    dropped: int = 0
+
+    def send(self, msg: control_pb2.AggregatorMessage) -> None:
+        try:
+            self.outbox.put_nowait(msg)
+        except asyncio.QueueFull:
+            self.dropped += 1  # the collector's ack timeout recovers a lost ack
+
+
+class ControlHub:
+    """Implements the ingest AckSink and routes commands to collectors connected here."""
+
+    def __init__(self) -> None:
+        self.peers: dict[tuple[str, str], Peer] = {}
+        self.results: dict[str, control_pb2.CommandResult] = {}
+        self._result_waiters: dict[str, asyncio.Future[control_pb2.CommandResult]] = {}
+
+    def _grouped(self, keys: Sequence[BatchKey]) -> dict[tuple[str, str], list[int]]:
+        out: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for h, s, q in keys:
+            out[(h, s)].append(q)
+        return out
+
+    def ack(self, keys: Sequence[BatchKey]) -> None:
+        for sess, seqs in self._grouped(keys).items():
+            peer = self.peers.get(sess)
+            if peer is not None:
+                peer.send(control_pb2.AggregatorMessage(ack=control_pb2.Ack(seqs=seqs)))
+
+    def nack(self, keys: Sequence[BatchKey], retry_after_ms: int, reason: str) -> None:
+        for sess, seqs in self._grouped(keys).items():
+            peer = self.peers.get(sess)
+            if peer is not None:
+                peer.send(control_pb2.AggregatorMessage(
+                    nack=control_pb2.Nack(seqs=seqs, retry_after_ms=retry_after_ms, reason=reason)
+                ))
+
+    def reject(self, host_id: str, session_id: str, seq: int, code: grpc.StatusCode, message: str) -> None:
+        peer = self.peers.get((host_id, session_id))
+        if peer is not None:
+            peer.send(control_pb2.AggregatorMessage(
+                reject=control_pb2.Reject(seq=seq, code=code.value[0], message=message)
+            ))
+
+    def command(self, host_id: str, cmd: control_pb2.Command) -> bool:
+        """Deliver to every session of the host connected here; False when none is."""
+        delivered = False
+        for (h, _), peer in list(self.peers.items()):
+            if h == host_id:
+                peer.send(control_pb2.AggregatorMessage(command=cmd))
+                delivered = True
+        return delivered
+
+    async def wait_result(self, command_id: str) -> control_pb2.CommandResult:
+        """The collector's answer to a command; the caller bounds the wait."""
+        if command_id in self.results:
+            return self.results[command_id]
+        fut = self._result_waiters.setdefault(command_id, asyncio.get_running_loop().create_future())
+        return await fut
+
+    def _result(self, res: control_pb2.CommandResult) -> None:
+        self.results[res.command_id] = res
+        if len(self.results) > 1000:
+            self.results.pop(next(iter(self.results)))
+        fut = self._result_waiters.pop(res.command_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(res)
+
+
+def new_command(**action) -> control_pb2.Command:
+    return control_pb2.Command(command_id=uuid.uuid4().hex, **action)
+
+
+class ControlServicer(control_pb2_grpc.ControlServiceServicer):
+    def __init__(self, hub: ControlHub, storage: Storage, bus: busmod.Bus | None, limits: Limits,
+                 aggregator_id: str, on_session_end: Callable[[str, str], None] | None = None):
+        self.hub = hub
+        self.storage = storage
+        self.bus = bus
+        self.limits = limits
+        self.aggregator_id = aggregator_id
+        self.on_session_end = on_session_end
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[control_pb2.AgentMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.AggregatorMessage]:
+        try:
+            first = await anext(request_iterator)
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("body") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on Connect must be a Hello")
+        hello = first.hello
+        try:
+            check_host_id(hello.host_id, self.limits)
+            check_session_id(hello.session_id, self.limits)
+            for k, v in hello.labels.items():
+                if not k or len(k) > 63 or len(v) > 63:
+                    raise InvalidInput("labels", f"label {k[:70]!r}: keys 1-63 and values 0-63 characters")
+        except InvalidInput as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hello: {e}")
+        peer = Peer(hello.host_id, hello.session_id, hello)
+        key = (hello.host_id, hello.session_id)
+        previous = self.hub.peers.get(key)
+        self.hub.peers[key] = peer
+        telemetry.COLLECTORS.set(len(self.hub.peers))
+        log.info("collector %s connected (session %s, labels %s)", hello.host_id, hello.session_id,
+                 dict(hello.labels))
+        if previous is not None:
+            log.info("collector %s reconnected; the older control stream is replaced", hello.host_id)
+        reader = asyncio.create_task(self._read(request_iterator, peer))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._register(hello), timeout=5)
+        await self._publish_host(hello, events_pb2.HOST_STATE_UP)
+        try:
+            yield control_pb2.AggregatorMessage(welcome=control_pb2.Welcome(
+                aggregator_id=self.aggregator_id, heartbeat_interval_ms=HEARTBEAT_MS))
+            while True:
+                get = asyncio.create_task(peer.outbox.get())
+                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    break
+                yield get.result()
+        finally:
+            reader.cancel()
+            if self.hub.peers.get(key) is peer:
+                del self.hub.peers[key]
+                telemetry.COLLECTORS.set(len(self.hub.peers))
+                await self._publish_host(hello, events_pb2.HOST_STATE_DOWN)
+                if self.on_session_end is not None:
+                    self.on_session_end(*key)
+            log.info("collector %s disconnected", hello.host_id)
+
+    async def _read(self, it: AsyncIterator[control_pb2.AgentMessage], peer: Peer) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            async for msg in it:
+                kind = msg.WhichOneof("body")
+                if kind == "heartbeat":
+                    peer.last_heartbeat = msg.heartbeat
+                elif kind == "command_result":
+                    self.hub._result(msg.command_result)
+
+    async def _register(self, hello: control_pb2.Hello) -> None:
+        """Record the host (labels, facts) in PostgreSQL when it is there."""
+        if not self.storage.ready.is_set() or self.storage.pool is None:
+            return
+        try:
+            await self.storage.pool.execute(
+                """
+                INSERT INTO hosts (host_id, hostname, labels, agent_version, os, cpu_count, memory_total_bytes,
+                                   boot_time, interval_ms, last_seen)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8 / 1000.0), $9, now())
+                ON CONFLICT (host_id) DO UPDATE SET
+                    hostname = EXCLUDED.hostname, labels = EXCLUDED.labels,
+                    agent_version = EXCLUDED.agent_version, os = EXCLUDED.os, cpu_count = EXCLUDED.cpu_count,
+                    memory_total_bytes = EXCLUDED.memory_total_bytes, boot_time = EXCLUDED.boot_time,
+                    interval_ms = EXCLUDED.interval_ms, last_seen = now()
+                """,
+                hello.host_id, hello.hostname, dict(hello.labels), hello.agent_version, hello.os,
+                hello.cpu_count or None, hello.memory_total_bytes or None, hello.boot_time_unix_ms or None,
+                hello.interval_ms or None,
+            )
+        except CONNECTION_ERRORS as e:
+            log.warning("host %s not recorded: %s", hello.host_id, e)
+
+    async def _publish_host(self, hello: control_pb2.Hello, state: int) -> None:
+        if self.bus is None:
+            return
+        ev = events_pb2.HostEvent(host_id=hello.host_id, state=state, time_unix_ms=time.time_ns() // 1_000_000,
+                                  labels=dict(hello.labels))
+        try:
+            await self.bus.publish(busmod.HOSTS, ev.SerializeToString())
+        except Exception as e:
+            log.debug("host event not published: %s", e)
+
+
+async def route_commands(hub: ControlHub, bus: busmod.Bus, stop: asyncio.Event) -> None:
+    """Deliver commands published on the bus to collectors connected to this aggregator."""
+    while not stop.is_set():
+        try:
+            async for msg in bus.subscribe(busmod.COMMANDS):
+                ev = events_pb2.CommandEvent.FromString(msg.payload)
+                if hub.command(ev.host_id, ev.command):
+                    log.info("command %s routed to %s", ev.command.command_id, ev.host_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.debug("command routing paused: %s", e)
+            await asyncio.sleep(1.0)
+

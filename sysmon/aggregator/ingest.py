@@ -1,0 +1,197 @@
+"""From a validated batch to the hot tier, the bus and PostgreSQL, and the ack back.
+
+Two paths per batch. The live path writes the hot tier and publishes on the bus at once, so
+dashboards and alerts see a sample within milliseconds of its arrival. The durable path
+queues the batch for a writer shard (one per PostgreSQL connection; a session always goes to
+the same shard so its batches commit in order), which commits whatever has queued up as one
+group and then acknowledges each batch to its collector. The queue is bounded in samples:
+when PostgreSQL falls behind, Push streams stop being read and collectors buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Protocol
+
+import asyncpg
+import redis.exceptions
+
+from sysmon.aggregator import telemetry
+from sysmon.aggregator.storage import CONNECTION_ERRORS, Storage
+from sysmon.core import bus as busmod
+from sysmon.core.batch import NormalizedBatch, to_event
+from sysmon.core.hot import HotTier
+
+log = logging.getLogger(__name__)
+
+BatchKey = tuple[str, str, int]
+LIVE_QUEUE = 20_000
+
+
+class AckSink(Protocol):
+    def ack(self, keys: Sequence[BatchKey]) -> None: ...
+
+    def nack(self, keys: Sequence[BatchKey], retry_after_ms: int, reason: str) -> None: ...
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Ingest:
+    def __init__(
+        self,
+        storage: Storage,
+        hot: HotTier | None,
+        bus: busmod.Bus | None,
+        acks: AckSink,
+        *,
+        writers: int = 2,
+        queue_samples: int = 1_000_000,
+        commit_max_samples: int = 50_000,
+    ):
+        self.storage = storage
+        self.hot = hot
+        self.bus = bus
+        self.acks = acks
+        self.queue_samples = queue_samples
+        self.commit_max_samples = commit_max_samples
+        self._shards: list[asyncio.Queue[NormalizedBatch]] = [asyncio.Queue() for _ in range(writers)]
+        self._live: asyncio.Queue[NormalizedBatch] = asyncio.Queue(maxsize=LIVE_QUEUE)
+        self._queued = 0
+        self._space = asyncio.Condition()
+        self._published: dict[tuple[str, str], int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_live_error = 0.0
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run_shard(q), name=f"writer-{i}") for i, q in
+                       enumerate(self._shards)]
+        self._tasks.append(asyncio.create_task(self._run_live(), name="live"))
+
+    async def stop(self, drain_s: float = 10.0) -> None:
+        """Commit what is queued (for at most `drain_s`), then stop."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_s):
+                for q in (*self._shards, self._live):
+                    await q.join()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def queued_samples(self) -> int:
+        return self._queued
+
+    async def submit(self, batch: NormalizedBatch) -> None:
+        """Hand a batch over; returns once it is queued (waits while the queue is full)."""
+        sess = (batch.host_id, batch.session_id)
+        # A batch sent again after a nack was published the first time round.
+        if batch.seq > self._published.get(sess, 0):
+            self._published[sess] = batch.seq
+            try:
+                self._live.put_nowait(batch)
+            except asyncio.QueueFull:
+                telemetry.HOT_SKIPPED.inc()
+        if not self.storage.ready.is_set():
+            self._nack([batch.key], "PostgreSQL is unavailable")
+            return
+        n = batch.sample_count
+        async with self._space:
+            await self._space.wait_for(lambda: self._queued == 0 or self._queued + n <= self.queue_samples)
+            self._queued += n
+        telemetry.QUEUED.set(self._queued)
+        shard = zlib.crc32(f"{batch.host_id}\x00{batch.session_id}".encode()) % len(self._shards)
+        self._shards[shard].put_nowait(batch)
+
+    def forget_session(self, host_id: str, session_id: str) -> None:
+        self._published.pop((host_id, session_id), None)
+
+    def _nack(self, keys: Sequence[BatchKey], reason: str) -> None:
+        telemetry.NACKS.inc(len(keys))
+        self.acks.nack(keys, int(self.storage.retry_after() * 1000), reason)
+
+    async def _release(self, n: int) -> None:
+        async with self._space:
+            self._queued -= n
+            self._space.notify_all()
+        telemetry.QUEUED.set(self._queued)
+
+    async def _run_shard(self, q: asyncio.Queue[NormalizedBatch]) -> None:
+        while True:
+            group = [await q.get()]
+            n = group[0].sample_count
+            # Whatever queued while the last commit ran goes into this one.
+            while n < self.commit_max_samples and not q.empty():
+                b = q.get_nowait()
+                group.append(b)
+                n += b.sample_count
+            try:
+                await self._commit(group)
+            finally:
+                await self._release(n)
+                for _ in group:
+                    q.task_done()
+
+    async def _commit(self, group: list[NormalizedBatch]) -> None:
+        keys = [b.key for b in group]
+        if not self.storage.ready.is_set() or self.storage.writer is None:
+            self._nack(keys, "PostgreSQL is unavailable")
+            return
+        for attempt in range(2):
+            t0 = time.perf_counter()
+            try:
+                result = await self.storage.writer.store(group)
+            except asyncpg.CheckViolationError as e:
+                # A sample with no partition to go to: make the partitions and try once more.
+                if attempt == 0 and self.storage.pool is not None:
+                    log.warning("creating missing partitions: %s", e)
+                    async with self.storage.pool.acquire() as conn:
+                        await self.storage.ensure_partitions(conn)
+                    continue
+                log.error("commit failed: %s", e)
+                telemetry.COMMIT_FAILURES.inc()
+                self._nack(keys, f"storage rejected the batch: {e}")
+                return
+            except CONNECTION_ERRORS as e:
+                telemetry.COMMIT_FAILURES.inc()
+                self.storage.mark_down(e)
+                self._nack(keys, "PostgreSQL is unavailable")
+                return
+            except asyncpg.PostgresError as e:
+                # Deadlocks, serialization failures, a server restarting: all worth one more try later.
+                log.warning("commit failed, batches will be sent again: %s", e)
+                telemetry.COMMIT_FAILURES.inc()
+                self._nack(keys, f"commit failed: {e.__class__.__name__}")
+                return
+            telemetry.COMMITS.observe(time.perf_counter() - t0)
+            telemetry.SAMPLES_STORED.inc(result.samples)
+            telemetry.DUPLICATES.inc(len(result.duplicates))
+            self.acks.ack(result.stored + result.duplicates)
+            return
+
+    async def _run_live(self) -> None:
+        while True:
+            batch = [await self._live.get()]
+            while len(batch) < 500 and not self._live.empty():
+                batch.append(self._live.get_nowait())
+            stamp = now_ms()
+            try:
+                if self.hot is not None:
+                    await self.hot.write(batch, stamp)
+                if self.bus is not None:
+                    await self.bus.publish_many(busmod.SAMPLES,
+                                                [to_event(b, stamp).SerializeToString() for b in batch])
+            except (redis.exceptions.RedisError, OSError) as e:
+                telemetry.HOT_FAILURES.inc()
+                if time.monotonic() - self._last_live_error > 10:
+                    self._last_live_error = time.monotonic()
+                    log.warning("hot tier / bus unavailable, PostgreSQL still stores everything: %s", e)
+            finally:
+                for _ in batch:
+                    self._live.task_done()

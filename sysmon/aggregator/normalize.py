@@ -1,0 +1,173 @@
+"""Decoding one Push stream: stream refs -> global series, every limit checked at the edge.
+
+Pure: a StreamDecoder holds the stream's symbol table and turns each MetricBatch into a
+NormalizedBatch or a BatchError that says which limit was broken and whether the stream can
+go on (a bad batch is rejected alone; a stream that changes host cannot continue).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+
+from sysmon.core.batch import NormalizedBatch
+from sysmon.core.metrics import (
+    GAUGE,
+    KINDS,
+    InvalidInput,
+    Limits,
+    Series,
+    check_host_id,
+    check_series,
+    check_session_id,
+    first_non_finite,
+    format_series,
+    series_id,
+)
+from sysmon.pb.v1 import metrics_pb2
+
+
+class BatchError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str, *, fatal: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+
+
+def _invalid(seq: int, message: str) -> BatchError:
+    return BatchError(grpc.StatusCode.INVALID_ARGUMENT, f"batch seq={seq}: {message}")
+
+
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{ms} ms"
+
+
+@dataclass
+class StreamDecoder:
+    limits: Limits
+    host_id: str | None = None
+    session_id: str | None = None
+    refs: dict[int, Series] = field(default_factory=dict)
+    _defs: dict[int, tuple[str, tuple[tuple[str, str], ...], str, int]] = field(default_factory=dict)
+
+    def decode(self, msg: metrics_pb2.MetricBatch, now_ms: int) -> NormalizedBatch:
+        self._check_identity(msg)
+        seq = msg.seq
+        if seq == 0:
+            raise _invalid(seq, "seq must be at least 1")
+        declare_error = self._declare(msg)
+        if declare_error is not None:
+            raise declare_error
+        frames = msg.frames
+        lim = self.limits
+        if len(frames) > lim.max_frames_per_batch:
+            raise BatchError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"batch seq={seq}: {len(frames)} frames exceed the limit of {lim.max_frames_per_batch}")
+        total = sum(len(f.refs) for f in frames)
+        if total > lim.max_samples_per_batch:
+            raise BatchError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"batch seq={seq}: {total} samples exceed the limit of {lim.max_samples_per_batch}")
+        lo = now_ms - int(lim.max_past.total_seconds() * 1000)
+        hi = now_ms + int(lim.max_future.total_seconds() * 1000)
+        known = self.refs.keys()
+        times: list[int] = []
+        frame_ids: list[list[int]] = []
+        frame_values: list[list[float]] = []
+        used: dict[int, Series] = {}
+        for i, f in enumerate(frames):
+            t = f.time_unix_ms
+            if not lo <= t <= hi:
+                raise BatchError(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"batch seq={seq}: frame {i} time {_iso(t)} is outside the accepted window "
+                    f"[{_iso(lo)}, {_iso(hi)}] (at most {lim.max_past} old, {lim.max_future} ahead)",
+                )
+            refs = list(f.refs)
+            values = list(f.values)
+            if len(refs) != len(values):
+                raise _invalid(seq, f"frame {i} has {len(refs)} refs but {len(values)} values")
+            ref_set = set(refs)
+            if len(ref_set) != len(refs):
+                raise _invalid(seq, f"frame {i} repeats a series ref")
+            unknown = ref_set - known
+            if unknown:
+                raise _invalid(seq, f"frame {i} uses ref {min(unknown)}, which this stream never declared")
+            bad = first_non_finite(values)
+            if bad is not None:
+                s = self.refs[refs[bad]]
+                raise _invalid(seq, f"frame {i}: {format_series(s.name, s.attributes)} value {values[bad]} "
+                                    "is not a finite number")
+            series = [self.refs[r] for r in refs]
+            for s in series:
+                used[s.id] = s
+            times.append(t)
+            frame_ids.append([s.id for s in series])
+            frame_values.append(values)
+        return NormalizedBatch(msg.host_id, msg.session_id, seq, list(used.values()), times, frame_ids,
+                               frame_values)
+
+    def _check_identity(self, msg: metrics_pb2.MetricBatch) -> None:
+        if self.host_id is None:
+            try:
+                check_host_id(msg.host_id, self.limits)
+                check_session_id(msg.session_id, self.limits)
+            except InvalidInput as e:
+                raise BatchError(grpc.StatusCode.INVALID_ARGUMENT, str(e), fatal=True) from e
+            self.host_id, self.session_id = msg.host_id, msg.session_id
+        elif (msg.host_id, msg.session_id) != (self.host_id, self.session_id):
+            raise BatchError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a Push stream carries one host and session: got {msg.host_id}/{msg.session_id} "
+                f"after {self.host_id}/{self.session_id}",
+                fatal=True,
+            )
+
+    def _declare(self, msg: metrics_pb2.MetricBatch) -> BatchError | None:
+        """Add this batch's valid declarations; the first invalid one rejects the batch.
+
+        Valid declarations stay even when the batch is rejected: the collector counts them as
+        declared on this stream and will not declare them again.
+        """
+        seq = msg.seq
+        lim = self.limits
+        if len(msg.series) > lim.max_series_per_batch:
+            return BatchError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"batch seq={seq}: declares {len(msg.series)} series, more than "
+                              f"{lim.max_series_per_batch}")
+        error: BatchError | None = None
+        assert self.host_id is not None
+        for d in msg.series:
+            attrs = dict(d.attributes)
+            try:
+                if d.ref == 0:
+                    raise InvalidInput("series.ref", f"{d.name}: ref 0 is reserved")
+                check_series(d.name, attrs, d.unit, lim)
+                if d.kind not in KINDS:
+                    raise InvalidInput("series.kind", f"{d.name}: unknown kind {d.kind}")
+            except InvalidInput as e:
+                error = error or _invalid(seq, str(e))
+                continue
+            key = (d.name, tuple(sorted(attrs.items())), d.unit, d.kind or GAUGE)
+            prev = self._defs.get(d.ref)
+            if prev is not None:
+                if prev != key:
+                    error = error or _invalid(seq, f"ref {d.ref} is already {format_series(prev[0], dict(prev[1]))} "
+                                                   f"on this stream; it cannot become {format_series(d.name, attrs)}")
+                continue
+            if len(self.refs) >= lim.max_series_per_stream:
+                error = error or BatchError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"batch seq={seq}: more than {lim.max_series_per_stream} series on one stream",
+                )
+                continue
+            self._defs[d.ref] = key
+            self.refs[d.ref] = Series(series_id(self.host_id, d.name, attrs), self.host_id, d.name, attrs,
+                                      d.unit, d.kind or GAUGE)
+        return error

@@ -1,0 +1,154 @@
+"""The aggregator process: gRPC services, health, storage, background jobs; start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from sysmon.aggregator import maintenance
+from sysmon.aggregator.auth import TokenInterceptor, server_credentials
+from sysmon.aggregator.config import ConfigServicer, ConfigStore
+from sysmon.aggregator.control import ControlHub, ControlServicer, route_commands
+from sysmon.aggregator.ingest import Ingest
+from sysmon.aggregator.push import MetricsServicer
+from sysmon.aggregator.storage import Storage
+from sysmon.core.bus import RedisBus
+from sysmon.core.hot import HotTier
+from sysmon.core.settings import AggregatorSettings, is_loopback
+from sysmon.core.telemetry import MetricsEndpoint, serve_metrics
+from sysmon.pb.v1 import (
+    config_pb2,
+    config_pb2_grpc,
+    control_pb2,
+    control_pb2_grpc,
+    metrics_pb2,
+    metrics_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICES = (
+    metrics_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
+    control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name,
+    config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
+)
+
+
+class ConfigurationError(Exception):
+    pass
+
+
+class Aggregator:
+    def __init__(self, settings: AggregatorSettings, *, postgres_url: str, redis_url: str | None):
+        token = settings.token.get_secret_value() if settings.token else None
+        if not token and not is_loopback(settings.listen) and not settings.insecure_no_auth:
+            raise ConfigurationError(
+                f"refusing to listen on {settings.listen} without a token: set SYSMON_TOKEN "
+                "(or --insecure-no-auth for a trusted network)"
+            )
+        self.settings = settings
+        self.token = token
+        self.limits = settings.limits()
+        self.storage = Storage(postgres_url, settings)
+        self.redis = aioredis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5) if redis_url else None
+        self.hot = HotTier(self.redis, int(settings.hot_window.total_seconds() * 1000)) if self.redis else None
+        self.bus = RedisBus(self.redis) if self.redis else None
+        self.hub = ControlHub()
+        self.ingest = Ingest(
+            self.storage, self.hot, self.bus, self.hub,
+            writers=settings.writers,
+            queue_samples=settings.writer_queue_samples,
+            commit_max_samples=settings.commit_max_samples,
+        )
+        self.config = ConfigStore(self.storage, self.bus)
+        self.health = health.aio.HealthServicer()
+        self.port: int | None = None
+        self.metrics: MetricsEndpoint | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        interceptors = [TokenInterceptor(self.token)] if self.token else []
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+                # Find dead collectors (and let live ones keep idle connections through proxies).
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+        )
+        metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(self.ingest, self.hub, self.limits),
+                                                              server)
+        control_pb2_grpc.add_ControlServiceServicer_to_server(
+            ControlServicer(self.hub, self.storage, self.bus, self.limits, s.aggregator_id,
+                            on_session_end=self.ingest.forget_session),
+            server,
+        )
+        config_pb2_grpc.add_ConfigServiceServicer_to_server(ConfigServicer(self.config), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if s.tls_cert and s.tls_key:
+            self.port = server.add_secure_port(s.listen, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
+        else:
+            self.port = server.add_insecure_port(s.listen)
+        if not self.port:
+            raise ConfigurationError(f"cannot listen on {s.listen}")
+        await server.start()
+        self._server = server
+        for name in ("", *SERVICES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.ingest.start()
+        self._spawn(self.storage.run(self._stop), "storage")
+        self._spawn(maintenance.run(self.storage, s, self._stop), "maintenance")
+        self._spawn(self.config.follow(self._stop), "config")
+        if self.bus is not None:
+            self._spawn(route_commands(self.hub, self.bus, self._stop), "commands")
+        self.metrics = serve_metrics(s.metrics_listen)
+        log.info("aggregator listening on %s (TLS %s, auth %s)", self.address,
+                 "on" if s.tls_cert else "off", "token" if self.token else "off")
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("aggregator task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        self._stop.set()
+        await self._server.stop(grace)
+        await self.ingest.stop()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.storage.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+        self._server = None
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

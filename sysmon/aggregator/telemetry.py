@@ -1,0 +1,26 @@
+"""The aggregator's own metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+BATCHES = Counter("sysmon_aggregator_batches_total", "Batches received on Push streams", ["outcome"])
+REJECTIONS = Counter("sysmon_aggregator_rejections_total", "Batches rejected at the edge", ["code"])
+SAMPLES_STORED = Counter("sysmon_aggregator_samples_stored_total", "Samples committed to PostgreSQL")
+DUPLICATES = Counter("sysmon_aggregator_duplicate_batches_total", "Replayed batches already stored")
+COMMITS = Histogram(
+    "sysmon_aggregator_commit_seconds", "Duration of one group commit",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+COMMIT_FAILURES = Counter("sysmon_aggregator_commit_failures_total", "Group commits that failed")
+NACKS = Counter("sysmon_aggregator_nacked_batches_total", "Batches handed back for retry")
+QUEUED = Gauge("sysmon_aggregator_queued_samples", "Samples waiting for PostgreSQL")
+HOT_FAILURES = Counter("sysmon_aggregator_hot_failures_total", "Hot tier or bus writes that failed")
+HOT_SKIPPED = Counter(
+    "sysmon_aggregator_hot_skipped_batches_total", "Batches not sent to the hot tier because it fell behind"
+)
+COLLECTORS = Gauge("sysmon_aggregator_connected_collectors", "Collectors with an open control stream")
+STORAGE_UP = Gauge("sysmon_aggregator_storage_up", "1 while PostgreSQL accepts writes")
+ROLLUP_RUNS = Counter("sysmon_aggregator_rollup_runs_total", "Rollup job runs", ["outcome"])
+PARTITIONS_DROPPED = Counter("sysmon_aggregator_partitions_dropped_total", "Partitions dropped by retention")
+CONFIG_VERSION = Gauge("sysmon_aggregator_config_version", "Configuration version served to watchers")

@@ -1,0 +1,74 @@
+"""A batch after normalization: global series ids instead of stream refs, checked values.
+
+The aggregator produces it; the storage writer, the hot tier and the bus consume it. Its bus
+form is sysmon.v1.SamplesEvent, encoded and decoded here so that every consumer agrees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from sysmon.core.metrics import Series
+from sysmon.pb.v1 import events_pb2
+
+
+@dataclass(slots=True)
+class NormalizedBatch:
+    host_id: str
+    session_id: str
+    seq: int
+    # Every series any frame of this batch refers to.
+    series: list[Series]
+    times_ms: list[int] = field(default_factory=list)
+    frame_ids: list[list[int]] = field(default_factory=list)
+    frame_values: list[list[float]] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.host_id, self.session_id, self.seq)
+
+    @property
+    def sample_count(self) -> int:
+        return sum(len(v) for v in self.frame_values)
+
+    @property
+    def min_ts(self) -> int:
+        return min(self.times_ms)
+
+    @property
+    def max_ts(self) -> int:
+        return max(self.times_ms)
+
+    def samples(self) -> Iterator[tuple[int, int, float]]:
+        """(series_id, time_ms, value) for every sample; for tests and small consumers."""
+        for t, ids, values in zip(self.times_ms, self.frame_ids, self.frame_values, strict=True):
+            for sid, v in zip(ids, values, strict=True):
+                yield sid, t, v
+
+
+def to_event(batch: NormalizedBatch, stored_unix_ms: int) -> events_pb2.SamplesEvent:
+    ev = events_pb2.SamplesEvent(
+        host_id=batch.host_id, session_id=batch.session_id, seq=batch.seq, stored_unix_ms=stored_unix_ms
+    )
+    for s in batch.series:
+        ev.series.add(id=s.id, name=s.name, attributes=s.attributes, unit=s.unit, kind=s.kind)
+    for t, ids, values in zip(batch.times_ms, batch.frame_ids, batch.frame_values, strict=True):
+        ev.frames.add(time_unix_ms=t, series_ids=ids, values=values)
+    return ev
+
+
+def from_event(ev: events_pb2.SamplesEvent) -> NormalizedBatch:
+    return NormalizedBatch(
+        host_id=ev.host_id,
+        session_id=ev.session_id,
+        seq=ev.seq,
+        series=[
+            Series(id=s.id, host_id=ev.host_id, name=s.name, attributes=dict(s.attributes), unit=s.unit,
+                   kind=s.kind)
+            for s in ev.series
+        ],
+        times_ms=[f.time_unix_ms for f in ev.frames],
+        frame_ids=[list(f.series_ids) for f in ev.frames],
+        frame_values=[list(f.values) for f in ev.frames],
+    )

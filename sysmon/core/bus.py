@@ -1,0 +1,138 @@
+"""The event bus: publish to a topic; subscribe live (fan-out) or durably (consumer group).
+
+One small interface so that Kafka can replace Redis without touching the services. The Redis
+implementation keeps each topic in a Redis Stream, capped in length: a live subscriber reads
+new entries from the end (fire-and-forget fan-out), a group subscriber reads through a
+consumer group, gets its own unacknowledged entries again after a restart, and acknowledges
+what it has handled (the same model as a Kafka consumer group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+log = logging.getLogger(__name__)
+
+SAMPLES = "samples"  # sysmon.v1.SamplesEvent, after the hot tier has the batch
+HOSTS = "hosts"  # sysmon.v1.HostEvent
+COMMANDS = "commands"  # sysmon.v1.CommandEvent, routed to a collector by its aggregator
+CONFIG = "config"  # a configuration version changed; payload is the version as text
+
+# Entries kept per topic: a durable consumer may be away this many events and miss nothing.
+DEFAULT_MAXLEN = 200_000
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    id: str
+    payload: bytes
+
+
+class Bus(Protocol):
+    async def publish(self, topic: str, payload: bytes) -> str: ...
+
+    async def publish_many(self, topic: str, payloads: Sequence[bytes]) -> None: ...
+
+    def subscribe(
+        self, topic: str, *, group: str | None = None, consumer: str | None = None, batch: int = 100
+    ) -> AsyncIterator[Message]: ...
+
+    async def ack(self, message: Message, group: str) -> None: ...
+
+
+def stream_key(topic: str) -> str:
+    return f"bus:{topic}"
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class RedisBus:
+    def __init__(self, redis: aioredis.Redis, *, maxlen: int = DEFAULT_MAXLEN, block_ms: int = 1000):
+        self.redis = redis
+        self.maxlen = maxlen
+        self.block_ms = block_ms
+
+    async def publish(self, topic: str, payload: bytes) -> str:
+        mid = await self.redis.xadd(stream_key(topic), {"p": payload}, maxlen=self.maxlen, approximate=True)
+        return _s(mid)
+
+    async def publish_many(self, topic: str, payloads: Sequence[bytes]) -> None:
+        if not payloads:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for p in payloads:
+            pipe.xadd(stream_key(topic), {"p": p}, maxlen=self.maxlen, approximate=True)
+        await pipe.execute()
+
+    async def subscribe(
+        self, topic: str, *, group: str | None = None, consumer: str | None = None, batch: int = 100
+    ) -> AsyncIterator[Message]:
+        if group is None:
+            async for m in self._live(topic, batch):
+                yield m
+        else:
+            if consumer is None:
+                raise ValueError("a group subscription names its consumer")
+            async for m in self._group(topic, group, consumer, batch):
+                yield m
+
+    async def _live(self, topic: str, batch: int) -> AsyncIterator[Message]:
+        key = stream_key(topic)
+        # Start at the current end by id (not "$" on every call, which skips entries between reads).
+        try:
+            last = _s((await self.redis.xinfo_stream(key))["last-generated-id"])
+        except redis.exceptions.ResponseError:  # no such stream yet: everything that comes is new
+            last = "0-0"
+        while True:
+            resp = await self.redis.xread({key: last}, count=batch, block=self.block_ms)
+            for mid, fields in resp[0][1] if resp else ():
+                last = _s(mid)
+                yield Message(topic, last, fields.get(b"p", b""))
+
+    async def _group(self, topic: str, group: str, consumer: str, batch: int) -> AsyncIterator[Message]:
+        key = stream_key(topic)
+        await self._ensure_group(key, group)
+        # First what this consumer was given and never acknowledged (it crashed), then new entries.
+        cursor = "0"
+        while True:
+            try:
+                resp = await self.redis.xreadgroup(
+                    group, consumer, {key: cursor}, count=batch, block=None if cursor != ">" else self.block_ms
+                )
+            except redis.exceptions.ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                await self._ensure_group(key, group)  # the stream was deleted under us
+                continue
+            entries = resp[0][1] if resp else []
+            if cursor != ">" and not entries:
+                cursor = ">"
+                continue
+            for mid, fields in entries:
+                if cursor != ">":
+                    cursor = _s(mid)  # go on through the pending list after this entry
+                yield Message(topic, _s(mid), fields.get(b"p", b""))
+
+    async def _ensure_group(self, key: str, group: str) -> None:
+        with contextlib.suppress(redis.exceptions.ResponseError):  # BUSYGROUP: it exists already
+            await self.redis.xgroup_create(key, group, id="0", mkstream=True)
+
+    async def ack(self, message: Message, group: str) -> None:
+        await self.redis.xack(stream_key(message.topic), group, message.id)
+
+
+async def connect_redis(url: str, **kwargs) -> aioredis.Redis:
+    r = aioredis.from_url(url, decode_responses=False, health_check_interval=10, **kwargs)
+    await asyncio.wait_for(r.ping(), timeout=10)
+    return r

@@ -1,0 +1,140 @@
+"""The hot tier in Redis: each host's latest values and its last few minutes of frames.
+
+Keys (per host, so a host's data lives and expires together):
+  hot:frames:{host}  sorted set, score = frame time (ms), member = packed frame
+                     (int64 time, then int64 series ids, then float64 values, little-endian)
+  hot:latest:{host}  hash series_id -> "time_ms value" of the newest sample of each series
+  hot:series:{host}  hash series_id -> JSON {name, attributes, unit, kind}
+  hot:hosts          sorted set host -> newest sample time (ms); the fleet's last-seen index
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from sysmon.core.batch import NormalizedBatch
+from sysmon.core.metrics import Series
+
+HOSTS_KEY = "hot:hosts"
+# Latest values outlive the window so that a host that went quiet still shows what it last said.
+LATEST_TTL_S = 7 * 86400
+DESCRIBE_EVERY_MS = 600_000
+
+
+def frames_key(host: str) -> str:
+    return f"hot:frames:{host}"
+
+
+def latest_key(host: str) -> str:
+    return f"hot:latest:{host}"
+
+
+def series_key(host: str) -> str:
+    return f"hot:series:{host}"
+
+
+def pack_frame(time_ms: int, ids: Sequence[int], values: Sequence[float]) -> bytes:
+    return (
+        struct.pack("<q", time_ms)
+        + np.asarray(ids, dtype="<i8").tobytes()
+        + np.asarray(values, dtype="<f8").tobytes()
+    )
+
+
+def unpack_frame(data: bytes) -> tuple[int, np.ndarray, np.ndarray]:
+    (t,) = struct.unpack_from("<q", data)
+    n = (len(data) - 8) // 16
+    ids = np.frombuffer(data, dtype="<i8", count=n, offset=8)
+    values = np.frombuffer(data, dtype="<f8", count=n, offset=8 + 8 * n)
+    return t, ids, values
+
+
+def series_json(s: Series) -> str:
+    return json.dumps({"name": s.name, "attributes": dict(s.attributes), "unit": s.unit, "kind": s.kind},
+                      sort_keys=True)
+
+
+@dataclass(frozen=True)
+class HotFrame:
+    time_ms: int
+    ids: np.ndarray
+    values: np.ndarray
+
+
+class HotTier:
+    def __init__(self, redis: aioredis.Redis, window_ms: int = 300_000):
+        self.redis = redis
+        self.window_ms = window_ms
+        # Per process: series already described and each host's newest time, so that a replayed
+        # old batch never overwrites a newer latest value. Rebuilt cheaply after a restart.
+        self._described: set[int] = set()
+        self._described_at = 0
+        self._newest: dict[str, int] = {}
+
+    async def write(self, batches: Iterable[NormalizedBatch], now_ms: int) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        described: list[int] = []
+        if now_ms - self._described_at > DESCRIBE_EVERY_MS:
+            # Describe every series again now and then, in case Redis lost its data.
+            self._described.clear()
+            self._described_at = now_ms
+        for b in batches:
+            if not b.times_ms:
+                continue
+            fk = frames_key(b.host_id)
+            members = {
+                pack_frame(t, ids, vals): t
+                for t, ids, vals in zip(b.times_ms, b.frame_ids, b.frame_values, strict=True)
+                if t > now_ms - self.window_ms
+            }
+            if members:
+                pipe.zadd(fk, members)
+                pipe.zremrangebyscore(fk, "-inf", f"({now_ms - self.window_ms}")
+                pipe.pexpire(fk, self.window_ms * 2)
+            newest = self._newest.get(b.host_id, 0)
+            latest: dict[int, str] = {}
+            for t, ids, vals in sorted(zip(b.times_ms, b.frame_ids, b.frame_values, strict=True)):
+                if t >= newest:
+                    for sid, v in zip(ids, vals, strict=True):
+                        latest[sid] = f"{t} {v!r}"
+            if latest:
+                lk = latest_key(b.host_id)
+                pipe.hset(lk, mapping=latest)
+                pipe.expire(lk, LATEST_TTL_S)
+                self._newest[b.host_id] = max(newest, b.max_ts)
+                pipe.zadd(HOSTS_KEY, {b.host_id: b.max_ts}, gt=True)
+            todo = {s.id: series_json(s) for s in b.series if s.id not in self._described}
+            if todo:
+                sk = series_key(b.host_id)
+                pipe.hset(sk, mapping=todo)
+                pipe.expire(sk, LATEST_TTL_S)
+                described.extend(todo)
+        await pipe.execute()
+        self._described.update(described)
+
+    async def frames(self, host: str, start_ms: int, end_ms: int) -> list[HotFrame]:
+        """Frames with start_ms <= time < end_ms, oldest first."""
+        raw = await self.redis.zrangebyscore(frames_key(host), start_ms, f"({end_ms}")
+        return [HotFrame(*unpack_frame(m)) for m in raw]
+
+    async def series(self, host: str) -> dict[int, dict]:
+        raw = await self.redis.hgetall(series_key(host))
+        return {int(k): json.loads(v) for k, v in raw.items()}
+
+    async def latest(self, host: str) -> dict[int, tuple[int, float]]:
+        raw = await self.redis.hgetall(latest_key(host))
+        out = {}
+        for k, v in raw.items():
+            t, val = v.split(b" ") if isinstance(v, bytes) else v.split(" ")
+            out[int(k)] = (int(t), float(val))
+        return out
+
+    async def hosts_last_seen(self) -> dict[str, int]:
+        raw = await self.redis.zrange(HOSTS_KEY, 0, -1, withscores=True)
+        return {(h.decode() if isinstance(h, bytes) else h): int(score) for h, score in raw}

@@ -1,0 +1,147 @@
+"""Settings for every command: one field per flag, each also read from a SYSMON_* variable.
+
+Settings are plain objects passed into the components that need them; nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sysmon.core.durations import Duration
+from sysmon.core.metrics import METRIC_GROUPS, Limits
+
+
+def _parse_labels(v: Any) -> Any:
+    """Accept a mapping, JSON, or the shell-friendly form "env=prod,zone=a"."""
+    if isinstance(v, str):
+        s = v.strip()
+        if not s:
+            return {}
+        if s.startswith("{"):
+            return json.loads(s)
+        out: dict[str, str] = {}
+        for part in s.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"label {part!r} is not key=value")
+            out[key.strip()] = value.strip()
+        return out
+    return v
+
+
+Labels = Annotated[dict[str, str], BeforeValidator(_parse_labels)]
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SYSMON_", extra="ignore", populate_by_name=True)
+
+
+class ConnectionSettings(_Base):
+    postgres_url: str | None = Field(None, description="PostgreSQL DSN; embedded server when unset (sysmon up)")
+    redis_url: str | None = Field(None, description="Redis URL; embedded server when unset (sysmon up)")
+    token: SecretStr | None = Field(
+        None, description="Bearer token for gRPC (and HTTP); required unless bound to loopback"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class StorageSettings(_Base):
+    storage_mode: Literal["auto", "plain", "timescale"] = Field(
+        "auto", description="timescale when the extension exists (auto), or force one path"
+    )
+    raw_retention: Duration = Field(timedelta(hours=24), description="keep raw samples this long")
+    rollup_1m_retention: Duration = Field(timedelta(days=7), description="keep 1-minute rollups this long")
+    rollup_1h_retention: Duration = Field(timedelta(days=90), description="keep 1-hour rollups this long")
+    hot_window: Duration = Field(timedelta(minutes=5), description="span of the Redis hot tier per host")
+
+
+class AggregatorSettings(ConnectionSettings, StorageSettings):
+    listen: str = Field("127.0.0.1:50051", description="gRPC listen address host:port")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain; enables TLS with tls_key")
+    tls_key: Path | None = Field(None, description="PEM private key for tls_cert")
+    tls_client_ca: Path | None = Field(None, description="require client certificates signed by this CA")
+    metrics_listen: str = Field(
+        "127.0.0.1:9464", description="host:port of the Prometheus /metrics endpoint; empty to disable"
+    )
+    aggregator_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    max_attributes: int = Field(16, ge=1, le=128)
+    max_series_per_stream: int = Field(20_000, ge=1)
+    max_future: Duration = Field(timedelta(minutes=5), description="accept samples this far ahead")
+    writer_queue_samples: int = Field(
+        1_000_000, ge=1000, description="samples waiting for PostgreSQL before Push streams are slowed"
+    )
+    writers: int = Field(2, ge=1, le=32, description="parallel PostgreSQL writer connections")
+    commit_max_samples: int = Field(50_000, ge=100, description="samples per group commit at most")
+    rollup_interval: Duration = Field(timedelta(seconds=15), description="how often rollups catch up")
+    retention_interval: Duration = Field(timedelta(minutes=5), description="how often partitions are kept")
+    insecure_no_auth: bool = Field(
+        False, description="allow a non-loopback listener without a token (never in production)"
+    )
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_message_bytes=self.max_message_bytes,
+            max_attributes=self.max_attributes,
+            max_series_per_stream=self.max_series_per_stream,
+            max_past=self.raw_retention,
+            max_future=self.max_future,
+        )
+
+    @field_validator("tls_key")
+    @classmethod
+    def _key_with_cert(cls, v: Path | None, info: Any) -> Path | None:
+        if (v is None) != (info.data.get("tls_cert") is None):
+            raise ValueError("tls_cert and tls_key are given together")
+        return v
+
+
+def default_host_id() -> str:
+    # On Kubernetes the DaemonSet passes the node name through the downward API.
+    return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+class AgentSettings(_Base):
+    aggregator: str = Field("127.0.0.1:50051", description="aggregator address host:port")
+    token: SecretStr | None = Field(None, description="bearer token sent to the aggregator")
+    tls_ca: Path | None = Field(None, description="PEM CA that signed the aggregator's certificate")
+    tls: bool = Field(False, description="use TLS with the system's roots (implied by tls_ca)")
+    tls_server_name: str | None = Field(None, description="override the name checked in the certificate")
+    host_id: str = Field(default_factory=default_host_id, description="this machine's id")
+    labels: Labels = Field(default_factory=dict, description="host labels: env=prod,zone=a or JSON")
+    interval: Duration = Field(timedelta(seconds=5), description="collection interval")
+    metric_groups: list[str] = Field(default_factory=lambda: list(METRIC_GROUPS), description="what to sample")
+    buffer_batches: int = Field(
+        2880, ge=1, description="unacknowledged batches kept for replay (oldest dropped past it)"
+    )
+    ack_timeout: Duration = Field(timedelta(seconds=30), description="resend a batch unacknowledged this long")
+    max_backoff: Duration = Field(timedelta(seconds=30), description="longest wait between reconnects")
+    host_root: str | None = Field(None, description="where the host's / is mounted (in a container)")
+    metrics_listen: str = Field("", description="host:port for the collector's own /metrics; empty: off")
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_bounds(cls, v: timedelta) -> timedelta:
+        if not timedelta(milliseconds=100) <= v <= timedelta(hours=1):
+            raise ValueError("interval must be between 100ms and 1h")
+        return v
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,195 @@
+"""Group commits of normalized batches into PostgreSQL, exactly once per (host, session, seq).
+
+One transaction per group: lock the sessions' rows, skip batches already committed, register
+new series, COPY the samples (binary, built with numpy rather than a Python object per row),
+record the committed sequence numbers, log the touched time range for the rollups. The caller
+acknowledges only what this returns as stored or duplicate, after the commit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import numpy as np
+
+from sysmon.core.batch import NormalizedBatch
+from sysmon.core.storage.schema import Mode
+
+log = logging.getLogger(__name__)
+
+_PG_EPOCH_MS = 946_684_800_000  # 2000-01-01, PostgreSQL's timestamp origin
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+_COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
+_ROW = np.dtype(
+    [
+        ("ncols", ">i2"),
+        ("len_id", ">i4"),
+        ("series_id", ">i8"),
+        ("len_ts", ">i4"),
+        ("ts", ">i8"),
+        ("len_value", ">i4"),
+        ("value", ">f8"),
+    ]
+)
+
+
+def copy_payload(batches: Sequence[NormalizedBatch]) -> tuple[bytes, int]:
+    """PostgreSQL binary COPY data for (series_id, ts, value) of every sample; and the row count."""
+    ids: list[int] = []
+    times: list[int] = []
+    values: list[float] = []
+    for b in batches:
+        for t, fids, fvals in zip(b.times_ms, b.frame_ids, b.frame_values, strict=True):
+            ids.extend(fids)
+            values.extend(fvals)
+            times.extend([t] * len(fids))
+    n = len(ids)
+    rows = np.empty(n, dtype=_ROW)
+    rows["ncols"] = 3
+    rows["len_id"] = 8
+    rows["len_ts"] = 8
+    rows["len_value"] = 8
+    rows["series_id"] = np.asarray(ids, dtype=np.int64)
+    rows["ts"] = (np.asarray(times, dtype=np.int64) - _PG_EPOCH_MS) * 1000
+    rows["value"] = np.asarray(values, dtype=np.float64)
+    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER, n
+
+
+def touched_spans(batches: Sequence[NormalizedBatch], gap_ms: int = 60_000) -> list[tuple[int, int]]:
+    """Time spans [lo, hi) in ms covered by the batches, merged when closer than gap_ms.
+
+    A replayed batch from hours ago and live data in one group stay separate spans, so the
+    rollup job recomputes two short ranges rather than everything between them.
+    """
+    spans = sorted((b.min_ts, b.max_ts + 1) for b in batches if b.times_ms)
+    out: list[tuple[int, int]] = []
+    for lo, hi in spans:
+        if out and lo <= out[-1][1] + gap_ms:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+@dataclass
+class StoreResult:
+    stored: list[tuple[str, str, int]] = field(default_factory=list)
+    duplicates: list[tuple[str, str, int]] = field(default_factory=list)
+    samples: int = 0
+
+
+def _committed(ranges: list[asyncpg.Range], seq: int) -> bool:
+    return any((r.lower is None or r.lower <= seq) and (r.upper is None or seq < r.upper) for r in ranges)
+
+
+class SampleWriter:
+    """Writes groups of batches; holds a cache of series and hosts already registered."""
+
+    def __init__(self, pool: asyncpg.Pool, mode: Mode, *, series_cache_size: int = 2_000_000):
+        self.pool = pool
+        self.mode = mode
+        self._known_series: set[int] = set()
+        self._known_hosts: set[str] = set()
+        self._series_cache_size = series_cache_size
+
+    async def store(self, batches: Sequence[NormalizedBatch]) -> StoreResult:
+        async with self.pool.acquire() as conn:
+            return await self.store_with(conn, batches)
+
+    async def store_with(self, conn: asyncpg.Connection, batches: Sequence[NormalizedBatch]) -> StoreResult:
+        result = StoreResult()
+        if not batches:
+            return result
+        sessions = sorted({(b.host_id, b.session_id) for b in batches})
+        hs = [h for h, _ in sessions]
+        ss = [s for _, s in sessions]
+        new_series: dict[int, tuple[str, str, str, str, int]] = {}
+        new_hosts: set[str] = set()
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO ingest_sessions (host_id, session_id) "
+                "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                hs,
+                ss,
+            )
+            # Row locks serialize two aggregators that hold streams of the same session.
+            rows = await conn.fetch(
+                "SELECT host_id, session_id, committed FROM ingest_sessions "
+                "WHERE (host_id, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) "
+                "ORDER BY host_id, session_id FOR UPDATE",
+                hs,
+                ss,
+            )
+            committed = {(r["host_id"], r["session_id"]): r["committed"] for r in rows}
+            fresh: list[NormalizedBatch] = []
+            seen: set[tuple[str, str, int]] = set()
+            for b in batches:
+                if b.key in seen or _committed(committed[(b.host_id, b.session_id)], b.seq):
+                    result.duplicates.append(b.key)
+                    continue
+                seen.add(b.key)
+                fresh.append(b)
+                if b.host_id not in self._known_hosts:
+                    new_hosts.add(b.host_id)
+                for s in b.series:
+                    if s.id not in self._known_series:
+                        new_series[s.id] = (s.host_id, s.name, json.dumps(dict(s.attributes), sort_keys=True),
+                                            s.unit, s.kind)
+            if new_hosts:
+                await conn.execute(
+                    "INSERT INTO hosts (host_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", sorted(new_hosts)
+                )
+            if new_series:
+                ids = list(new_series)
+                cols = list(zip(*new_series.values(), strict=True))
+                await conn.execute(
+                    """
+                    INSERT INTO series (series_id, host_id, name, attributes, unit, kind)
+                    SELECT i, h, n, a::jsonb, u, k
+                    FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int2[])
+                         AS t(i, h, n, a, u, k)
+                    ON CONFLICT (series_id) DO NOTHING
+                    """,
+                    ids,
+                    *[list(c) for c in cols],
+                )
+            if fresh:
+                payload, n = copy_payload(fresh)
+                if n:
+                    await conn.copy_to_table(
+                        "samples_raw", source=io.BytesIO(payload), columns=["series_id", "ts", "value"],
+                        format="binary",
+                    )
+                    if self.mode == "plain":
+                        spans = touched_spans(fresh)
+                        await conn.execute(
+                            "INSERT INTO rollup_invalidations SELECT '1m', to_timestamp(lo / 1000.0), "
+                            "to_timestamp(hi / 1000.0) FROM unnest($1::int8[], $2::int8[]) AS t(lo, hi)",
+                            [lo for lo, _ in spans],
+                            [hi for _, hi in spans],
+                        )
+                result.samples = n
+                await conn.execute(
+                    """
+                    UPDATE ingest_sessions s SET committed = s.committed + u.add, updated_at = now()
+                    FROM (SELECT h, sid, range_agg(int8range(q, q + 1)) AS add
+                          FROM unnest($1::text[], $2::text[], $3::int8[]) AS t(h, sid, q)
+                          GROUP BY h, sid) u
+                    WHERE s.host_id = u.h AND s.session_id = u.sid
+                    """,
+                    [b.host_id for b in fresh],
+                    [b.session_id for b in fresh],
+                    [b.seq for b in fresh],
+                )
+        # Only after the commit: a rolled-back group must register its series again.
+        if len(self._known_series) + len(new_series) > self._series_cache_size:
+            self._known_series.clear()
+        self._known_series.update(new_series)
+        self._known_hosts.update(new_hosts)
+        result.stored = [b.key for b in fresh]
+        return result

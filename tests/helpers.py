@@ -1,0 +1,125 @@
+"""Test helpers: waiting on conditions with a deadline, running collectors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from sysmon.agent.collector import Collector
+from sysmon.core.settings import AgentSettings
+
+
+async def wait_for(predicate: Callable[[], Any], within: float = 20.0, interval: float = 0.05,
+                   message: str = "condition") -> Any:
+    """Poll `predicate` (sync or async) until truthy; fail with `message` at the deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running_collector(aggregator: str, **settings: Any) -> AsyncIterator[Collector]:
+    fields: dict[str, Any] = {"aggregator": aggregator, "interval": "200ms", "host_id": "test-host",
+                              "max_backoff": "1s"}
+    fields.update(settings)
+    collector = Collector(AgentSettings(**fields))
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    try:
+        yield collector
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+class RawClient:
+    """A hand-driven collector over real gRPC: send any batch, read what comes back."""
+
+    def __init__(self, address: str, host_id: str = "raw-host", session_id: str = "s1",
+                 token: str | None = None):
+        import grpc
+
+        from sysmon.pb.v1 import control_pb2_grpc, metrics_pb2_grpc
+
+        self.host_id = host_id
+        self.session_id = session_id
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.channel = grpc.aio.insecure_channel(address)
+        self.control_stub = control_pb2_grpc.ControlServiceStub(self.channel)
+        self.metrics_stub = metrics_pb2_grpc.MetricsServiceStub(self.channel)
+        self._out: asyncio.Queue[Any] = asyncio.Queue()
+        self.control: Any = None
+        self.push: Any = None
+        self.acked: set[int] = set()
+        self.rejects: dict[int, Any] = {}
+        self.nacks: list[Any] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> RawClient:
+        from sysmon.pb.v1 import control_pb2
+
+        self.control = self.control_stub.Connect(metadata=self.metadata)
+        await self.control.write(control_pb2.AgentMessage(
+            hello=control_pb2.Hello(host_id=self.host_id, session_id=self.session_id)))
+        welcome = await self.control.read()
+        assert welcome.WhichOneof("body") == "welcome"
+        self._reader = asyncio.create_task(self._read())
+        self.push = self.metrics_stub.Push(self._requests(), metadata=self.metadata)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader:
+            self._reader.cancel()
+        self.push.cancel()
+        self.control.cancel()
+        await self.channel.close()
+
+    async def _requests(self) -> AsyncIterator[Any]:
+        while (item := await self._out.get()) is not None:
+            yield item
+
+    async def _read(self) -> None:
+        import grpc
+
+        while (msg := await self.control.read()) is not grpc.aio.EOF:
+            kind = msg.WhichOneof("body")
+            if kind == "ack":
+                self.acked.update(msg.ack.seqs)
+            elif kind == "reject":
+                self.rejects[msg.reject.seq] = msg.reject
+            elif kind == "nack":
+                self.nacks.append(msg.nack)
+
+    def send(self, batch: Any) -> None:
+        self._out.put_nowait(batch)
+
+    async def finish(self) -> Any:
+        """Close the Push stream and return the PushSummary."""
+        self._out.put_nowait(None)
+        return await self.push
+
+
+def make_batch(host_id: str, session_id: str, seq: int, *, declare: bool = True, time_ms: int | None = None,
+               values: tuple[float, ...] = (0.5, 1.5), name: str = "system.cpu.utilization",
+               attributes: dict[str, str] | None = None) -> Any:
+    """A MetricBatch of one frame over series refs 1..len(values)."""
+    from sysmon.pb.v1 import metrics_pb2
+
+    t = time_ms if time_ms is not None else time.time_ns() // 1_000_000
+    batch = metrics_pb2.MetricBatch(host_id=host_id, session_id=session_id, seq=seq)
+    if declare:
+        for i in range(len(values)):
+            attrs = {"cpu": str(i), "state": "user"} if attributes is None else attributes
+            batch.series.add(ref=i + 1, name=name, attributes=attrs, unit="1", kind=1)
+    batch.frames.add(time_unix_ms=t, refs=list(range(1, len(values) + 1)), values=list(values))
+    return batch

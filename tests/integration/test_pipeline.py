@@ -1,0 +1,91 @@
+"""Collector -> aggregator -> every tier, over real gRPC, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from sysmon.aggregator import maintenance
+from sysmon.core.batch import from_event
+from sysmon.core.bus import SAMPLES, RedisBus
+from sysmon.core.hot import HotTier
+from sysmon.pb.v1 import events_pb2
+from tests.conftest import AggregatorFactory
+from tests.helpers import running_collector, wait_for
+
+OTEL_NAMES = {
+    "system.cpu.utilization",
+    "system.cpu.load_average.1m",
+    "system.memory.usage",
+    "system.paging.usage",
+    "system.filesystem.usage",
+    "system.filesystem.utilization",
+    "system.network.io",
+    "system.process.count",
+    "system.uptime",
+}
+
+
+async def test_collector_data_reaches_every_tier(
+    start_aggregator: AggregatorFactory, pool: asyncpg.Pool, redis_client: aioredis.Redis
+) -> None:
+    agg = await start_aggregator()
+    bus = RedisBus(redis_client)
+    events: list[events_pb2.SamplesEvent] = []
+
+    async def listen() -> None:
+        async for m in bus.subscribe(SAMPLES):
+            events.append(events_pb2.SamplesEvent.FromString(m.payload))
+
+    listener = asyncio.create_task(listen())
+    try:
+        async with running_collector(agg.address, host_id="node-a", labels={"env": "test"}) as c:
+            # Acknowledged means committed in PostgreSQL.
+            await wait_for(lambda: c.buffer.acked >= 4, message="four acknowledged batches")
+            acked = c.buffer.acked
+    finally:
+        listener.cancel()
+
+    # Raw tier: every acknowledged batch's samples, under OpenTelemetry names.
+    names = {r["name"] for r in await pool.fetch("SELECT DISTINCT s.name FROM samples_raw r JOIN series s USING "
+                                                 "(series_id) WHERE s.host_id = 'node-a'")}
+    assert names >= OTEL_NAMES
+    committed = await pool.fetchval("SELECT committed FROM ingest_sessions WHERE host_id = 'node-a'")
+    assert sum(r.upper - r.lower for r in committed) >= acked
+    host = await pool.fetchrow("SELECT labels, cpu_count FROM hosts WHERE host_id = 'node-a'")
+    assert host["labels"] == {"env": "test"}
+    assert host["cpu_count"] >= 1
+    per_core = await pool.fetchval(
+        "SELECT count(DISTINCT attributes->>'cpu') FROM series WHERE name = 'system.cpu.utilization'"
+    )
+    assert per_core >= 2  # "total" and at least one core
+
+    # Hot tier: latest values and recent frames in Redis.
+    hot = HotTier(redis_client)
+    latest = await hot.latest("node-a")
+    described = await hot.series("node-a")
+    assert set(latest) <= set(described)
+    assert {d["name"] for d in described.values()} >= OTEL_NAMES
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    assert len(await hot.frames("node-a", now_ms - 60_000, now_ms + 1000)) >= 4
+    assert "node-a" in await hot.hosts_last_seen()
+
+    # Bus: normalized batches with their series.
+    assert events, "no SamplesEvent on the bus"
+    batch = from_event(events[0])
+    assert batch.host_id == "node-a"
+    assert {s.name for s in batch.series} & OTEL_NAMES
+
+    # Rollups: once the minute and the hour are over, both tiers hold the data.
+    run = await maintenance.rollup_once(agg.storage, now=datetime.now(UTC) + timedelta(hours=2))
+    assert run is not None
+    m1 = await pool.fetchval("SELECT count(*) FROM rollup_1m")
+    h1 = await pool.fetchval("SELECT count(*) FROM rollup_1h")
+    series_count = await pool.fetchval("SELECT count(DISTINCT series_id) FROM samples_raw")
+    assert m1 >= series_count
+    assert h1 >= series_count
+    raw_total = await pool.fetchval("SELECT count(*) FROM samples_raw")
+    assert await pool.fetchval("SELECT sum(count) FROM rollup_1h") == raw_total

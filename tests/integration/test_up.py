@@ -1,0 +1,103 @@
+"""`sysmon up`: one command runs everything on embedded servers, stops cleanly, keeps its data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from sysmon.core.embedded import free_port
+from tests.helpers import wait_for
+
+
+class Up:
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.grpc = f"127.0.0.1:{free_port()}"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lines: list[str] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SYSMON_")}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sysmon", "up", "--data-dir", str(self.data_dir), "--listen", self.grpc,
+            "--metrics-listen", f"127.0.0.1:{free_port()}", "--interval", "200ms", "--host-id", "up-host",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        )
+        self._reader = asyncio.create_task(self._read())
+        await wait_for(lambda: "Press Ctrl-C to stop." in self.lines, within=90, message="sysmon up to be ready")
+
+    async def _read(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            self.lines.append(line.decode().rstrip("\n"))
+
+    def info(self, key: str) -> str:
+        for line in self.lines:
+            m = re.match(rf"\s+{re.escape(key)}\s+(.*)", line)
+            if m:
+                return m.group(1)
+        raise KeyError(key)
+
+    async def interrupt(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            code = await self.proc.wait()
+        if self._reader:
+            await self._reader
+        return code
+
+
+async def _raw_rows(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM samples_raw")
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+async def test_up_runs_everything_and_keeps_data_across_runs() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="sysmon-up-"))
+    first = Up(data_dir)
+    await first.start()
+    try:
+        assert first.info("aggregator (gRPC)").startswith(first.grpc)
+        assert first.info("storage") == "plain PostgreSQL"
+        dsn = first.info("PostgreSQL").removeprefix("embedded, ")
+        assert first.info("Redis").startswith("embedded, unix://")
+        rows = await wait_for(lambda: _raw_rows(dsn), within=30, message="samples stored by sysmon up")
+    finally:
+        code = await first.interrupt()
+    assert code == 0, "\n".join(first.lines[-30:])
+    assert first.lines[-1] == "sysmon stopped"
+    # Everything it started has stopped.
+    assert not (data_dir / "postgres" / "postmaster.pid").exists()
+    assert not (data_dir / "redis" / "socket-path").exists()
+
+    second = Up(data_dir)
+    await second.start()
+    try:
+        # The second run finds the first run's data.
+        assert await _raw_rows(dsn) >= rows
+        await wait_for(lambda: _newer_session(dsn), within=30, message="a second session stored")
+    finally:
+        assert await second.interrupt() == 0
+
+
+async def _newer_session(dsn: str) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM ingest_sessions WHERE host_id = 'up-host'") >= 2
+    finally:
+        await conn.close()
