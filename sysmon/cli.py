@@ -40,12 +40,15 @@ class AgentCommand(AgentSettings):
 
     def cli_cmd(self) -> None:
         setup_logging(self.log_level)
+        from sysmon.agent import telemetry
         from sysmon.agent.collector import Collector
 
         async def main(stop: asyncio.Event) -> None:
+            collector = Collector(self)
+            telemetry.register(collector)
             metrics = serve_metrics(self.metrics_listen)
             try:
-                await Collector(self).run(stop)
+                await collector.run(stop)
             finally:
                 if metrics is not None:
                     metrics.close()

@@ -20,9 +20,20 @@ class Pending:
     frame: metrics_pb2.Frame
     sent_at: float | None = None  # monotonic time of the last send on the current stream
     not_before: float = 0.0  # a nack asked to wait until then
+    nacked: bool = False  # storage could not take it; it is sent again after not_before
 
 
 class UnackedBuffer:
+    """Unacknowledged batches in sequence order, and what to send next.
+
+    New batches always go out at once, so the aggregator's hot tier and bus stay live even while
+    PostgreSQL is down. A nacked batch waits for its not_before, and while nacks are the latest
+    news (`probing`) only the oldest nacked batch is sent, as a probe: thousands of collectors
+    then resend one batch each per retry rather than their whole buffers. The first ack ends
+    probing and the rest follow. Storage deduplicates exactly, so order is not needed for
+    correctness; the oldest-first order only makes replays read naturally.
+    """
+
     def __init__(self, capacity: int):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -31,6 +42,7 @@ class UnackedBuffer:
         self.dropped = 0  # overflow: oldest batches given up
         self.acked = 0
         self.rejected = 0
+        self.probing = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -47,6 +59,8 @@ class UnackedBuffer:
             if self._items.pop(s, None) is not None:
                 n += 1
         self.acked += n
+        if n:
+            self.probing = False
         return n
 
     def reject(self, seq: int) -> bool:
@@ -61,31 +75,50 @@ class UnackedBuffer:
             if p is not None:
                 p.sent_at = None
                 p.not_before = not_before
+                p.nacked = True
+                self.probing = True
 
     def unsend_all(self) -> None:
         """The stream ended: whatever was in flight is sent again on the next one."""
         for p in self._items.values():
             p.sent_at = None
 
-    def due(self, now: float, ack_timeout: float, limit: int = 100) -> list[Pending]:
-        """What to send now, oldest first: never sent on this stream, or unacknowledged for too long.
+    def _ready_at(self, p: Pending, ack_timeout: float) -> float:
+        if p.sent_at is not None:
+            return p.sent_at + ack_timeout
+        return p.not_before if p.nacked else 0.0
 
-        A batch that must wait (nack) holds back every later one too, so batches always reach
-        the aggregator in sequence order.
-        """
+    def _probe_out(self, now: float, ack_timeout: float) -> bool:
+        return any(p.nacked and p.sent_at is not None and now - p.sent_at < ack_timeout
+                   for p in self._items.values())
+
+    def due(self, now: float, ack_timeout: float, limit: int = 100) -> list[Pending]:
+        """What to send now, oldest first: new batches, nacked ones whose wait is over (one at a
+        time while probing), and batches unacknowledged for longer than the ack timeout."""
         out: list[Pending] = []
+        hold_nacked = self.probing and self._probe_out(now, ack_timeout)
         for p in self._items.values():
-            if p.not_before > now:
+            if self._ready_at(p, ack_timeout) > now:
+                continue
+            if p.nacked and p.sent_at is None:
+                if hold_nacked:
+                    continue
+                hold_nacked = self.probing
+            out.append(p)
+            if len(out) >= limit:
                 break
-            if p.sent_at is None or now - p.sent_at >= ack_timeout:
-                out.append(p)
-                if len(out) >= limit:
-                    break
         return out
 
     def next_deadline(self, ack_timeout: float) -> float | None:
         """The earliest monotonic time at which due() can return something new."""
-        times = [p.not_before if p.sent_at is None else p.sent_at + ack_timeout for p in self._items.values()]
+        # While a probe is out, the other nacked batches wait for its ack (which wakes the sender)
+        # or its own timeout, which is among the times below.
+        probe_out = self.probing and any(p.nacked and p.sent_at is not None for p in self._items.values())
+        times = [
+            self._ready_at(p, ack_timeout)
+            for p in self._items.values()
+            if not (probe_out and p.nacked and p.sent_at is None)
+        ]
         return min(times) if times else None
 
     @property

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 BatchKey = tuple[str, str, int]
 LIVE_QUEUE = 20_000
+ANNOUNCE_EVERY_S = 600.0
 
 
 class AckSink(Protocol):
@@ -66,6 +67,8 @@ class Ingest:
         self._queued = 0
         self._space = asyncio.Condition()
         self._published: dict[tuple[str, str], int] = {}
+        self._announced: set[int] = set()
+        self._announced_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._last_live_error = 0.0
 
@@ -175,6 +178,18 @@ class Ingest:
             self.acks.ack(result.stored + result.duplicates)
             return
 
+    def _events(self, batches: list[NormalizedBatch], stamp: int) -> list[bytes]:
+        """SamplesEvents that describe each series only when it is new (or every 10 minutes)."""
+        if time.monotonic() - self._announced_at > ANNOUNCE_EVERY_S:
+            self._announced.clear()
+            self._announced_at = time.monotonic()
+        out = []
+        for b in batches:
+            new = [s for s in b.series if s.id not in self._announced]
+            self._announced.update(s.id for s in new)
+            out.append(to_event(b, stamp, new).SerializeToString())
+        return out
+
     async def _run_live(self) -> None:
         while True:
             batch = [await self._live.get()]
@@ -185,8 +200,7 @@ class Ingest:
                 if self.hot is not None:
                     await self.hot.write(batch, stamp)
                 if self.bus is not None:
-                    await self.bus.publish_many(busmod.SAMPLES,
-                                                [to_event(b, stamp).SerializeToString() for b in batch])
+                    await self.bus.publish_many(busmod.SAMPLES, self._events(batch, stamp))
             except (redis.exceptions.RedisError, OSError) as e:
                 telemetry.HOT_FAILURES.inc()
                 if time.monotonic() - self._last_live_error > 10:

@@ -40,7 +40,8 @@ async def rollup_once(storage: Storage, now: datetime | None = None) -> rollups.
 
 
 async def retention_once(storage: Storage, settings: AggregatorSettings, now: datetime | None = None) -> list[str]:
-    """Create the partitions ahead, drop those past retention, forget old ingest sessions."""
+    """Create the partitions ahead, drop those past retention (plain path; TimescaleDB's policies do
+    that on its path), forget old ingest sessions (both paths)."""
     assert storage.pool is not None
     now = now or datetime.now(UTC)
     dropped: list[str] = []
@@ -48,14 +49,15 @@ async def retention_once(storage: Storage, settings: AggregatorSettings, now: da
         if not await _locked(conn, RETENTION_LOCK):
             return dropped
         try:
-            await storage.ensure_partitions(conn, now)
-            keep = {
-                partitions.RAW.table: settings.raw_retention,
-                partitions.ROLLUP_1M.table: settings.rollup_1m_retention,
-                partitions.ROLLUP_1H.table: settings.rollup_1h_retention,
-            }
-            for table, _ in partition_plan(settings):
-                dropped += await rollups.drop_expired(conn, table, now, keep[table.table])
+            if storage.mode == "plain":
+                await storage.ensure_partitions(conn, now)
+                keep = {
+                    partitions.RAW.table: settings.raw_retention,
+                    partitions.ROLLUP_1M.table: settings.rollup_1m_retention,
+                    partitions.ROLLUP_1H.table: settings.rollup_1h_retention,
+                }
+                for table, _ in partition_plan(settings):
+                    dropped += await rollups.drop_expired(conn, table, now, keep[table.table])
             # A session silent for longer than raw retention can no longer send acceptable batches.
             await conn.execute("DELETE FROM ingest_sessions WHERE updated_at < $1", now - settings.raw_retention)
         finally:
@@ -71,14 +73,13 @@ async def run(storage: Storage, settings: AggregatorSettings, stop: asyncio.Even
     next_retention = 0.0
     while not stop.is_set():
         await storage.ready.wait()
-        if storage.mode != "plain":
-            return
         try:
             if loop.time() >= next_retention:
                 await retention_once(storage, settings)
                 next_retention = loop.time() + settings.retention_interval.total_seconds()
-            await rollup_once(storage)
-            telemetry.ROLLUP_RUNS.labels("ok").inc()
+            if storage.mode == "plain":
+                await rollup_once(storage)
+                telemetry.ROLLUP_RUNS.labels("ok").inc()
         except CONNECTION_ERRORS as e:
             storage.mark_down(e)
         except asyncpg.PostgresError as e:

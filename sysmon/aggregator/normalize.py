@@ -105,10 +105,13 @@ class StreamDecoder:
                 raise _invalid(seq, f"frame {i}: {format_series(s.name, s.attributes)} value {values[bad]} "
                                     "is not a finite number")
             series = [self.refs[r] for r in refs]
+            ids = [s.id for s in series]
+            if len(set(ids)) != len(ids):
+                raise _invalid(seq, f"frame {i} gives one series more than one value (two refs declare it)")
             for s in series:
                 used[s.id] = s
             times.append(t)
-            frame_ids.append([s.id for s in series])
+            frame_ids.append(ids)
             frame_values.append(values)
         return NormalizedBatch(msg.host_id, msg.session_id, seq, list(used.values()), times, frame_ids,
                                frame_values)
@@ -149,7 +152,7 @@ class StreamDecoder:
                 if d.ref == 0:
                     raise InvalidInput("series.ref", f"{d.name}: ref 0 is reserved")
                 check_series(d.name, attrs, d.unit, lim)
-                if d.kind not in KINDS:
+                if d.kind and d.kind not in KINDS:  # 0, the proto default, means gauge
                     raise InvalidInput("series.kind", f"{d.name}: unknown kind {d.kind}")
             except InvalidInput as e:
                 error = error or _invalid(seq, str(e))

@@ -98,7 +98,7 @@ class Storage:
                 self.dsn, min_size=1, max_size=self._pool_size, timeout=10, command_timeout=60
             )
         else:
-            self.pool.expire_connections()
+            await self.pool.expire_connections()
         async with self.pool.acquire(timeout=10) as conn:
             self.mode = await schema.migrate(conn, self.settings.storage_mode)
             if self.mode == "plain":

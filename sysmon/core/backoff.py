@@ -38,7 +38,7 @@ class Backoff:
 
     def next_delay(self, hint: float | None = None) -> float:
         """The next wait in seconds; a server's retry hint is honoured when it is longer."""
-        base = min(self.maximum, self.initial * (2**self.attempt))
+        base = min(self.maximum, self.initial * (2 ** min(self.attempt, 64)))
         self.attempt += 1
         delay = min(self.maximum, base * self.rng.uniform(*self.jitter))
         return max(delay, hint) if hint is not None else delay

@@ -6,8 +6,9 @@ form is sysmon.v1.SamplesEvent, encoded and decoded here so that every consumer 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sysmon.core.metrics import Series
 from sysmon.pb.v1 import events_pb2
@@ -47,11 +48,14 @@ class NormalizedBatch:
                 yield sid, t, v
 
 
-def to_event(batch: NormalizedBatch, stored_unix_ms: int) -> events_pb2.SamplesEvent:
+def to_event(
+    batch: NormalizedBatch, stored_unix_ms: int, series: Sequence[Series] | None = None
+) -> events_pb2.SamplesEvent:
+    """The bus form of a batch, describing `series` (default: all of the batch's series)."""
     ev = events_pb2.SamplesEvent(
         host_id=batch.host_id, session_id=batch.session_id, seq=batch.seq, stored_unix_ms=stored_unix_ms
     )
-    for s in batch.series:
+    for s in batch.series if series is None else series:
         ev.series.add(id=s.id, name=s.name, attributes=s.attributes, unit=s.unit, kind=s.kind)
     for t, ids, values in zip(batch.times_ms, batch.frame_ids, batch.frame_values, strict=True):
         ev.frames.add(time_unix_ms=t, series_ids=ids, values=values)
@@ -59,6 +63,7 @@ def to_event(batch: NormalizedBatch, stored_unix_ms: int) -> events_pb2.SamplesE
 
 
 def from_event(ev: events_pb2.SamplesEvent) -> NormalizedBatch:
+    """The batch an event carries, with the series the event describes (see SeriesResolver)."""
     return NormalizedBatch(
         host_id=ev.host_id,
         session_id=ev.session_id,
@@ -72,3 +77,32 @@ def from_event(ev: events_pb2.SamplesEvent) -> NormalizedBatch:
         frame_ids=[list(f.series_ids) for f in ev.frames],
         frame_values=[list(f.values) for f in ev.frames],
     )
+
+
+class SeriesResolver:
+    """Turns SamplesEvents into complete batches for a bus consumer.
+
+    The aggregator describes a series on the bus the first time it publishes it (and again every
+    few minutes), not in every event, which keeps events small. A consumer learns descriptions
+    from the events it sees and asks the hot tier, which always has them before the event is
+    published, for the ones it joined too late to see.
+    """
+
+    def __init__(self, lookup: Callable[[str], Awaitable[Mapping[int, Mapping[str, Any]]]]):
+        self._lookup = lookup
+        self.known: dict[int, Series] = {}
+        self.unresolved = 0
+
+    async def batch(self, ev: events_pb2.SamplesEvent) -> NormalizedBatch:
+        for s in ev.series:
+            self.known[s.id] = Series(s.id, ev.host_id, s.name, dict(s.attributes), s.unit, s.kind)
+        ids = {i for f in ev.frames for i in f.series_ids}
+        missing = ids - self.known.keys()
+        if missing:
+            for sid, d in (await self._lookup(ev.host_id)).items():
+                self.known.setdefault(sid, Series(sid, ev.host_id, d["name"], dict(d["attributes"]), d["unit"],
+                                                  d["kind"]))
+        batch = from_event(ev)
+        batch.series = [self.known[i] for i in sorted(ids) if i in self.known]
+        self.unresolved += len(ids - self.known.keys())
+        return batch

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,8 +27,8 @@ HOSTS = "hosts"  # sysmon.v1.HostEvent
 COMMANDS = "commands"  # sysmon.v1.CommandEvent, routed to a collector by its aggregator
 CONFIG = "config"  # a configuration version changed; payload is the version as text
 
-# Entries kept per topic: a durable consumer may be away this many events and miss nothing.
-DEFAULT_MAXLEN = 200_000
+# How long a topic keeps its entries: a durable consumer may be away this long and miss nothing.
+DEFAULT_RETENTION_MS = 15 * 60 * 1000
 
 
 @dataclass(frozen=True)
@@ -58,21 +59,26 @@ def _s(v: bytes | str) -> str:
 
 
 class RedisBus:
-    def __init__(self, redis: aioredis.Redis, *, maxlen: int = DEFAULT_MAXLEN, block_ms: int = 1000):
+    def __init__(self, redis: aioredis.Redis, *, retention_ms: int = DEFAULT_RETENTION_MS, block_ms: int = 1000):
         self.redis = redis
-        self.maxlen = maxlen
+        self.retention_ms = retention_ms
         self.block_ms = block_ms
 
+    def _minid(self) -> str:
+        # Trimming by age (stream ids start with the time in ms) bounds memory by rate x retention.
+        return str(time.time_ns() // 1_000_000 - self.retention_ms)
+
     async def publish(self, topic: str, payload: bytes) -> str:
-        mid = await self.redis.xadd(stream_key(topic), {"p": payload}, maxlen=self.maxlen, approximate=True)
+        mid = await self.redis.xadd(stream_key(topic), {"p": payload}, minid=self._minid(), approximate=True)
         return _s(mid)
 
     async def publish_many(self, topic: str, payloads: Sequence[bytes]) -> None:
         if not payloads:
             return
+        minid = self._minid()
         pipe = self.redis.pipeline(transaction=False)
         for p in payloads:
-            pipe.xadd(stream_key(topic), {"p": p}, maxlen=self.maxlen, approximate=True)
+            pipe.xadd(stream_key(topic), {"p": p}, minid=minid, approximate=True)
         await pipe.execute()
 
     async def subscribe(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated, Any
@@ -15,25 +16,31 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 def parse_duration(text: str | float | int | timedelta) -> timedelta:
     """Parse "90s", "1m30s", "7d" (or a number of seconds) into a timedelta."""
     if isinstance(text, timedelta):
+        if text < timedelta(0):
+            raise ValueError("a duration cannot be negative")
         return text
     if isinstance(text, bool):
         raise ValueError("a duration is a number of seconds or a string such as 30s, 5m, 24h, 7d")
     if isinstance(text, int | float):
+        if not math.isfinite(text):
+            raise ValueError("a duration is a finite number of seconds")
         if text < 0:
             raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=text)
-    s = str(text).strip()
-    if s == "0":
-        return timedelta(0)
-    pos, total = 0, 0.0
-    for m in _PART.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(s) or not s:
-        raise ValueError(f"invalid duration {text!r}: use a number with a unit, e.g. 30s, 5m, 24h, 7d")
-    return timedelta(seconds=total)
+        total = float(text)
+    else:
+        s = str(text).strip()
+        pos, total = 0, 0.0
+        for m in _PART.finditer(s):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if s != "0" and (pos != len(s) or not s):
+            raise ValueError(f"invalid duration {text!r}: use a number with a unit, e.g. 30s, 5m, 24h, 7d")
+    try:
+        return timedelta(seconds=total)
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is too long") from None
 
 
 def format_duration(td: timedelta) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -118,12 +119,12 @@ def validate(req: QueryRequest, limits: QueryLimits) -> None:
         raise InvalidInput("step", "must be positive")
     if len(req.hosts) > limits.max_hosts:
         raise InvalidInput("hosts", f"at most {limits.max_hosts} hosts per query")
-    points = (req.end - req.start) / req.step
+    points = math.ceil((req.end - req.start) / req.step)
     if points > limits.max_points_per_series:
         raise InvalidInput(
             "step",
-            f"{int(points)} points per series exceeds {limits.max_points_per_series}; use a step of at least "
-            f"{int((req.end - req.start).total_seconds() / limits.max_points_per_series) + 1}s",
+            f"{points} points per series exceeds {limits.max_points_per_series}; use a step of at least "
+            f"{math.ceil((req.end - req.start).total_seconds() / limits.max_points_per_series)}s",
         )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sysmon.core.durations import Duration
 from sysmon.core.metrics import METRIC_GROUPS, Limits
@@ -39,7 +39,8 @@ def _parse_labels(v: Any) -> Any:
     return v
 
 
-Labels = Annotated[dict[str, str], BeforeValidator(_parse_labels)]
+# NoDecode: pydantic-settings would otherwise insist on JSON in the environment variable.
+Labels = Annotated[dict[str, str], NoDecode, BeforeValidator(_parse_labels)]
 
 
 class _Base(BaseSettings):

@@ -9,7 +9,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from sysmon.aggregator import maintenance
-from sysmon.core.batch import from_event
+from sysmon.core.batch import SeriesResolver
 from sysmon.core.bus import SAMPLES, RedisBus
 from sysmon.core.hot import HotTier
 from sysmon.pb.v1 import events_pb2
@@ -73,11 +73,21 @@ async def test_collector_data_reaches_every_tier(
     assert len(await hot.frames("node-a", now_ms - 60_000, now_ms + 1000)) >= 4
     assert "node-a" in await hot.hosts_last_seen()
 
-    # Bus: normalized batches with their series.
-    assert events, "no SamplesEvent on the bus"
-    batch = from_event(events[0])
-    assert batch.host_id == "node-a"
-    assert {s.name for s in batch.series} & OTEL_NAMES
+    # Bus: normalized batches. Series are described when first published; a consumer resolves the
+    # rest from what it saw or, having joined late, from the hot tier.
+    assert len(events) >= 2, "SamplesEvents on the bus"
+    assert len(events[0].series) > 0
+    assert len(events[-1].series) < len(events[0].series)
+    for joined_at in (0, len(events) - 1):
+        resolver = SeriesResolver(hot.series)
+        seen: set[str] = set()
+        for ev in events[joined_at:]:
+            batch = await resolver.batch(ev)
+            assert batch.host_id == "node-a"
+            assert len(batch.series) == len({i for f in batch.frame_ids for i in f})
+            seen |= {s.name for s in batch.series}
+        assert resolver.unresolved == 0
+        assert seen >= OTEL_NAMES
 
     # Rollups: once the minute and the hour are over, both tiers hold the data.
     run = await maintenance.rollup_once(agg.storage, now=datetime.now(UTC) + timedelta(hours=2))

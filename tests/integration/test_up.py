@@ -18,15 +18,16 @@ from tests.helpers import wait_for
 
 
 class Up:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None):
         self.data_dir = data_dir
+        self.extra_env = env or {}
         self.grpc = f"127.0.0.1:{free_port()}"
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SYSMON_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SYSMON_")} | self.extra_env
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sysmon", "up", "--data-dir", str(self.data_dir), "--listen", self.grpc,
             "--metrics-listen", f"127.0.0.1:{free_port()}", "--interval", "200ms", "--host-id", "up-host",
@@ -101,3 +102,18 @@ async def _newer_session(dsn: str) -> bool:
         return await conn.fetchval("SELECT count(*) FROM ingest_sessions WHERE host_id = 'up-host'") >= 2
     finally:
         await conn.close()
+
+
+@pytest.mark.slow
+async def test_up_uses_given_servers(pg_dsn: str, redis_url: str, pool: asyncpg.Pool) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="sysmon-up-"))
+    up = Up(data_dir, {"SYSMON_POSTGRES_URL": pg_dsn, "SYSMON_REDIS_URL": redis_url})
+    await up.start()
+    try:
+        assert up.info("PostgreSQL") == pg_dsn
+        assert up.info("Redis") == redis_url
+        await wait_for(lambda: _raw_rows(pg_dsn), within=30, message="samples in the given database")
+    finally:
+        assert await up.interrupt() == 0
+    assert not (data_dir / "postgres").exists()
+    assert not (data_dir / "redis").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -96,7 +97,7 @@ def test_wanted_includes_the_next_partition_when_ahead_crosses_into_it() -> None
 
 def test_wanted_partitions_are_contiguous_and_non_overlapping() -> None:
     ps = wanted(ROLLUP_1M, NOW, keep=timedelta(days=7), ahead=timedelta(minutes=5))
-    assert all(a.hi == b.lo for a, b in zip(ps, ps[1:], strict=False))
+    assert all(a.hi == b.lo for a, b in itertools.pairwise(ps))
     assert all(p.hi - p.lo == timedelta(days=1) for p in ps)
     assert ps[0].lo == datetime(2026, 11, 17, tzinfo=UTC)
     assert ps[-1].lo == datetime(2026, 11, 25, tzinfo=UTC)  # tomorrow's is made ahead of time
@@ -116,7 +117,7 @@ def test_wanted_covers_every_accepted_timestamp(
     assert ps[0].lo <= now - keep
     assert ps[-1].hi >= now + ahead
     assert ps[-1].hi > now  # "now" always has a home
-    assert all(a.hi == b.lo for a, b in zip(ps, ps[1:], strict=False))
+    assert all(a.hi == b.lo for a, b in itertools.pairwise(ps))
     assert all((p.lo - EPOCH) % table.interval == timedelta(0) for p in ps)
 
 
@@ -148,7 +149,8 @@ def test_parse_bound_of_pg_get_expr_output() -> None:
     assert p == Partition(
         datetime(2026, 11, 24, 10, tzinfo=UTC), datetime(2026, 11, 24, 11, tzinfo=UTC), "samples_raw_p20261124t1000"
     )
-    assert p is not None and p.lo.utcoffset() == timedelta(0)
+    assert p is not None
+    assert p.lo.utcoffset() == timedelta(0)
 
 
 def test_parse_bound_normalizes_other_offsets_to_utc() -> None:

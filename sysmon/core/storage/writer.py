@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -61,7 +62,7 @@ def copy_payload(batches: Sequence[NormalizedBatch]) -> tuple[bytes, int]:
 
 
 def touched_spans(batches: Sequence[NormalizedBatch], gap_ms: int = 60_000) -> list[tuple[int, int]]:
-    """Time spans [lo, hi) in ms covered by the batches, merged when closer than gap_ms.
+    """Time spans [lo, hi) in ms covered by the batches, merged when at most gap_ms apart.
 
     A replayed batch from hours ago and live data in one group stay separate spans, so the
     rollup job recomputes two short ranges rather than everything between them.
@@ -95,7 +96,16 @@ class SampleWriter:
         self.mode = mode
         self._known_series: set[int] = set()
         self._known_hosts: set[str] = set()
+        self._host_touched: dict[str, float] = {}
         self._series_cache_size = series_cache_size
+
+    def _stale_hosts(self, batches: Sequence[NormalizedBatch]) -> list[str]:
+        """Hosts whose last_seen in PostgreSQL is older than a minute; the hot tier has the exact time."""
+        now = time.monotonic()
+        out = sorted({b.host_id for b in batches if now - self._host_touched.get(b.host_id, -1e9) > 60})
+        for h in out:
+            self._host_touched[h] = now
+        return out
 
     async def store(self, batches: Sequence[NormalizedBatch]) -> StoreResult:
         async with self.pool.acquire() as conn:
@@ -144,6 +154,9 @@ class SampleWriter:
                 await conn.execute(
                     "INSERT INTO hosts (host_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", sorted(new_hosts)
                 )
+            stale = self._stale_hosts(fresh)
+            if stale:
+                await conn.execute("UPDATE hosts SET last_seen = now() WHERE host_id = ANY($1::text[])", stale)
             if new_series:
                 ids = list(new_series)
                 cols = list(zip(*new_series.values(), strict=True))
