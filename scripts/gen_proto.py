@@ -28,8 +28,13 @@ def generate(out_dir: Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
         well_known = Path(grpc_tools.__file__).parent / "_proto"
+        # The mypy plugins sit beside this interpreter; naming them keeps generation
+        # independent of whether the venv's bin/ is on PATH.
+        bin_dir = Path(sys.executable).parent
         args = [
             "protoc",
+            f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
+            f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
             f"-I{PROTO_ROOT}",
             f"-I{well_known}",
             f"--python_out={tmp}",

@@ -152,7 +152,7 @@ class Ingest:
                 result = await self.storage.writer.store(group)
             except asyncpg.CheckViolationError as e:
                 # A sample with no partition to go to: make the partitions and try once more.
-                if attempt == 0 and self.storage.pool is not None:
+                if attempt == 0 and self.storage.pool is not None and self.storage.mode == "plain":
                     log.warning("creating missing partitions: %s", e)
                     async with self.storage.pool.acquire() as conn:
                         await self.storage.ensure_partitions(conn)
