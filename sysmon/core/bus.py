@@ -26,6 +26,7 @@ SAMPLES = "samples"  # sysmon.v1.SamplesEvent, after the hot tier has the batch
 HOSTS = "hosts"  # sysmon.v1.HostEvent
 COMMANDS = "commands"  # sysmon.v1.CommandEvent, routed to a collector by its aggregator
 CONFIG = "config"  # a configuration version changed; payload is the version as text
+ALERTS = "alerts"  # sysmon.v1.AlertEvent, after the alerts service stored the transition
 
 # How long a topic keeps its entries: a durable consumer may be away this long and miss nothing.
 DEFAULT_RETENTION_MS = 15 * 60 * 1000

@@ -11,24 +11,15 @@ from datetime import timedelta
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from sysmon.core.alert_rule import AlertRuleSpec
 from sysmon.core.durations import Duration
 from sysmon.core.metrics import METRIC_GROUPS, InvalidInput
+from sysmon.core.spec_base import LabelSelector, Spec
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class LabelSelector(_Spec):
-    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        return all(labels.get(k) == v for k, v in self.match_labels.items())
-
-
-class CollectorConfigSpec(_Spec):
+class CollectorConfigSpec(Spec):
     """What the collectors of a fleet do; from MonitoredFleet.spec (collection part)."""
 
     host_selector: LabelSelector = Field(default_factory=LabelSelector, alias="hostSelector")
@@ -53,7 +44,7 @@ class CollectorConfigSpec(_Spec):
 
 
 # kind -> the model of its spec.
-KINDS: dict[str, type[BaseModel]] = {"CollectorConfig": CollectorConfigSpec}
+KINDS: dict[str, type[BaseModel]] = {"CollectorConfig": CollectorConfigSpec, "AlertRule": AlertRuleSpec}
 NAME_MAX = 253
 
 
@@ -73,7 +64,6 @@ def validate_resource(kind: str, name: str, spec: Mapping[str, Any]) -> BaseMode
     except ValidationError as e:
         first = e.errors()[0]
         raise InvalidInput(f"spec.{_loc(first)}", f"{kind}/{name}: {first['msg']}") from e
-
 
 
 def spec_from_struct(spec: struct_pb2.Struct) -> dict[str, Any]:

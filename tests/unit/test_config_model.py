@@ -58,7 +58,7 @@ def test_interval_as_a_number_of_seconds() -> None:
 def test_unknown_kind() -> None:
     e = invalid("AlertRuleX", "x", {})
     assert e.field == "kind"
-    assert e.message == "unknown kind 'AlertRuleX'; known kinds: ['CollectorConfig']"
+    assert e.message == "unknown kind 'AlertRuleX'; known kinds: ['AlertRule', 'CollectorConfig']"
 
 
 @pytest.mark.parametrize("name", ["", "n" * (NAME_MAX + 1)])

@@ -41,6 +41,27 @@ HOST_STATE_UP: HostState.ValueType  # 1
 HOST_STATE_DOWN: HostState.ValueType  # 2
 Global___HostState: _TypeAlias = HostState  # noqa: Y015
 
+class _AlertState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_STATE_UNSPECIFIED: _AlertState.ValueType  # 0
+    ALERT_STATE_INACTIVE: _AlertState.ValueType  # 1
+    ALERT_STATE_PENDING: _AlertState.ValueType  # 2
+    ALERT_STATE_FIRING: _AlertState.ValueType  # 3
+    ALERT_STATE_RESOLVED: _AlertState.ValueType  # 4
+
+class AlertState(_AlertState, metaclass=_AlertStateEnumTypeWrapper): ...
+
+ALERT_STATE_UNSPECIFIED: AlertState.ValueType  # 0
+ALERT_STATE_INACTIVE: AlertState.ValueType  # 1
+ALERT_STATE_PENDING: AlertState.ValueType  # 2
+ALERT_STATE_FIRING: AlertState.ValueType  # 3
+ALERT_STATE_RESOLVED: AlertState.ValueType  # 4
+Global___AlertState: _TypeAlias = AlertState  # noqa: Y015
+
 @_typing.final
 class SeriesInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -231,3 +252,97 @@ class CommandEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CommandEvent: _TypeAlias = CommandEvent  # noqa: Y015
+
+@_typing.final
+class AlertEvent(_message.Message):
+    """An alert changed state; published by the alerts service after the change is stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class AnnotationsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RULE_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    HOST_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    ACTIVE_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
+    rule: _builtins.str
+    fingerprint: _builtins.str
+    """Hash of the alert's label set; (rule, fingerprint) names one alert."""
+    host_id: _builtins.str
+    state: Global___AlertState.ValueType
+    previous: Global___AlertState.ValueType
+    severity: _builtins.str
+    value: _builtins.float
+    active_at_unix_ms: _builtins.int
+    time_unix_ms: _builtins.int
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def annotations(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        rule: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        host_id: _builtins.str = ...,
+        state: Global___AlertState.ValueType = ...,
+        previous: Global___AlertState.ValueType = ...,
+        severity: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        annotations: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        value: _builtins.float = ...,
+        active_at_unix_ms: _builtins.int = ...,
+        time_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_at_unix_ms", b"active_at_unix_ms", "annotations", b"annotations", "fingerprint", b"fingerprint", "host_id", b"host_id", "labels", b"labels", "previous", b"previous", "rule", b"rule", "severity", b"severity", "state", b"state", "time_unix_ms", b"time_unix_ms", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertEvent: _TypeAlias = AlertEvent  # noqa: Y015

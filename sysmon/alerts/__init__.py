@@ -1,0 +1,1 @@
+"""The alerts service: rule evaluation, the alert state machine, notifiers."""

@@ -1,0 +1,1 @@
+"""The gateway: REST queries, WebSocket live push and the dashboard (FastAPI)."""

@@ -1,0 +1,1 @@
+"""The Kubernetes operator (kopf): MonitoredFleet and AlertRule reconciled into workloads and config."""
