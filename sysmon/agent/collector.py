@@ -25,9 +25,9 @@ import psutil
 from pydantic import ValidationError
 
 from sysmon.agent.buffer import UnackedBuffer
-from sysmon.agent.channel import call_metadata, open_channel
 from sysmon.agent.sampler import Sampler, SeriesSpec
 from sysmon.core.backoff import Backoff, wait_or_stop
+from sysmon.core.client import call_metadata, open_channel
 from sysmon.core.config_model import CollectorConfigSpec, spec_from_struct
 from sysmon.core.settings import AgentSettings
 from sysmon.pb.v1 import (

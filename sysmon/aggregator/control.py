@@ -56,7 +56,8 @@ class ControlHub:
     def __init__(self) -> None:
         self.peers: dict[tuple[str, str], Peer] = {}
         self.results: dict[str, control_pb2.CommandResult] = {}
-        self._result_waiters: dict[str, asyncio.Future[control_pb2.CommandResult]] = {}
+        # One future per waiter: a waiter that gives up cancels only its own.
+        self._result_waiters: dict[str, set[asyncio.Future[control_pb2.CommandResult]]] = defaultdict(set)
 
     def _grouped(self, keys: Sequence[BatchKey]) -> dict[tuple[str, str], list[int]]:
         out: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -98,16 +99,24 @@ class ControlHub:
         """The collector's answer to a command; the caller bounds the wait."""
         if command_id in self.results:
             return self.results[command_id]
-        fut = self._result_waiters.setdefault(command_id, asyncio.get_running_loop().create_future())
-        return await fut
+        fut: asyncio.Future[control_pb2.CommandResult] = asyncio.get_running_loop().create_future()
+        self._result_waiters[command_id].add(fut)
+        try:
+            return await fut
+        finally:
+            waiters = self._result_waiters.get(command_id)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    del self._result_waiters[command_id]
 
     def _result(self, res: control_pb2.CommandResult) -> None:
         self.results[res.command_id] = res
         if len(self.results) > 1000:
             self.results.pop(next(iter(self.results)))
-        fut = self._result_waiters.pop(res.command_id, None)
-        if fut is not None and not fut.done():
-            fut.set_result(res)
+        for fut in self._result_waiters.pop(res.command_id, set()):
+            if not fut.done():
+                fut.set_result(res)
 
 
 def new_command(**action) -> control_pb2.Command:

@@ -59,11 +59,24 @@ def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
+def _honour_cancellation() -> None:
+    """Raise CancelledError when this task was asked to stop and the request got lost.
+
+    On Python 3.11 redis-py writes through asyncio.wait_for, which swallows a cancellation that
+    lands just as the write completes; the task still counts the request, so a subscriber loop
+    checks after every round trip instead of reading on forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class RedisBus:
     def __init__(self, redis: aioredis.Redis, *, retention_ms: int = DEFAULT_RETENTION_MS, block_ms: int = 1000):
         self.redis = redis
         self.retention_ms = retention_ms
         self.block_ms = block_ms
+        self.expired = 0  # pending entries that retention trimmed before a group consumer handled them
 
     def _minid(self) -> str:
         # Trimming by age (stream ids start with the time in ms) bounds memory by rate x retention.
@@ -103,6 +116,7 @@ class RedisBus:
             last = "0-0"
         while True:
             resp = await self.redis.xread({key: last}, count=batch, block=self.block_ms)
+            _honour_cancellation()
             for mid, fields in resp[0][1] if resp else ():
                 last = _s(mid)
                 yield Message(topic, last, fields.get(b"p", b""))
@@ -122,6 +136,7 @@ class RedisBus:
                     raise
                 await self._ensure_group(key, group)  # the stream was deleted under us
                 continue
+            _honour_cancellation()
             entries = resp[0][1] if resp else []
             if cursor != ">" and not entries:
                 cursor = ">"
@@ -129,7 +144,14 @@ class RedisBus:
             for mid, fields in entries:
                 if cursor != ">":
                     cursor = _s(mid)  # go on through the pending list after this entry
-                yield Message(topic, _s(mid), fields.get(b"p", b""))
+                if not fields:
+                    # Pending, but trimmed by retention while this consumer was away: the payload is
+                    # gone. Say so and acknowledge it, rather than hand the consumer an empty message.
+                    log.warning("bus %s: entry %s for group %s expired before it was handled", topic, _s(mid), group)
+                    self.expired += 1
+                    await self.redis.xack(key, group, mid)
+                    continue
+                yield Message(topic, _s(mid), fields[b"p"])
 
     async def _ensure_group(self, key: str, group: str) -> None:
         with contextlib.suppress(redis.exceptions.ResponseError):  # BUSYGROUP: it exists already

@@ -128,6 +128,17 @@ def validate(req: QueryRequest, limits: QueryLimits) -> None:
         )
 
 
+# How long after a bucket closes the rollup job is assumed to have covered it (it runs every 15 s).
+ROLLUP_MARGIN = timedelta(minutes=5)
+
+
+def _reduce(part: list[float], agg: Agg) -> float:
+    total, count, lo, hi = part
+    if agg == "avg":
+        return total / count  # every row counts at least one sample
+    return lo if agg == "min" else hi
+
+
 def _ms(t: datetime) -> int:
     return int((t - EPOCH).total_seconds() * 1000)
 
@@ -167,14 +178,16 @@ class QueryService:
             if tier is Tier.RAW:
                 await self._fetch_raw(conn, ids, start, req.end, step, req.agg, points)
             else:
-                # The newest buckets come from raw samples until the rollup job has covered them.
-                lag = RESOLUTION[tier] + timedelta(minutes=5)
-                tail = max(start, floor_time(now - lag, step))
-                if now - tail > self.policy.raw_retention:
-                    tail = req.end
-                await self._fetch_rollup(conn, tier, ids, start, min(tail, req.end), step, req.agg, points)
-                if tail < req.end:
-                    await self._fetch_raw(conn, ids, tail, req.end, step, req.agg, points)
+                # Rollups lag the present by a bucket and a job interval; what they do not cover yet
+                # comes from raw samples. The cut is aligned to the rollup's own resolution, so a step
+                # bucket may straddle it: both parts are fetched as (sum, count, min, max) and merged.
+                cut = floor_time(now - RESOLUTION[tier] - ROLLUP_MARGIN, RESOLUTION[tier])
+                cut = min(max(cut, start), req.end)
+                parts: dict[int, dict[int, list[float]]] = defaultdict(dict)
+                await self._fetch_parts(conn, tier, ids, start, cut, step, parts)
+                await self._fetch_parts(conn, Tier.RAW, ids, cut, req.end, step, parts)
+                for sid, buckets in parts.items():
+                    points[sid] = [(t, _reduce(buckets[t], req.agg)) for t in sorted(buckets)]
         return QueryResult(tier, step, start, req.end, [
             SeriesResult(sid, *series[sid], points=points.get(sid, [])) for sid in ids
         ])
@@ -203,15 +216,13 @@ class QueryService:
             )
 
     @staticmethod
-    def _agg_sql(agg: Agg, rollup: bool) -> str:
-        if agg == "avg":
-            return "sum(sum) / sum(count)" if rollup else "avg(value)"
-        return f"{agg}({agg})" if rollup else f"{agg}(value)"
+    def _agg_sql(agg: Agg) -> str:
+        return "avg(value)" if agg == "avg" else f"{agg}(value)"
 
     async def _fetch_raw(self, conn, ids, start, end, step, agg: Agg, points) -> None:
         rows = await conn.fetch(
             f"""
-            SELECT series_id, date_bin($1::interval, ts, 'epoch') AS t, {self._agg_sql(agg, False)} AS v
+            SELECT series_id, date_bin($1::interval, ts, 'epoch') AS t, {self._agg_sql(agg)} AS v
             FROM samples_raw WHERE series_id = ANY($2::int8[]) AND ts >= $3 AND ts < $4
             GROUP BY 1, 2 ORDER BY 1, 2
             """,
@@ -220,20 +231,34 @@ class QueryService:
         for r in rows:
             points[r["series_id"]].append((_ms(r["t"]), r["v"]))
 
-    async def _fetch_rollup(self, conn, tier: Tier, ids, start, end, step, agg: Agg, points) -> None:
+    async def _fetch_parts(self, conn, tier: Tier, ids, start, end, step, parts) -> None:
+        """Add each step bucket's [sum, count, min, max] over [start, end) from one tier."""
         if start >= end:
             return
-        table = "rollup_1m" if tier is Tier.ROLLUP_1M else "rollup_1h"
+        if tier is Tier.RAW:
+            table, time_col, select = "samples_raw", "ts", "sum(value), count(*), min(value), max(value)"
+        else:
+            table = "rollup_1m" if tier is Tier.ROLLUP_1M else "rollup_1h"
+            time_col, select = "bucket", "sum(sum), sum(count), min(min), max(max)"
         rows = await conn.fetch(
             f"""
-            SELECT series_id, date_bin($1::interval, bucket, 'epoch') AS t, {self._agg_sql(agg, True)} AS v
-            FROM {table} WHERE series_id = ANY($2::int8[]) AND bucket >= $3 AND bucket < $4
-            GROUP BY 1, 2 ORDER BY 1, 2
+            SELECT series_id, date_bin($1::interval, {time_col}, 'epoch') AS t, {select}
+            FROM {table} WHERE series_id = ANY($2::int8[]) AND {time_col} >= $3 AND {time_col} < $4
+            GROUP BY 1, 2
             """,
             step, ids, start, end,
         )
-        for r in rows:
-            points[r["series_id"]].append((_ms(r["t"]), r["v"]))
+        for sid, t, total, count, lo, hi in rows:
+            b = parts[sid]
+            key = _ms(t)
+            have = b.get(key)
+            if have is None:
+                b[key] = [total, count, lo, hi]
+            else:
+                have[0] += total
+                have[1] += count
+                have[2] = min(have[2], lo)
+                have[3] = max(have[3], hi)
 
     async def _query_hot(self, req: QueryRequest, now: datetime) -> QueryResult:
         assert self.hot is not None

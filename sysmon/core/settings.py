@@ -112,12 +112,31 @@ def default_host_id() -> str:
     return os.environ.get("NODE_NAME") or socket.gethostname()
 
 
-class AgentSettings(_Base):
+class AggregatorClientSettings(_Base):
+    """How a component reaches the aggregator's gRPC services (see sysmon.core.client)."""
+
     aggregator: str = Field("127.0.0.1:50051", description="aggregator address host:port")
     token: SecretStr | None = Field(None, description="bearer token sent to the aggregator")
     tls_ca: Path | None = Field(None, description="PEM CA that signed the aggregator's certificate")
     tls: bool = Field(False, description="use TLS with the system's roots (implied by tls_ca)")
     tls_server_name: str | None = Field(None, description="override the name checked in the certificate")
+    tls_client_cert: Path | None = Field(None, description="PEM client certificate for mutual TLS")
+    tls_client_key: Path | None = Field(None, description="PEM private key for tls_client_cert")
+
+    @field_validator("tls_client_key")
+    @classmethod
+    def _client_key_with_cert(cls, v: Path | None, info: Any) -> Path | None:
+        if (v is None) != (info.data.get("tls_client_cert") is None):
+            raise ValueError("tls_client_cert and tls_client_key are given together")
+        return v
+
+    @property
+    def uses_tls(self) -> bool:
+        # A client certificate only means something over TLS, so it implies it.
+        return bool(self.tls or self.tls_ca or self.tls_client_cert)
+
+
+class AgentSettings(AggregatorClientSettings):
     host_id: str = Field(default_factory=default_host_id, description="this machine's id")
     labels: Labels = Field(default_factory=dict, description="host labels: env=prod,zone=a or JSON")
     interval: Duration = Field(timedelta(seconds=5), description="collection interval")

@@ -220,9 +220,6 @@ async def test_commands_over_the_bus_reach_the_collector(
                        message="new batches sampled and acknowledged after resume")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: ControlHub.wait_result shares one future per command between "
-                   "waiters; a waiter that gives up (timeout) cancels it, so every later or concurrent wait for "
-                   "that command raises CancelledError instead of returning the result")
 async def test_waiting_again_for_a_command_result_after_a_timeout(
     start_aggregator: AggregatorFactory, redis_client: aioredis.Redis
 ) -> None:

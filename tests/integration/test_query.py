@@ -250,9 +250,6 @@ async def test_too_many_series_is_refused(fleet: Fleet, pool: asyncpg.Pool, redi
         assert len(r.series) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="bug: when a rollup query's step reaches back further than raw retention "
-                   "from now (e.g. a 1-day step shortly after midnight), QueryService serves everything from the "
-                   "rollups and the newest bucket, which no rollup covers yet, disappears")
 async def test_daily_step_shortly_after_midnight_keeps_the_newest_day(pool: asyncpg.Pool) -> None:
     day = timedelta(days=1)
     now = floor_time(datetime.now(UTC) - day, day) + timedelta(minutes=30)  # yesterday, 00:30 UTC

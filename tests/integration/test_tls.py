@@ -150,9 +150,6 @@ async def test_mutual_tls_requires_a_client_certificate(
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the collector has no setting for a client certificate "
-                   "(AgentSettings ignores tls_client_cert/tls_client_key), so no collector can ever connect to an "
-                   "aggregator started with tls_client_ca")
 async def test_collector_with_a_client_certificate_connects_under_mutual_tls(
     start_aggregator: AggregatorFactory, ca: CA, server_cert: Issued
 ) -> None:

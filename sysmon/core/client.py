@@ -1,4 +1,5 @@
-"""The collector's gRPC channel to the aggregator: TLS when asked for, the token in metadata."""
+"""A gRPC channel to the aggregator, for every component that calls it (collector, alerts,
+operator): TLS when asked for (mutual with a client certificate), the token in call metadata."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 
 import grpc
 
-from sysmon.core.settings import AgentSettings, is_loopback
+from sysmon.core.settings import AggregatorClientSettings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -20,19 +21,22 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def open_channel(settings: AgentSettings) -> grpc.aio.Channel:
+def open_channel(settings: AggregatorClientSettings) -> grpc.aio.Channel:
     options = list(CHANNEL_OPTIONS)
-    if settings.tls or settings.tls_ca:
+    if settings.uses_tls:
         roots = settings.tls_ca.read_bytes() if settings.tls_ca else None
+        key = settings.tls_client_key.read_bytes() if settings.tls_client_key else None
+        chain = settings.tls_client_cert.read_bytes() if settings.tls_client_cert else None
         if settings.tls_server_name:
             options.append(("grpc.ssl_target_name_override", settings.tls_server_name))
-        return grpc.aio.secure_channel(settings.aggregator, grpc.ssl_channel_credentials(roots), options)
+        credentials = grpc.ssl_channel_credentials(roots, private_key=key, certificate_chain=chain)
+        return grpc.aio.secure_channel(settings.aggregator, credentials, options)
     if settings.token and not is_loopback(settings.aggregator):
         log.warning("sending the token to %s without TLS; set SYSMON_TLS_CA or SYSMON_TLS", settings.aggregator)
     return grpc.aio.insecure_channel(settings.aggregator, options)
 
 
-def call_metadata(settings: AgentSettings) -> tuple[tuple[str, str], ...]:
+def call_metadata(settings: AggregatorClientSettings) -> tuple[tuple[str, str], ...]:
     if settings.token is None:
         return ()
     return (("authorization", f"Bearer {settings.token.get_secret_value()}"),)
