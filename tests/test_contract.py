@@ -39,3 +39,12 @@ def test_components_do_not_import_each_other() -> None:
         pytest.fail("import-linter is not installed: `make test` installs the dev extras")
     result = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_collector_loads_only_what_it_uses() -> None:
+    """The collector runs on every machine within 60 MiB: the server-side libraries (storage,
+    templates, web) stay out of its process."""
+    code = "import sys, sysmon.cli, sysmon.agent.collector; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    heavy = {"asyncpg", "redis", "numpy", "jinja2", "fastapi", "uvicorn", "httpx", "kopf", "kubernetes", "yaml"}
+    assert not heavy & set(out)

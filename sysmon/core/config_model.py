@@ -13,7 +13,6 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from sysmon.core.alert_rule import AlertRuleSpec
 from sysmon.core.durations import Duration
 from sysmon.core.metrics import METRIC_GROUPS, InvalidInput
 from sysmon.core.spec_base import LabelSelector, Spec
@@ -43,8 +42,14 @@ class CollectorConfigSpec(Spec):
         return v
 
 
-# kind -> the model of its spec.
-KINDS: dict[str, type[BaseModel]] = {"CollectorConfig": CollectorConfigSpec, "AlertRule": AlertRuleSpec}
+def kinds() -> dict[str, type[BaseModel]]:
+    """kind -> the model of its spec. AlertRule is imported here, on first use, so that the
+    collector, which only reads CollectorConfig, never loads the rule model and its templates."""
+    from sysmon.core.alert_rule import AlertRuleSpec
+
+    return {"CollectorConfig": CollectorConfigSpec, "AlertRule": AlertRuleSpec}
+
+
 NAME_MAX = 253
 
 
@@ -54,9 +59,10 @@ def _loc(err: Mapping[str, Any]) -> str:
 
 def validate_resource(kind: str, name: str, spec: Mapping[str, Any]) -> BaseModel:
     """Parse one resource's spec, or raise InvalidInput naming kind/name and the field."""
-    model = KINDS.get(kind)
+    known = kinds()
+    model = known.get(kind)
     if model is None:
-        raise InvalidInput("kind", f"unknown kind {kind!r}; known kinds: {sorted(KINDS)}")
+        raise InvalidInput("kind", f"unknown kind {kind!r}; known kinds: {sorted(known)}")
     if not name or len(name) > NAME_MAX:
         raise InvalidInput("name", f"{kind} name must be 1-{NAME_MAX} characters")
     try:
