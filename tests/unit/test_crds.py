@@ -1,0 +1,216 @@
+"""The CRDs: valid CustomResourceDefinitions, structural, with CEL rules that compile; every example
+accepted and every bad example refused for the reason it states; and the schemas agree with the
+models the operator and the aggregator validate with (AlertRuleSpec, FleetSpec)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from sysmon.core.alert_rule import AlertRuleSpec
+from sysmon.core.durations import parse_duration
+from sysmon.operator.fleet_spec import FleetSpec
+from tests.k8s_schemas import (
+    EXAMPLES,
+    builtin_errors,
+    cel_rules,
+    compile_rule,
+    crds,
+    custom_resource_errors,
+    load_docs,
+    schema_of,
+    structural_problems,
+)
+
+MODELS: dict[str, type[BaseModel]] = {"AlertRule": AlertRuleSpec, "MonitoredFleet": FleetSpec}
+GOOD = sorted(EXAMPLES.glob("*.yaml"))
+BAD = sorted((EXAMPLES / "bad").glob("*.yaml"))
+
+# Each bad example, and what the API server's answer must mention.
+WHY_BAD = {
+    "monitoredfleet-negative-interval.yaml": ".spec.interval: '-5s' does not match",
+    "monitoredfleet-interval-too-long.yaml": "interval must be between 100ms and 1h",
+    "monitoredfleet-unknown-group.yaml": "'gpu' is not one of",
+    "monitoredfleet-no-token.yaml": "'token' is a required property",
+    "monitoredfleet-zero-replicas.yaml": "0 is less than the minimum of 1",
+    "monitoredfleet-bad-quantity.yaml": "'lots' does not match",
+    "alertrule-unknown-op.yaml": "'=>' is not one of",
+    "alertrule-resolve-above-threshold.yaml": "resolveThreshold must not be above the threshold",
+    "alertrule-window-too-long.yaml": "window must be more than 0 and at most 1h",
+    "alertrule-two-kinds-in-one-action.yaml": "has too many properties",
+    "alertrule-credentials-in-url.yaml": "does not match '^https?://[^/@ ]+",
+    "alertrule-misspelt-field.yaml": "'thresold' was unexpected",
+    "alertrule-repeat-storm.yaml": "repeatInterval must be 0 (never) or at least 10s",
+}
+
+
+def one(path: Path) -> dict[str, Any]:
+    (doc,) = load_docs(path)
+    return doc
+
+
+def test_both_crds_and_the_peering_crd_are_there() -> None:
+    assert set(crds()) == {"MonitoredFleet", "AlertRule", "KopfPeering"}
+    for kind in ("MonitoredFleet", "AlertRule"):
+        spec = crds()[kind]["spec"]
+        assert spec["group"] == "sysmon.dev"
+        assert [v["name"] for v in spec["versions"]] == ["v1alpha1"]
+        assert spec["versions"][0]["subresources"] == {"status": {}}
+        assert spec["names"]["shortNames"], kind
+        assert spec["names"]["categories"] == ["sysmon"]
+
+
+@pytest.mark.parametrize("kind", ["MonitoredFleet", "AlertRule", "KopfPeering"])
+def test_crd_is_a_valid_apiextensions_object(kind: str) -> None:
+    assert builtin_errors(crds()[kind]) == []
+
+
+@pytest.mark.parametrize("kind", ["MonitoredFleet", "AlertRule", "KopfPeering"])
+def test_crd_schema_is_structural(kind: str) -> None:
+    assert structural_problems(schema_of(kind)) == []
+
+
+def test_the_structural_check_catches_what_the_api_server_refuses() -> None:
+    # The checker itself: a schema with no type, and properties + additionalProperties, are not structural.
+    bad = {"type": "object", "properties": {"a": {"description": "untyped"},
+                                            "b": {"type": "object", "properties": {}, "additionalProperties": {}}}}
+    problems = structural_problems(bad)
+    assert ".a: no type" in problems
+    assert ".b: properties and additionalProperties together" in problems
+
+
+@pytest.mark.parametrize("kind", ["MonitoredFleet", "AlertRule"])
+def test_every_cel_rule_compiles(kind: str) -> None:
+    rules = list(cel_rules(schema_of(kind)))
+    assert rules, "CEL rules say what the schema cannot"
+    for path, rule in rules:
+        assert compile_rule(rule) is not None, path
+
+
+@pytest.mark.parametrize("kind", ["MonitoredFleet", "AlertRule"])
+def test_printer_columns_name_fields_of_the_schema(kind: str) -> None:
+    schema = schema_of(kind)
+    (version,) = crds()[kind]["spec"]["versions"]
+    for column in version["additionalPrinterColumns"]:
+        path = column["jsonPath"].lstrip(".").split("[")[0].split(".")
+        node = schema
+        for part in path:
+            if part == "metadata":
+                break
+            assert part in node.get("properties", {}), column
+            node = node["properties"][part]
+
+
+@pytest.mark.parametrize("path", GOOD, ids=lambda p: p.name)
+def test_good_example_is_accepted_by_the_crd(path: Path) -> None:
+    assert custom_resource_errors(one(path)) == []
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.name)
+def test_bad_example_is_rejected_by_the_crd_for_its_reason(path: Path) -> None:
+    errors = custom_resource_errors(one(path))
+    assert errors, f"{path.name} was accepted"
+    assert any(WHY_BAD[path.name] in e for e in errors), errors
+
+
+def test_every_bad_example_has_a_stated_reason() -> None:
+    assert {p.name for p in BAD} == set(WHY_BAD)
+    assert len(GOOD) >= 4
+
+
+@pytest.mark.parametrize("path", GOOD + BAD, ids=lambda p: p.name)
+def test_the_crd_and_the_model_agree(path: Path) -> None:
+    """Whatever `kubectl apply` accepts, the operator (and ConfigService.Apply) accepts, and the other way round."""
+    doc = one(path)
+    model = MODELS[doc["kind"]]
+    try:
+        model.model_validate(doc["spec"])
+        model_ok = True
+    except ValidationError:
+        model_ok = False
+    assert model_ok == (custom_resource_errors(doc) == []), path.name
+
+
+def _aliases(model: type[BaseModel]) -> set[str]:
+    return {f.alias or name for name, f in model.model_fields.items()}
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        inner = _model_of(arg)
+        if inner is not None:
+            return inner
+    return None
+
+
+def _compare_fields(schema: dict[str, Any], model: type[BaseModel], path: str) -> list[str]:
+    out = []
+    props = schema.get("properties") or {}
+    if set(props) != _aliases(model):
+        out.append(f"{path}: CRD {sorted(props)} vs model {sorted(_aliases(model))}")
+    for name, field in model.model_fields.items():
+        sub_model = _model_of(field.annotation)
+        sub_schema = props.get(field.alias or name)
+        if sub_model is None or sub_schema is None:
+            continue
+        if sub_schema.get("type") == "array":
+            sub_schema = sub_schema["items"]
+        out += _compare_fields(sub_schema, sub_model, f"{path}.{field.alias or name}")
+    return out
+
+
+@pytest.mark.parametrize("kind", ["MonitoredFleet", "AlertRule"])
+def test_the_crd_has_exactly_the_fields_of_the_model(kind: str) -> None:
+    """A field added to AlertRuleSpec (or FleetSpec) without the CRD, or the other way round, fails here."""
+    assert _compare_fields(schema_of(kind)["properties"]["spec"], MODELS[kind], "spec") == []
+
+
+def test_crd_defaults_are_the_model_defaults() -> None:
+    rule = schema_of("AlertRule")["properties"]["spec"]["properties"]
+    model = AlertRuleSpec.model_validate({"metric": "m", "condition": {"op": ">", "threshold": 1}})
+    assert rule["aggregation"]["default"] == model.aggregation
+    assert parse_duration(rule["window"]["default"]) == model.window
+    assert parse_duration(rule["for"]["default"]) == model.for_
+    assert rule["severity"]["default"] == model.severity
+    assert parse_duration(rule["repeatInterval"]["default"]) == model.repeat_interval
+
+    fleet = schema_of("MonitoredFleet")["properties"]["spec"]["properties"]
+    ref = {"secretKeyRef": {"name": "s", "key": "k"}}
+    f = FleetSpec.model_validate({"postgres": ref, "redis": ref, "token": ref})
+    assert parse_duration(fleet["interval"]["default"]) == f.interval
+    assert fleet["imagePullPolicy"]["default"] == f.image_pull_policy
+    assert fleet["readOnlyRootFilesystem"]["default"] is f.read_only_root_filesystem
+    assert fleet["aggregator"]["properties"]["replicas"]["default"] == f.aggregator.replicas
+    assert fleet["gateway"]["properties"]["enabled"]["default"] is f.gateway.enabled
+    assert fleet["metricGroups"]["items"]["enum"] == f.metric_groups
+
+
+@pytest.mark.parametrize(
+    ("condition", "ok"),
+    [
+        ({"op": ">", "threshold": 0.9, "resolveThreshold": 0.85}, True),
+        ({"op": ">=", "threshold": 1, "resolveThreshold": 1}, True),
+        ({"op": "<", "threshold": 0.1, "resolveThreshold": 0.2}, True),
+        ({"op": "<", "threshold": 0.1, "resolveThreshold": 0.05}, False),
+        ({"op": "==", "threshold": 3, "resolveThreshold": 3}, True),
+        ({"op": "!=", "threshold": 3, "resolveThreshold": 4}, False),
+        ({"op": "!=", "threshold": 3}, True),
+    ],
+)
+def test_hysteresis_rule_is_the_models(condition: dict[str, Any], ok: bool) -> None:
+    doc = {"apiVersion": "sysmon.dev/v1alpha1", "kind": "AlertRule", "metadata": {"name": "h"},
+           "spec": {"metric": "system.cpu.utilization", "condition": condition}}
+    assert (custom_resource_errors(doc) == []) is ok
+    try:
+        AlertRuleSpec.model_validate(doc["spec"])
+        model_ok = True
+    except ValidationError:
+        model_ok = False
+    assert model_ok is ok

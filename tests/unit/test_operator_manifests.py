@@ -1,0 +1,213 @@
+"""MonitoredFleet -> children, without a cluster: the set of objects, that each is valid for
+Kubernetes 1.30+, secure by default, owned by the fleet, and that each component reads from its
+ConfigMap exactly what the fleet says."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from sysmon.core.settings import AgentSettings, AggregatorSettings, AlertsSettings, GatewaySettings, is_loopback
+from sysmon.operator import manifests as m
+from sysmon.operator.fleet_spec import FleetSpec
+from tests.k8s_schemas import EXAMPLES, load_docs, manifest_errors
+
+REF = {"secretKeyRef": {"name": "sysmon-postgres", "key": "url"}}
+BASE = {"postgres": REF, "redis": {"secretKeyRef": {"name": "sysmon-redis", "key": "url"}},
+        "token": {"secretKeyRef": {"name": "sysmon-token", "key": "token"}}}
+
+
+def fleet(spec: dict[str, Any] | None = None, name: str = "prod") -> m.Fleet:
+    return m.Fleet(name, "monitoring", "0b5e-uid", FleetSpec.model_validate({**BASE, **(spec or {})}),
+                   default_image="sysmon:default")
+
+
+def by_key(children: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {m.key(c): c for c in children}
+
+
+def containers(children: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for c in children:
+        if c["kind"] in ("Deployment", "DaemonSet"):
+            pod = c["spec"]["template"]["spec"]
+            for container in pod["containers"]:
+                yield pod, container
+
+
+def test_a_fleet_owns_exactly_its_workloads_services_and_configmaps() -> None:
+    children = m.desired_children(fleet())
+    assert sorted(m.key(c) for c in children) == sorted([
+        ("ConfigMap", "prod-collector"), ("ConfigMap", "prod-aggregator"), ("ConfigMap", "prod-gateway"),
+        ("ConfigMap", "prod-alerts"),
+        ("DaemonSet", "prod-collector"),
+        ("Deployment", "prod-aggregator"), ("Service", "prod-aggregator"),
+        ("Deployment", "prod-gateway"), ("Service", "prod-gateway"),
+        ("Deployment", "prod-alerts"), ("Service", "prod-alerts"),
+    ])
+    for c in children:
+        assert c["metadata"]["namespace"] == "monitoring"
+        (ref,) = c["metadata"]["ownerReferences"]
+        # Deleting the fleet deletes this (garbage collection follows the controller reference).
+        assert ref == {"apiVersion": "sysmon.dev/v1alpha1", "kind": "MonitoredFleet", "name": "prod",
+                       "uid": "0b5e-uid", "controller": True, "blockOwnerDeletion": True}
+        assert c["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "sysmon-operator"
+
+
+def test_disabled_gateway_and_alerts_are_not_built() -> None:
+    keys = {m.key(c) for c in m.desired_children(fleet({"gateway": {"enabled": False},
+                                                        "alerts": {"enabled": False}}))}
+    assert not {k for k in keys if "gateway" in k[1] or "alerts" in k[1]}
+    assert ("Deployment", "prod-aggregator") in keys
+    # ... yet they are among what a fleet may own, so the reconciler deletes leftovers.
+    possible = set(m.possible_children(fleet()))
+    assert {("Deployment", "prod-gateway"), ("Service", "prod-alerts"), ("ConfigMap", "prod-gateway")} <= possible
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("monitoredfleet*.yaml")), ids=lambda p: p.name)
+def test_every_built_manifest_validates_against_the_kubernetes_schemas(example: Any) -> None:
+    (doc,) = load_docs(example)
+    f = m.Fleet(doc["metadata"]["name"], "sysmon", "uid", FleetSpec.model_validate(doc["spec"]))
+    for child in m.desired_children(f):
+        assert manifest_errors(child) == [], m.key(child)
+
+
+def test_pods_are_locked_down() -> None:
+    for pod, c in containers(m.desired_children(fleet())):
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["enableServiceLinks"] is False
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert "command" not in c, "args only: the entrypoint is the sysmon CLI"
+
+
+def test_secrets_are_referenced_never_copied() -> None:
+    children = m.desired_children(fleet())
+    for _, c in containers(children):
+        for env in c["env"]:
+            if env["name"] in ("SYSMON_TOKEN", "SYSMON_POSTGRES_URL", "SYSMON_REDIS_URL"):
+                assert "value" not in env
+                assert "secretKeyRef" in env["valueFrom"]
+    for c in children:
+        if c["kind"] == "ConfigMap":
+            assert not {"SYSMON_TOKEN", "SYSMON_POSTGRES_URL", "SYSMON_REDIS_URL"} & set(c["data"])
+    services = {c["name"]: {e["name"] for e in c["env"]} for _, c in containers(children)}
+    assert services["collector"] == {"NODE_NAME", "SYSMON_TOKEN"}
+    assert services["aggregator"] == {"SYSMON_POSTGRES_URL", "SYSMON_REDIS_URL", "SYSMON_TOKEN"}
+
+
+def test_every_container_has_probes_grpc_for_the_aggregator_http_for_the_rest() -> None:
+    probes = {c["name"]: c for _, c in containers(m.desired_children(fleet()))}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert probes["aggregator"][probe]["grpc"] == {"port": 50051}
+    for name, port in (("gateway", 8080), ("alerts", 8081)):
+        assert probes[name]["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+        assert probes[name]["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    assert probes["collector"]["livenessProbe"]["httpGet"]["port"] == 9465
+
+
+def test_collectors_see_the_host_and_run_where_the_fleet_says() -> None:
+    f = fleet({"collectors": {"nodeSelector": {"kubernetes.io/os": "linux"},
+                              "tolerations": [{"key": "node-role.kubernetes.io/control-plane",
+                                               "operator": "Exists", "effect": "NoSchedule"}]}})
+    ds = by_key(m.desired_children(f))["DaemonSet", "prod-collector"]
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostPID"] is True
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["tolerations"] == [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists",
+                                   "effect": "NoSchedule"}]
+    (c,) = pod["containers"]
+    assert {"name": "host-root", "mountPath": "/host", "readOnly": True,
+            "mountPropagation": "HostToContainer"} in c["volumeMounts"]
+    assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in c["env"]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for k in list(os.environ):
+        if k.startswith("SYSMON_") or k == "NODE_NAME":
+            monkeypatch.delenv(k)
+    return monkeypatch
+
+
+def test_the_collector_reads_the_fleets_settings_from_its_configmap(clean_env: pytest.MonkeyPatch) -> None:
+    f = fleet({"interval": "10s", "metricGroups": ["cpu", "memory"], "hostLabels": {"env": "prod"}})
+    data = by_key(m.desired_children(f))["ConfigMap", "prod-collector"]["data"]
+    for k, v in data.items():
+        clean_env.setenv(k, v)
+    clean_env.setenv("NODE_NAME", "node-7")
+    agent = AgentSettings()
+    assert agent.interval == timedelta(seconds=10)
+    assert agent.metric_groups == ["cpu", "memory"]
+    assert agent.labels == {"env": "prod", "fleet": "prod"}
+    assert agent.host_id == "node-7"
+    assert agent.host_root == "/host"
+    assert agent.aggregator == "prod-aggregator.monitoring.svc:50051"
+
+
+def test_the_services_read_retention_and_listen_beyond_loopback(clean_env: pytest.MonkeyPatch) -> None:
+    f = fleet({"retention": {"raw": "48h", "oneMinute": "14d", "oneHour": "365d"}})
+    children = by_key(m.desired_children(f))
+    for k, v in children["ConfigMap", "prod-aggregator"]["data"].items():
+        clean_env.setenv(k, v)
+    agg = AggregatorSettings()
+    assert agg.raw_retention == timedelta(hours=48)
+    assert agg.rollup_1m_retention == timedelta(days=14)
+    assert agg.rollup_1h_retention == timedelta(days=365)
+    # Not loopback: the aggregator then insists on the token, which the Secret provides.
+    assert not is_loopback(agg.listen)
+    for k in children["ConfigMap", "prod-aggregator"]["data"]:
+        clean_env.delenv(k)
+    for k, v in children["ConfigMap", "prod-gateway"]["data"].items():
+        clean_env.setenv(k, v)
+    gw = GatewaySettings()
+    assert gw.listen == "0.0.0.0:8080"
+    assert gw.raw_retention == timedelta(hours=48)
+
+
+def test_the_alerts_service_runs_once_and_reaches_the_aggregator(clean_env: pytest.MonkeyPatch) -> None:
+    """Its windows live in memory and it resumes its bus consumer by name: two at once would evaluate
+    every rule twice, so a rollout stops the old pod before starting the new one."""
+    children = by_key(m.desired_children(fleet({"aggregator": {"replicas": 3}, "gateway": {"replicas": 2}})))
+    alerts = children["Deployment", "prod-alerts"]["spec"]
+    assert alerts["replicas"] == 1
+    assert alerts["strategy"] == {"type": "Recreate"}
+    assert children["Deployment", "prod-aggregator"]["spec"]["strategy"]["type"] == "RollingUpdate"
+    for k, v in children["ConfigMap", "prod-alerts"]["data"].items():
+        clean_env.setenv(k, v)
+    settings = AlertsSettings()
+    assert settings.aggregator == "prod-aggregator.monitoring.svc:50051"
+    assert settings.listen == "0.0.0.0:8081"
+
+
+def test_images_component_over_fleet_over_operator_default() -> None:
+    images = {c["name"]: c["image"] for _, c in containers(m.desired_children(fleet()))}
+    assert set(images.values()) == {"sysmon:default"}
+    f = fleet({"image": "sysmon:1.2", "aggregator": {"image": "sysmon:1.3-rc"}})
+    images = {c["name"]: c["image"] for _, c in containers(m.desired_children(f))}
+    assert images == {"collector": "sysmon:1.2", "aggregator": "sysmon:1.3-rc", "gateway": "sysmon:1.2",
+                      "alerts": "sysmon:1.2"}
+
+
+def test_a_config_change_touches_only_the_pods_that_read_it() -> None:
+    def templates(f: m.Fleet) -> dict[str, Any]:
+        return {m.key(c): c["spec"]["template"] for c in m.desired_children(f)
+                if c["kind"] in ("Deployment", "DaemonSet")}
+
+    before = templates(fleet())
+    assert templates(fleet()) == before, "building is deterministic"
+    after = templates(fleet({"interval": "15s"}))
+    assert [k for k in before if before[k] != after[k]] == [("DaemonSet", "prod-collector")]
+    after = templates(fleet({"retention": {"raw": "12h"}}))
+    changed = sorted(k for k in before if before[k] != after[k])
+    assert changed == [("Deployment", "prod-aggregator"), ("Deployment", "prod-gateway")]

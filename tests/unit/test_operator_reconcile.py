@@ -1,0 +1,231 @@
+"""The MonitoredFleet handler, called as kopf calls it, against an in-memory API server:
+children created, a spec change writes only what changes, drift is undone, disabled components are
+deleted, and the status (conditions, counts, observedGeneration) says what is true."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+import pytest
+
+from sysmon.core.settings import OperatorSettings
+from sysmon.operator import handlers
+from sysmon.operator.config_client import ConfigClient
+from sysmon.operator.handlers import OperatorContext, fleet_reconcile
+from sysmon.operator.kube import KubeError
+from sysmon.operator.manifests import SPEC_HASH
+from tests.fake_kube import FakeKube
+from tests.k8s_schemas import schema_of, to_json_schema
+
+NS = "monitoring"
+SECRETS = {
+    "postgres": {"secretKeyRef": {"name": "sysmon-postgres", "key": "url"}},
+    "redis": {"secretKeyRef": {"name": "sysmon-redis", "key": "url"}},
+    "token": {"secretKeyRef": {"name": "sysmon-token", "key": "token"}},
+}
+ALL = 11  # 4 ConfigMaps, DaemonSet, 3 Deployments, 3 Services
+
+
+class Fleet:
+    """One MonitoredFleet object as kopf hands it to handlers; status is kept as kopf would patch it."""
+
+    def __init__(self, kube: FakeKube, spec: dict[str, Any] | None = None):
+        self.kube = kube
+        self.spec = {**SECRETS, **(spec or {})}
+        self.generation = 1
+        self.status: dict[str, Any] = {}
+        settings = OperatorSettings(namespace=NS, image="sysmon:test")
+        self.memo = kopf.Memo(ctx=OperatorContext(settings, kube, ConfigClient(settings),
+                                                  now=lambda: self.clock))
+        self.clock = "2025-01-01T00:00:00Z"
+
+    def change(self, **spec: Any) -> None:
+        self.spec.update(spec)
+        self.generation += 1
+
+    def reconcile(self, retry: int = 0) -> list[tuple[str, str, str]]:
+        """Run the handler once; return the writes it made."""
+        start = len(self.kube.writes)
+        patch = kopf.Patch()
+        try:
+            fleet_reconcile(name="prod", namespace=NS, uid="fleet-uid", meta={"generation": self.generation},
+                            spec=self.spec, status=self.status, patch=patch, memo=self.memo,
+                            logger=logging.getLogger("test"), retry=retry)
+        finally:
+            for k, v in patch.status.items():
+                if v is None:
+                    self.status.pop(k, None)
+                else:
+                    self.status[k] = v
+        return self.kube.writes[start:]
+
+    def condition(self, type_: str) -> dict[str, Any]:
+        return next(c for c in self.status["conditions"] if c["type"] == type_)
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+def test_a_new_fleet_gets_every_child_and_reports_progress_until_ready(kube: FakeKube) -> None:
+    fleet = Fleet(kube)
+    writes = fleet.reconcile()
+    assert len(writes) == ALL
+    assert all(verb == "apply" for verb, _, _ in writes)
+    # ConfigMaps first: pods never start without the variables they read.
+    assert [kind for _, kind, _ in writes[:4]] == ["ConfigMap"] * 4
+    assert fleet.status["observedGeneration"] == 1
+    assert fleet.condition("Ready")["status"] == "False"
+    assert fleet.condition("Progressing")["status"] == "True"
+    assert fleet.condition("Degraded")["status"] == "False"
+
+    kube.roll_out(NS, nodes=3)
+    fleet.clock = "2025-01-01T00:01:00Z"
+    assert fleet.reconcile() == [], "nothing changed: nothing written"
+    assert fleet.status["collectors"] == {"desired": 3, "ready": 3, "updated": 3}
+    assert fleet.status["aggregator"] == {"desired": 1, "ready": 1, "updated": 1}
+    ready = fleet.condition("Ready")
+    assert ready["status"] == "True"
+    assert ready["reason"] == "AllComponentsReady"
+    assert ready["lastTransitionTime"] == "2025-01-01T00:01:00Z"
+    assert fleet.condition("Progressing")["status"] == "False"
+
+    # Conditions keep their transition time while they hold.
+    fleet.clock = "2025-01-01T00:02:00Z"
+    fleet.reconcile()
+    assert fleet.condition("Ready")["lastTransitionTime"] == "2025-01-01T00:01:00Z"
+
+
+def test_the_status_fits_the_crds_status_schema(kube: FakeKube) -> None:
+    import jsonschema
+
+    fleet = Fleet(kube)
+    fleet.reconcile()
+    kube.roll_out(NS)
+    fleet.reconcile()
+    jsonschema.validate(fleet.status, to_json_schema(schema_of("MonitoredFleet")["properties"]["status"], False))
+
+
+def test_a_spec_change_rewrites_only_what_it_changes(kube: FakeKube) -> None:
+    fleet = Fleet(kube)
+    fleet.reconcile()
+    kube.roll_out(NS)
+    aggregator_generation = kube.get("Deployment", NS, "prod-aggregator")["metadata"]["generation"]
+
+    fleet.change(interval="15s")
+    assert sorted(fleet.reconcile()) == [("apply", "ConfigMap", "prod-collector"),
+                                         ("apply", "DaemonSet", "prod-collector")]
+    assert kube.get("Deployment", NS, "prod-aggregator")["metadata"]["generation"] == aggregator_generation
+    assert fleet.status["observedGeneration"] == 2
+    # The DaemonSet controller has not caught up yet: the fleet is rolling out.
+    assert fleet.condition("Progressing")["status"] == "True"
+    assert "collector" in fleet.condition("Progressing")["message"]
+
+    fleet.change(aggregator={"replicas": 3})
+    assert fleet.reconcile() == [("apply", "Deployment", "prod-aggregator")]
+    assert kube.get("Deployment", NS, "prod-aggregator")["spec"]["replicas"] == 3
+
+
+def test_quantities_the_server_rewrites_are_not_mistaken_for_changes(kube: FakeKube) -> None:
+    fleet = Fleet(kube, {"aggregator": {"resources": {"requests": {"cpu": "0.25"}, "limits": {"memory": "2048Mi"}}}})
+    fleet.reconcile()
+    live = kube.get("Deployment", NS, "prod-aggregator")["spec"]["template"]["spec"]["containers"][0]
+    assert live["resources"] == {"requests": {"cpu": "250m"}, "limits": {"memory": "2Gi"}}
+    assert fleet.reconcile() == []
+
+
+def test_drift_is_corrected_and_deleted_children_come_back(kube: FakeKube) -> None:
+    fleet = Fleet(kube)
+    fleet.reconcile()
+
+    def swap_image(obj: dict[str, Any]) -> None:
+        obj["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
+
+    kube.edit("Deployment", NS, "prod-aggregator", swap_image)
+    assert fleet.reconcile() == [("apply", "Deployment", "prod-aggregator")]
+    live = kube.get("Deployment", NS, "prod-aggregator")
+    assert live["spec"]["template"]["spec"]["containers"][0]["image"] == "sysmon:test"
+
+    kube.remove("Service", NS, "prod-aggregator")
+    kube.remove("ConfigMap", NS, "prod-alerts")
+    assert sorted(fleet.reconcile()) == [("apply", "ConfigMap", "prod-alerts"), ("apply", "Service", "prod-aggregator")]
+
+    # A hand edit that also fakes the spec hash is still found by comparing the fields.
+    def scale(obj: dict[str, Any]) -> None:
+        obj["spec"]["replicas"] = 0
+
+    kube.edit("Deployment", NS, "prod-gateway", scale)
+    assert kube.get("Deployment", NS, "prod-gateway")["metadata"]["annotations"][SPEC_HASH]
+    assert fleet.reconcile() == [("apply", "Deployment", "prod-gateway")]
+
+
+def test_disabling_a_component_deletes_what_the_fleet_owns_of_it(kube: FakeKube) -> None:
+    fleet = Fleet(kube)
+    fleet.reconcile()
+    kube.roll_out(NS)
+    fleet.reconcile()
+    assert "gateway" in fleet.status
+
+    fleet.change(gateway={"enabled": False})
+    assert sorted(fleet.reconcile()) == [("delete", "ConfigMap", "prod-gateway"),
+                                         ("delete", "Deployment", "prod-gateway"),
+                                         ("delete", "Service", "prod-gateway")]
+    assert "gateway" not in fleet.status
+    assert fleet.condition("Ready")["status"] == "True"
+
+
+def test_an_object_someone_else_owns_is_left_alone_and_reported(kube: FakeKube) -> None:
+    kube.apply({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "prod-gateway", "namespace": NS}, "spec": {"ports": []}})
+    fleet = Fleet(kube)
+    with pytest.raises(kopf.TemporaryError):
+        fleet.reconcile()
+    assert ("apply", "Service", "prod-gateway") not in kube.writes[1:]
+    degraded = fleet.condition("Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "Conflict"
+    assert "Service prod-gateway exists and is not owned by this fleet" in degraded["message"]
+
+
+def test_an_invalid_spec_is_reported_not_applied(kube: FakeKube) -> None:
+    # The CRD refuses this at kubectl apply; an object stored before the schema said so reaches the operator.
+    fleet = Fleet(kube, {"metricGroups": ["cpu", "gpu"]})
+    with pytest.raises(kopf.PermanentError):
+        fleet.reconcile()
+    assert kube.writes == []
+    degraded = fleet.condition("Degraded")
+    assert degraded["reason"] == "InvalidSpec"
+    assert "spec.metricGroups" in degraded["message"]
+    assert "gpu" in degraded["message"]
+
+
+def test_api_errors_are_retried_with_backoff_and_shown(kube: FakeKube) -> None:
+    fleet = Fleet(kube)
+    kube.fail_next = KubeError("patch DaemonSet: 503 Service Unavailable", retryable=True)
+    with pytest.raises(kopf.TemporaryError) as e:
+        fleet.reconcile(retry=3)
+    assert 8 * 0.8 <= e.value.delay <= 8 * 1.2
+    assert fleet.condition("Degraded")["reason"] == "ApplyFailed"
+    assert "503" in fleet.condition("Degraded")["message"]
+
+    kube.fail_next = KubeError("forbidden: cannot patch daemonsets", retryable=False)
+    with pytest.raises(kopf.PermanentError):
+        fleet.reconcile()
+    # The next attempt (the timer's) goes through.
+    assert len(fleet.reconcile()) == ALL
+    assert fleet.condition("Degraded")["status"] == "False"
+
+
+def test_handlers_are_registered_for_every_cause() -> None:
+    registry = handlers.register(kopf.OperatorRegistry(), OperatorSettings(namespace=NS))
+    changing = registry._changing.get_all_handlers()
+    by_fn: dict[str, set[str]] = {}
+    for h in changing:
+        by_fn.setdefault(h.fn.__name__, set()).add(str(h.reason) if h.reason else "?")
+    assert set(by_fn) == {"fleet_reconcile", "rule_push", "rule_remove"}
+    assert len(by_fn["fleet_reconcile"]) == 3  # create, update, resume
+    timers = registry._spawning.get_all_handlers()
+    assert [(t.fn.__name__, t.interval) for t in timers] == [("fleet_reconcile", 20.0)]
