@@ -72,6 +72,8 @@ class Aggregator:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
+        self._health_server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -103,8 +105,21 @@ class Aggregator:
             self.port = server.add_insecure_port(s.listen)
         if not self.port:
             raise ConfigurationError(f"cannot listen on {s.listen}")
+        health_server = None
+        if s.health_listen:
+            # The kubelet's gRPC probe speaks neither TLS nor mutual TLS. A listener of its own, with
+            # the health service and nothing else, answers it without opening the other services
+            # (or the token) to plaintext. Same servicer: both ports report the same status.
+            health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
+            self.health_port = health_server.add_insecure_port(s.health_listen)
+            if not self.health_port:
+                raise ConfigurationError(f"cannot listen on {s.health_listen}")
         await server.start()
         self._server = server
+        if health_server is not None:
+            await health_server.start()
+            self._health_server = health_server
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.ingest.start()
@@ -137,6 +152,9 @@ class Aggregator:
         await self.health.enter_graceful_shutdown()
         self._stop.set()
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
+            self._health_server = None
         await self.ingest.stop()
         for t in self._tasks:
             t.cancel()

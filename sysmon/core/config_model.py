@@ -11,35 +11,19 @@ from datetime import timedelta
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError
 
-from sysmon.core.durations import Duration
 from sysmon.core.metrics import METRIC_GROUPS, InvalidInput
-from sysmon.core.spec_base import LabelSelector, Spec
+from sysmon.core.spec_base import CollectionInterval, LabelSelector, MetricGroups, Spec
 
 
 class CollectorConfigSpec(Spec):
     """What the collectors of a fleet do; from MonitoredFleet.spec (collection part)."""
 
     host_selector: LabelSelector = Field(default_factory=LabelSelector, alias="hostSelector")
-    interval: Duration = timedelta(seconds=5)
-    metric_groups: list[str] = Field(default_factory=lambda: list(METRIC_GROUPS), alias="metricGroups")
+    interval: CollectionInterval = timedelta(seconds=5)
+    metric_groups: MetricGroups = Field(default_factory=lambda: list(METRIC_GROUPS), alias="metricGroups")
     labels: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("interval")
-    @classmethod
-    def _interval(cls, v: timedelta) -> timedelta:
-        if not timedelta(milliseconds=100) <= v <= timedelta(hours=1):
-            raise ValueError("must be between 100ms and 1h")
-        return v
-
-    @field_validator("metric_groups")
-    @classmethod
-    def _groups(cls, v: list[str]) -> list[str]:
-        unknown = sorted(set(v) - set(METRIC_GROUPS))
-        if unknown:
-            raise ValueError(f"unknown metric groups {unknown}; known: {list(METRIC_GROUPS)}")
-        return v
 
 
 def kinds() -> dict[str, type[BaseModel]]:

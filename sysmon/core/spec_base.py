@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from sysmon.core.durations import Duration
+from sysmon.core.metrics import METRIC_GROUPS
 
 
 class Spec(BaseModel):
@@ -17,3 +22,24 @@ class LabelSelector(Spec):
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in self.match_labels.items())
+
+
+def _interval(v: timedelta) -> timedelta:
+    if not timedelta(milliseconds=100) <= v <= timedelta(hours=1):
+        raise ValueError("interval must be between 100ms and 1h")
+    return v
+
+
+def _metric_groups(v: list[str]) -> list[str]:
+    unknown = sorted(set(v) - set(METRIC_GROUPS))
+    if unknown:
+        raise ValueError(f"unknown metric groups {unknown}; known: {list(METRIC_GROUPS)}")
+    if len(set(v)) != len(v):
+        raise ValueError("metric groups repeat")
+    return v
+
+
+# One rule wherever a collection interval or a choice of metric groups is given: the agent's
+# flags, CollectorConfig, the MonitoredFleet spec (whose CRD says the same in CEL and enums).
+CollectionInterval = Annotated[Duration, AfterValidator(_interval)]
+MetricGroups = Annotated[list[str], AfterValidator(_metric_groups)]

@@ -15,12 +15,16 @@ from pydantic import Field, field_validator
 
 from sysmon.core.durations import Duration
 from sysmon.core.metrics import ATTR_KEY_RE, METRIC_GROUPS
-from sysmon.core.spec_base import Spec
+from sysmon.core.spec_base import CollectionInterval, MetricGroups, Spec
 
 # Kubernetes quantities ("100m", "1.5Gi", "2"); the API server normalises them, compare.py knows.
 QUANTITY_RE = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$"
 DNS_SUBDOMAIN_RE = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# Exactly DNS-1123 (label by label), for names that must also be host names.
+DNS_1123_SUBDOMAIN_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY_RE = r"^[-._a-zA-Z0-9]+$"
+# http(s) without credentials: the same rule as AlertRule action URLs (crds/alertrule.yaml).
+HTTP_URL_RE = r"^https?://[^/@ ]+(/[^ ]*)?$"
 
 Quantity = str | int
 
@@ -89,6 +93,8 @@ class Aggregator(Spec):
 
 class Gateway(Spec):
     enabled: bool = True
+    # Where people open the dashboard (behind an Ingress, say): the alerts service links to it.
+    external_url: str | None = Field(None, alias="externalURL", max_length=2048, pattern=HTTP_URL_RE)
     image: str | None = Field(None, min_length=1, max_length=512)
     replicas: int = Field(1, ge=1, le=20)
     resources: Resources = Field(default_factory=lambda: _resources({"cpu": "50m", "memory": "128Mi"},
@@ -102,6 +108,15 @@ class Alerts(Spec):
     # resumes its bus consumer by name), so it runs as one pod that a rollout replaces, never doubles.
     resources: Resources = Field(default_factory=lambda: _resources({"cpu": "50m", "memory": "128Mi"},
                                                                      {"memory": "512Mi"}))
+
+
+class Tls(Spec):
+    """TLS on the aggregator's gRPC port, from a kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt)."""
+
+    secret_name: str = Field(..., alias="secretName", max_length=253, pattern=DNS_1123_SUBDOMAIN_RE)
+    # Default: the name clients dial, the aggregator Service's <fleet>-aggregator.<namespace>.svc.
+    server_name: str | None = Field(None, alias="serverName", max_length=253, pattern=DNS_1123_SUBDOMAIN_RE)
+    mutual: bool = False
 
 
 class Retention(Spec):
@@ -120,8 +135,8 @@ class Retention(Spec):
 class FleetSpec(Spec):
     image: str | None = Field(None, min_length=1, max_length=512)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", alias="imagePullPolicy")
-    interval: Duration = timedelta(seconds=5)
-    metric_groups: list[str] = Field(default_factory=lambda: list(METRIC_GROUPS), alias="metricGroups")
+    interval: CollectionInterval = timedelta(seconds=5)
+    metric_groups: MetricGroups = Field(default_factory=lambda: list(METRIC_GROUPS), alias="metricGroups")
     host_labels: dict[str, str] = Field(default_factory=dict, alias="hostLabels", max_length=16)
     retention: Retention = Field(default_factory=Retention)
     postgres: SecretSource
@@ -134,23 +149,7 @@ class FleetSpec(Spec):
     aggregator: Aggregator = Field(default_factory=Aggregator)
     gateway: Gateway = Field(default_factory=Gateway)
     alerts: Alerts = Field(default_factory=Alerts)
-
-    @field_validator("interval")
-    @classmethod
-    def _interval(cls, v: timedelta) -> timedelta:
-        if not timedelta(milliseconds=100) <= v <= timedelta(hours=1):
-            raise ValueError("must be between 100ms and 1h")
-        return v
-
-    @field_validator("metric_groups")
-    @classmethod
-    def _groups(cls, v: list[str]) -> list[str]:
-        unknown = sorted(set(v) - set(METRIC_GROUPS))
-        if unknown:
-            raise ValueError(f"unknown metric groups {unknown}; known: {list(METRIC_GROUPS)}")
-        if len(set(v)) != len(v):
-            raise ValueError("metric groups repeat")
-        return v
+    tls: Tls | None = None
 
     @field_validator("host_labels")
     @classmethod

@@ -2,9 +2,10 @@
 
 Each component gets a ConfigMap of SYSMON_* variables (envFrom) whose hash is stamped on its pod
 template, so a change restarts exactly the pods that read it, and nothing else. Secrets are
-referenced (secretKeyRef), never copied. Every object carries a controller owner reference to the
-fleet, so deleting the fleet deletes them (garbage collection), and a spec-hash annotation, so the
-reconciler can tell a stale object from a current one without guessing at server defaults.
+referenced (secretKeyRef, or a Secret volume for TLS), never copied. Every object carries a
+controller owner reference to the fleet, so deleting the fleet deletes them (garbage collection),
+and a spec-hash annotation, so the reconciler can tell a stale object from a current one without
+guessing at server defaults.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sysmon.core.durations import format_duration
-from sysmon.operator.fleet_spec import FleetSpec, Resources, SecretSource
+from sysmon.operator.fleet_spec import FleetSpec, Resources, SecretSource, Tls
 
 GROUP = "sysmon.dev"
 VERSION = "v1alpha1"
@@ -26,12 +27,18 @@ MANAGER = "sysmon-operator"
 
 AGGREGATOR_GRPC_PORT = 50051
 AGGREGATOR_METRICS_PORT = 9464
+# Plaintext, grpc.health.v1 only: where the kubelet's gRPC probe (which has no TLS) asks when TLS is on.
+AGGREGATOR_HEALTH_PORT = 50052
 GATEWAY_PORT = 8080
 # The alerts service's HTTP port (/healthz, /readyz, /metrics).
 ALERTS_PORT = 8081
 # Collectors share the node's network, so their /metrics port is taken on every node.
 COLLECTOR_METRICS_PORT = 9465
 HOST_ROOT = "/host"
+# Where the fleet's TLS Secret is mounted; its keys are those of a kubernetes.io/tls Secret.
+TLS_DIR = "/etc/sysmon/tls"
+TLS_VOLUME = "tls"
+TLS_CERT, TLS_KEY, TLS_CA = "tls.crt", "tls.key", "ca.crt"
 # The image's user (Dockerfile); any non-root id works, this one owns nothing on the node.
 RUN_AS = 10001
 
@@ -137,8 +144,48 @@ def _retention_env(spec: FleetSpec) -> dict[str, str]:
     }
 
 
+def _tls_path(key: str) -> str:
+    return f"{TLS_DIR}/{key}"
+
+
+def _server_tls_keys(tls: Tls) -> list[str]:
+    return [TLS_CERT, TLS_KEY, TLS_CA] if tls.mutual else [TLS_CERT, TLS_KEY]
+
+
+def _client_tls_keys(tls: Tls) -> list[str]:
+    # Without mutual TLS a client needs only the CA: the aggregator's private key stays off the
+    # nodes. With it, clients present the Secret's own pair, as the fleet's spec asks.
+    return [TLS_CA, TLS_CERT, TLS_KEY] if tls.mutual else [TLS_CA]
+
+
+def _server_tls_env(tls: Tls | None) -> dict[str, str]:
+    if tls is None:
+        return {}
+    env = {
+        "SYSMON_TLS_CERT": _tls_path(TLS_CERT),
+        "SYSMON_TLS_KEY": _tls_path(TLS_KEY),
+        "SYSMON_HEALTH_LISTEN": f"0.0.0.0:{AGGREGATOR_HEALTH_PORT}",
+    }
+    if tls.mutual:
+        env["SYSMON_TLS_CLIENT_CA"] = _tls_path(TLS_CA)
+    return env
+
+
+def _client_tls_env(tls: Tls | None) -> dict[str, str]:
+    if tls is None:
+        return {}
+    env = {"SYSMON_TLS_CA": _tls_path(TLS_CA)}
+    # Unset, gRPC checks the certificate against the name dialled: the Service's DNS name.
+    if tls.server_name:
+        env["SYSMON_TLS_SERVER_NAME"] = tls.server_name
+    if tls.mutual:
+        env["SYSMON_TLS_CLIENT_CERT"] = _tls_path(TLS_CERT)
+        env["SYSMON_TLS_CLIENT_KEY"] = _tls_path(TLS_KEY)
+    return env
+
+
 def config_data(fleet: Fleet, component: str) -> dict[str, str]:
-    """The SYSMON_* variables of one component; its ConfigMap's data."""
+    """The SYSMON_* variables of one component; its ConfigMap's data (TLS paths, never key material)."""
     spec = fleet.spec
     if component == "collector":
         host_labels = {"fleet": fleet.name, **spec.host_labels}
@@ -149,18 +196,39 @@ def config_data(fleet: Fleet, component: str) -> dict[str, str]:
             "SYSMON_LABELS": json.dumps(host_labels, sort_keys=True),
             "SYSMON_HOST_ROOT": HOST_ROOT,
             "SYSMON_METRICS_LISTEN": f"0.0.0.0:{COLLECTOR_METRICS_PORT}",
+            **_client_tls_env(spec.tls),
         }
     if component == "aggregator":
         return {
             "SYSMON_LISTEN": f"0.0.0.0:{AGGREGATOR_GRPC_PORT}",
             "SYSMON_METRICS_LISTEN": f"0.0.0.0:{AGGREGATOR_METRICS_PORT}",
             **_retention_env(spec),
+            **_server_tls_env(spec.tls),
         }
     if component == "gateway":
         return {"SYSMON_LISTEN": f"0.0.0.0:{GATEWAY_PORT}", **_retention_env(spec)}
     if component == "alerts":
-        return {"SYSMON_LISTEN": f"0.0.0.0:{ALERTS_PORT}", "SYSMON_AGGREGATOR": aggregator_address(fleet)}
+        data = {
+            "SYSMON_LISTEN": f"0.0.0.0:{ALERTS_PORT}",
+            "SYSMON_AGGREGATOR": aggregator_address(fleet),
+            **_client_tls_env(spec.tls),
+        }
+        if spec.gateway.external_url:
+            data["SYSMON_EXTERNAL_URL"] = spec.gateway.external_url
+        return data
     raise ValueError(f"unknown component {component!r}")
+
+
+def _tls_volume(tls: Tls | None, *, server: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts) putting what the server (or a client) needs of the TLS Secret under TLS_DIR."""
+    if tls is None:
+        return [], []
+    keys = _server_tls_keys(tls) if server else _client_tls_keys(tls)
+    # Not subPath, so the files follow the Secret when cert-manager renews it (the processes read
+    # them at start-up: a restart takes a renewed certificate into use).
+    volume = {"name": TLS_VOLUME, "secret": {"secretName": tls.secret_name, "defaultMode": 0o440,
+                                             "items": [{"key": k, "path": k} for k in keys]}}
+    return [volume], [{"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True}]
 
 
 def config_map(fleet: Fleet, component: str) -> dict[str, Any]:
@@ -198,17 +266,22 @@ def _container(fleet: Fleet, component: str, image: str, resources: Resources,
 
 def _pod_spec(fleet: Fleet, containers: list[dict[str, Any]], volumes: list[dict[str, Any]] | None = None,
               **extra: Any) -> dict[str, Any]:
+    security: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if any("secret" in v for v in volumes or []):
+        # Secret files are mode 0440 (the key is nobody else's): the group is how our user reads
+        # them. Only then, so that pods without Secret volumes keep the template they had.
+        security["fsGroup"] = RUN_AS
     return {
         # The components never call the Kubernetes API.
         "automountServiceAccountToken": False,
         # Service links would inject variables such as SYSMON_AGGREGATOR_PORT into every pod.
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": security,
         "containers": containers,
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *(volumes or [])],
         **extra,
@@ -244,6 +317,7 @@ def collector_daemonset(fleet: Fleet) -> dict[str, Any]:
         return {"httpGet": {"path": "/metrics", "port": COLLECTOR_METRICS_PORT}, "periodSeconds": period,
                 "failureThreshold": failures}
 
+    tls_volumes, tls_mounts = _tls_volume(spec.tls, server=False)
     container = _container(
         fleet, "collector", _image(fleet, c.image), c.resources,
         env=[
@@ -256,11 +330,11 @@ def collector_daemonset(fleet: Fleet) -> dict[str, Any]:
             "readinessProbe": metrics_probe(5, 2),
         },
         mounts=[{"name": "host-root", "mountPath": HOST_ROOT, "readOnly": True,
-                 "mountPropagation": "HostToContainer"}],
+                 "mountPropagation": "HostToContainer"}, *tls_mounts],
     )
     pod = _pod_spec(
         fleet, [container],
-        volumes=[{"name": "host-root", "hostPath": {"path": "/", "type": "Directory"}}],
+        volumes=[{"name": "host-root", "hostPath": {"path": "/", "type": "Directory"}}, *tls_volumes],
         # The node's processes and interfaces are what is measured, so the pod shares them.
         hostPID=True,
         hostNetwork=True,
@@ -282,7 +356,7 @@ def collector_daemonset(fleet: Fleet) -> dict[str, Any]:
 
 
 def _deployment(fleet: Fleet, component: str, replicas: int, container: dict[str, Any], *,
-                singleton: bool = False) -> dict[str, Any]:
+                volumes: list[dict[str, Any]] | None = None, singleton: bool = False) -> dict[str, Any]:
     # Surge first: a rollout never takes a serving replica away before its successor is ready.
     # A singleton instead stops the old pod before the new one starts, so two never run at once.
     strategy = ({"type": "Recreate"} if singleton
@@ -295,7 +369,7 @@ def _deployment(fleet: Fleet, component: str, replicas: int, container: dict[str
             "replicas": replicas,
             "selector": {"matchLabels": selector_labels(fleet, component)},
             "strategy": strategy,
-            "template": _template(fleet, component, _pod_spec(fleet, [container],
+            "template": _template(fleet, component, _pod_spec(fleet, [container], volumes,
                                                               terminationGracePeriodSeconds=30)),
         },
     })
@@ -313,26 +387,33 @@ def aggregator_deployment(fleet: Fleet) -> dict[str, Any]:
     spec = fleet.spec
     a = spec.aggregator
 
-    def grpc_probe(period: int, failures: int) -> dict[str, Any]:
-        # grpc.health.v1 stays open without the token, so the kubelet can ask.
-        return {"grpc": {"port": AGGREGATOR_GRPC_PORT}, "periodSeconds": period, "failureThreshold": failures}
+    # grpc.health.v1 stays open without the token, so the kubelet can ask; it cannot speak TLS, so
+    # with TLS on it asks the plaintext health-only listener instead.
+    probe_port = AGGREGATOR_HEALTH_PORT if spec.tls else AGGREGATOR_GRPC_PORT
 
+    def grpc_probe(period: int, failures: int) -> dict[str, Any]:
+        return {"grpc": {"port": probe_port}, "periodSeconds": period, "failureThreshold": failures}
+
+    ports = [
+        {"name": "grpc", "containerPort": AGGREGATOR_GRPC_PORT, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": AGGREGATOR_METRICS_PORT, "protocol": "TCP"},
+    ]
+    if spec.tls:
+        ports.append({"name": "grpc-health", "containerPort": AGGREGATOR_HEALTH_PORT, "protocol": "TCP"})
+    tls_volumes, tls_mounts = _tls_volume(spec.tls, server=True)
     container = _container(
         fleet, "aggregator", _image(fleet, a.image), a.resources,
         env=_service_env(spec),
-        ports=[
-            {"name": "grpc", "containerPort": AGGREGATOR_GRPC_PORT, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": AGGREGATOR_METRICS_PORT, "protocol": "TCP"},
-        ],
+        ports=ports,
         probes={
             # Migrations run at start-up: give them time before liveness counts.
             "startupProbe": grpc_probe(2, 60),
             "livenessProbe": grpc_probe(10, 3),
             "readinessProbe": grpc_probe(5, 2),
         },
-        mounts=[],
+        mounts=tls_mounts,
     )
-    return _deployment(fleet, "aggregator", a.replicas, container)
+    return _deployment(fleet, "aggregator", a.replicas, container, volumes=tls_volumes)
 
 
 def gateway_deployment(fleet: Fleet) -> dict[str, Any]:
@@ -351,14 +432,15 @@ def gateway_deployment(fleet: Fleet) -> dict[str, Any]:
 def alerts_deployment(fleet: Fleet) -> dict[str, Any]:
     spec = fleet.spec
     al = spec.alerts
+    tls_volumes, tls_mounts = _tls_volume(spec.tls, server=False)
     container = _container(
         fleet, "alerts", _image(fleet, al.image), al.resources,
         env=_service_env(spec),
         ports=[{"name": "http", "containerPort": ALERTS_PORT, "protocol": "TCP"}],
         probes=_http_probes(ALERTS_PORT),
-        mounts=[],
+        mounts=tls_mounts,
     )
-    return _deployment(fleet, "alerts", 1, container, singleton=True)
+    return _deployment(fleet, "alerts", 1, container, volumes=tls_volumes, singleton=True)
 
 
 def service(fleet: Fleet, component: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ fleet validates too; and the rendered install is secure by default and consisten
 
 from __future__ import annotations
 
+import os
 import subprocess
 from functools import cache
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from sysmon.core.settings import OperatorSettings
 from sysmon.operator import kube, manifests
 from sysmon.operator.fleet_spec import FleetSpec
 from tests.k8s_schemas import ROOT, kubectl, manifest_errors
@@ -178,3 +180,65 @@ def test_prod_scales_out() -> None:
     spec = FleetSpec.model_validate(fleet["spec"])
     assert spec.aggregator.replicas == 3
     assert spec.gateway.replicas == 2
+
+
+def _operator_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (op,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "sysmon-operator"]
+    return op["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def test_dev_runs_without_tls() -> None:
+    docs = render("overlays/dev")
+    (fleet,) = of_kind(docs, "MonitoredFleet")
+    assert "tls" not in fleet["spec"]
+    (c,) = _operator_pod(docs)["containers"]
+    assert not [e for e in c["env"] if e["name"].startswith("SYSMON_TLS")]
+
+
+def test_prod_turns_tls_on_for_the_fleet_and_the_operators_pushes(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render("overlays/prod")
+    (fleet,) = of_kind(docs, "MonitoredFleet")
+    secret = fleet["spec"]["tls"]["secretName"]
+    f = manifests.Fleet(fleet["metadata"]["name"], "sysmon", "uid", FleetSpec.model_validate(fleet["spec"]))
+    aggregator = {manifests.key(c): c for c in manifests.desired_children(f)}["Deployment", "sysmon-aggregator"]
+    assert [v["secret"]["secretName"] for v in aggregator["spec"]["template"]["spec"]["volumes"] if "secret" in v] \
+        == [secret]
+
+    # The operator, on the environment and files its pod has, is a TLS client trusting the fleet's CA.
+    pod = _operator_pod(docs)
+    (c,) = pod["containers"]
+    for k in list(os.environ):
+        if k.startswith("SYSMON_"):
+            monkeypatch.delenv(k)
+    for e in c["env"]:
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    settings = OperatorSettings()
+    assert settings.uses_tls
+    assert settings.tls_client_cert is None
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    files = {f"{m['mountPath']}/{item['path']}": volumes[m["name"]]["secret"]["secretName"]
+             for m in c["volumeMounts"] if "secret" in volumes[m["name"]]
+             for item in volumes[m["name"]]["secret"]["items"]}
+    assert all(m["readOnly"] for m in c["volumeMounts"] if m["name"] in volumes and "secret" in volumes[m["name"]])
+    assert files == {str(settings.tls_ca): secret}
+    assert settings.tls_ca is not None
+    assert settings.tls_ca.name == "ca.crt"
+
+
+def test_prods_certificate_example_issues_the_secret_the_fleet_names_for_every_name_dialled() -> None:
+    docs = render("overlays/prod")
+    # It needs cert-manager's CRDs, so it stays out of the rendered overlay.
+    assert not [d for d in docs if d["apiVersion"].startswith("cert-manager.io/")]
+    (fleet,) = of_kind(docs, "MonitoredFleet")
+    f = manifests.Fleet(fleet["metadata"]["name"], "sysmon", "uid", FleetSpec.model_validate(fleet["spec"]))
+    examples = yaml.safe_load_all((ROOT / "kustomize/overlays/prod/certificate.yaml").read_text())
+    (cert,) = [d for d in examples if d and d["kind"] == "Certificate"
+               and d["spec"]["secretName"] == fleet["spec"]["tls"]["secretName"]]
+    assert not cert["spec"].get("isCA")
+    dialled = {manifests.aggregator_address(f).rsplit(":", 1)[0]}
+    (c,) = _operator_pod(docs)["containers"]
+    dialled.add(next(e["value"] for e in c["env"] if e["name"] == "SYSMON_AGGREGATOR").rsplit(":", 1)[0])
+    assert dialled <= set(cert["spec"]["dnsNames"])
+    # Client auth too, so that the same certificate serves spec.tls.mutual.
+    assert {"server auth", "client auth"} <= set(cert["spec"]["usages"])

@@ -76,9 +76,9 @@ def test_name_at_the_limit() -> None:
     ("interval", "says"),
     [
         ("-5s", "invalid duration '-5s'"),
-        ("0s", "must be between 100ms and 1h"),
-        ("50ms", "must be between 100ms and 1h"),
-        ("2h", "must be between 100ms and 1h"),
+        ("0s", "interval must be between 100ms and 1h"),
+        ("50ms", "interval must be between 100ms and 1h"),
+        ("2h", "interval must be between 100ms and 1h"),
         ("often", "invalid duration 'often'"),
         (-5, "a duration cannot be negative"),
     ],

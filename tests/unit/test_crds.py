@@ -37,6 +37,9 @@ WHY_BAD = {
     "monitoredfleet-no-token.yaml": "'token' is a required property",
     "monitoredfleet-zero-replicas.yaml": "0 is less than the minimum of 1",
     "monitoredfleet-bad-quantity.yaml": "'lots' does not match",
+    "monitoredfleet-tls-no-secret.yaml": "'secretName' is a required property",
+    "monitoredfleet-tls-bad-secret-name.yaml": "'aggregator..tls' does not match",
+    "monitoredfleet-external-url-credentials.yaml": "does not match '^https?://[^/@ ]+",
     "alertrule-unknown-op.yaml": "'=>' is not one of",
     "alertrule-resolve-above-threshold.yaml": "resolveThreshold must not be above the threshold",
     "alertrule-window-too-long.yaml": "window must be more than 0 and at most 1h",
@@ -190,6 +193,35 @@ def test_crd_defaults_are_the_model_defaults() -> None:
     assert fleet["aggregator"]["properties"]["replicas"]["default"] == f.aggregator.replicas
     assert fleet["gateway"]["properties"]["enabled"]["default"] is f.gateway.enabled
     assert fleet["metricGroups"]["items"]["enum"] == f.metric_groups
+    # Optional blocks: absent means off (no TLS, the alerts service's own external URL).
+    assert f.tls is None
+    assert "default" not in fleet["tls"]
+    assert f.gateway.external_url is None
+    assert "default" not in fleet["gateway"]["properties"]["externalURL"]
+    tls = FleetSpec.model_validate({"postgres": ref, "redis": ref, "token": ref, "tls": {"secretName": "t"}}).tls
+    assert tls is not None
+    assert fleet["tls"]["properties"]["mutual"]["default"] is tls.mutual
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("aggregator-tls", True), ("a", True), ("sysmon.aggregator-tls", True), ("a" * 253, True),
+     ("a" * 254, False), ("Aggregator-tls", False), ("aggregator_tls", False), ("-tls", False), ("tls-", False),
+     ("a..b", False), ("a.-b", False), (".a", False), ("", False)],
+)
+def test_tls_secret_and_server_names_are_dns_1123_subdomains_in_both(name: str, ok: bool) -> None:
+    ref = {"secretKeyRef": {"name": "s", "key": "k"}}
+    for field in ("secretName", "serverName"):
+        tls = {"secretName": "t", field: name}
+        doc = {"apiVersion": "sysmon.dev/v1alpha1", "kind": "MonitoredFleet", "metadata": {"name": "f"},
+               "spec": {"postgres": ref, "redis": ref, "token": ref, "tls": tls}}
+        assert (custom_resource_errors(doc) == []) is ok, (field, name)
+        try:
+            FleetSpec.model_validate(doc["spec"])
+            model_ok = True
+        except ValidationError:
+            model_ok = False
+        assert model_ok is ok, (field, name)
 
 
 @pytest.mark.parametrize(
@@ -210,6 +242,26 @@ def test_hysteresis_rule_is_the_models(condition: dict[str, Any], ok: bool) -> N
     assert (custom_resource_errors(doc) == []) is ok
     try:
         AlertRuleSpec.model_validate(doc["spec"])
+        model_ok = True
+    except ValidationError:
+        model_ok = False
+    assert model_ok is ok
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [("https://sysmon.example.com", True), ("http://sysmon-gateway.sysmon.svc:8080/", True),
+     ("https://example.com/sysmon/?tab=alerts", True), ("ftp://sysmon.example.com", False),
+     ("javascript:alert(1)", False), ("https://user:pw@example.com", False), ("https://a b.com", False),
+     ("https://", False)],
+)
+def test_external_url_is_the_same_rule_in_both(url: str, ok: bool) -> None:
+    ref = {"secretKeyRef": {"name": "s", "key": "k"}}
+    doc = {"apiVersion": "sysmon.dev/v1alpha1", "kind": "MonitoredFleet", "metadata": {"name": "f"},
+           "spec": {"postgres": ref, "redis": ref, "token": ref, "gateway": {"externalURL": url}}}
+    assert (custom_resource_errors(doc) == []) is ok
+    try:
+        FleetSpec.model_validate(doc["spec"])
         model_ok = True
     except ValidationError:
         model_ok = False

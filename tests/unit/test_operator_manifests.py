@@ -211,3 +211,216 @@ def test_a_config_change_touches_only_the_pods_that_read_it() -> None:
     after = templates(fleet({"retention": {"raw": "12h"}}))
     changed = sorted(k for k in before if before[k] != after[k])
     assert changed == [("Deployment", "prod-aggregator"), ("Deployment", "prod-gateway")]
+
+
+# --- TLS -----------------------------------------------------------------------------------------
+
+TLS = {"secretName": "prod-aggregator-tls"}
+
+
+def pod_of(children: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return by_key(children)[kind, name]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def secret_files(pod: dict[str, Any]) -> dict[str, str]:
+    """path in the container -> Secret it comes from, for every file a Secret volume puts there."""
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    out = {}
+    for mount in container["volumeMounts"]:
+        secret = volumes[mount["name"]].get("secret")
+        if secret is None:
+            continue
+        assert mount["readOnly"] is True
+        assert "subPath" not in mount, "a subPath mount never sees a renewed certificate"
+        for item in secret["items"]:
+            out[f"{mount['mountPath']}/{item['path']}"] = secret["secretName"]
+    return out
+
+
+def load_env(monkeypatch: pytest.MonkeyPatch, data: dict[str, str]) -> None:
+    for k in list(os.environ):
+        if k.startswith("SYSMON_") or k == "NODE_NAME":
+            monkeypatch.delenv(k)
+    for k, v in data.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_without_tls_nothing_about_tls_is_built() -> None:
+    children = m.desired_children(fleet())
+    for c in children:
+        if c["kind"] == "ConfigMap":
+            assert not [k for k in c["data"] if k.startswith("SYSMON_TLS") or k == "SYSMON_HEALTH_LISTEN"]
+    for pod, c in containers(children):
+        assert secret_files(pod) == {}
+        assert "fsGroup" not in pod["securityContext"]
+        assert 50052 not in [p["containerPort"] for p in c["ports"]]
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_tls_mounts_of_the_secret_only_what_each_side_needs(mutual: bool) -> None:
+    children = m.desired_children(fleet({"tls": {**TLS, "mutual": mutual}}))
+    d = "/etc/sysmon/tls"
+    server = {f"{d}/tls.crt", f"{d}/tls.key"} | ({f"{d}/ca.crt"} if mutual else set())
+    # Without mutual TLS the aggregator's private key never leaves its pods (collectors run on every node).
+    client = {f"{d}/ca.crt"} | ({f"{d}/tls.crt", f"{d}/tls.key"} if mutual else set())
+    expected = {("Deployment", "prod-aggregator"): server, ("DaemonSet", "prod-collector"): client,
+                ("Deployment", "prod-alerts"): client, ("Deployment", "prod-gateway"): set()}
+    for (kind, name), files in expected.items():
+        pod = pod_of(children, kind, name)
+        assert set(secret_files(pod)) == files, name
+        assert set(secret_files(pod).values()) <= {"prod-aggregator-tls"}
+        if files:
+            (volume,) = [v for v in pod["volumes"] if "secret" in v]
+            # Readable by the pod's user through its group only.
+            assert volume["secret"]["defaultMode"] == 0o440
+            assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == m.RUN_AS
+        else:
+            assert "fsGroup" not in pod["securityContext"]
+
+
+def test_tls_paths_go_in_configmaps_and_key_material_nowhere() -> None:
+    children = m.desired_children(fleet({"tls": {**TLS, "mutual": True, "serverName": "aggregator.example"},
+                                         "gateway": {"externalURL": "https://sysmon.example.com"}}))
+    data = {c["metadata"]["name"]: c["data"] for c in children if c["kind"] == "ConfigMap"}
+    d = "/etc/sysmon/tls"
+    assert {k: v for k, v in data["prod-aggregator"].items() if "TLS" in k or "HEALTH" in k} == {
+        "SYSMON_TLS_CERT": f"{d}/tls.crt", "SYSMON_TLS_KEY": f"{d}/tls.key", "SYSMON_TLS_CLIENT_CA": f"{d}/ca.crt",
+        "SYSMON_HEALTH_LISTEN": "0.0.0.0:50052"}
+    client = {"SYSMON_TLS_CA": f"{d}/ca.crt", "SYSMON_TLS_SERVER_NAME": "aggregator.example",
+              "SYSMON_TLS_CLIENT_CERT": f"{d}/tls.crt", "SYSMON_TLS_CLIENT_KEY": f"{d}/tls.key"}
+    for name in ("prod-collector", "prod-alerts"):
+        assert {k: v for k, v in data[name].items() if "TLS" in k} == client, name
+    assert not [k for k in data["prod-gateway"] if "TLS" in k]
+    assert data["prod-alerts"]["SYSMON_EXTERNAL_URL"] == "https://sysmon.example.com"
+    for cm in data.values():
+        assert not any("BEGIN" in v for v in cm.values())
+    # The Secret is only ever a volume: no environment variable carries any of it.
+    for _, c in containers(children):
+        refs = [e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") for e in c["env"]]
+        assert TLS["secretName"] not in refs
+
+
+def test_with_tls_the_aggregator_is_probed_on_its_plaintext_health_port() -> None:
+    children = m.desired_children(fleet({"tls": TLS}))
+    (c,) = pod_of(children, "Deployment", "prod-aggregator")["containers"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        # The kubelet's gRPC probe has no TLS: it asks the health-only listener.
+        assert c[probe]["grpc"] == {"port": 50052}
+    assert {"name": "grpc-health", "containerPort": 50052, "protocol": "TCP"} in c["ports"]
+    assert by_key(children)["ConfigMap", "prod-aggregator"]["data"]["SYSMON_HEALTH_LISTEN"] == "0.0.0.0:50052"
+    # Probes go to the pod; the Service offers only the TLS port (and metrics).
+    svc = by_key(children)["Service", "prod-aggregator"]
+    assert [p["port"] for p in svc["spec"]["ports"]] == [50051, 9464]
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_each_container_loads_a_tls_server_or_client_from_its_env_and_mounts(
+    clean_env: pytest.MonkeyPatch, mutual: bool
+) -> None:
+    children = m.desired_children(fleet({"tls": {**TLS, "mutual": mutual}}))
+    configmaps = {c["metadata"]["name"]: c["data"] for c in children if c["kind"] == "ConfigMap"}
+
+    load_env(clean_env, configmaps["prod-aggregator"])
+    agg = AggregatorSettings()
+    mounted = secret_files(pod_of(children, "Deployment", "prod-aggregator"))
+    assert agg.tls_cert is not None
+    assert str(agg.tls_cert) in mounted
+    assert agg.tls_key is not None
+    assert str(agg.tls_key) in mounted
+    assert agg.tls_cert.name == "tls.crt"
+    assert agg.tls_key.name == "tls.key"
+    if mutual:
+        assert agg.tls_client_ca is not None
+        assert str(agg.tls_client_ca) in mounted
+        assert agg.tls_client_ca.name == "ca.crt"
+    else:
+        assert agg.tls_client_ca is None
+    assert agg.health_listen == "0.0.0.0:50052"
+    assert not is_loopback(agg.health_listen)
+
+    for settings_type, kind, name in ((AgentSettings, "DaemonSet", "prod-collector"),
+                                      (AlertsSettings, "Deployment", "prod-alerts")):
+        load_env(clean_env, configmaps[name])
+        client = settings_type()
+        mounted = secret_files(pod_of(children, kind, name))
+        assert client.uses_tls, name
+        assert client.tls_ca is not None
+        assert str(client.tls_ca) in mounted
+        assert client.tls_ca.name == "ca.crt"
+        # No override: the certificate is checked against the name dialled, the Service's DNS name.
+        assert client.tls_server_name is None
+        assert client.aggregator == "prod-aggregator.monitoring.svc:50051"
+        if mutual:
+            assert client.tls_client_cert is not None
+            assert str(client.tls_client_cert) in mounted
+            assert client.tls_client_key is not None
+            assert str(client.tls_client_key) in mounted
+        else:
+            assert client.tls_client_cert is None
+            assert client.tls_client_key is None
+
+
+def test_without_tls_every_container_loads_plaintext(clean_env: pytest.MonkeyPatch) -> None:
+    children = m.desired_children(fleet())
+    configmaps = {c["metadata"]["name"]: c["data"] for c in children if c["kind"] == "ConfigMap"}
+    load_env(clean_env, configmaps["prod-aggregator"])
+    agg = AggregatorSettings()
+    assert agg.tls_cert is None
+    assert agg.health_listen == ""
+    for settings_type, name in ((AgentSettings, "prod-collector"), (AlertsSettings, "prod-alerts")):
+        load_env(clean_env, configmaps[name])
+        assert not settings_type().uses_tls
+
+
+def test_the_external_url_reaches_the_alerts_service_and_is_otherwise_its_default(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    default = AlertsSettings.model_fields["external_url"].default
+    data = by_key(m.desired_children(fleet()))["ConfigMap", "prod-alerts"]["data"]
+    assert "SYSMON_EXTERNAL_URL" not in data
+    load_env(clean_env, data)
+    assert AlertsSettings().external_url == default
+    data = by_key(m.desired_children(fleet({"gateway": {"externalURL": "https://sysmon.example.com/x"}})))[
+        "ConfigMap", "prod-alerts"]["data"]
+    load_env(clean_env, data)
+    assert AlertsSettings().external_url == "https://sysmon.example.com/x"
+
+
+def _templates(f: m.Fleet) -> dict[tuple[str, str], Any]:
+    return {m.key(c): c["spec"]["template"] for c in m.desired_children(f) if c["kind"] in ("Deployment", "DaemonSet")}
+
+
+def _rolled(before: m.Fleet, after: m.Fleet) -> list[str]:
+    a, b = _templates(before), _templates(after)
+    return sorted(name for (_, name) in a if a[_, name] != b[_, name])
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "rolled"),
+    [
+        ({}, {"tls": TLS}, ["prod-aggregator", "prod-alerts", "prod-collector"]),
+        ({"tls": TLS}, {}, ["prod-aggregator", "prod-alerts", "prod-collector"]),
+        ({"tls": TLS}, {"tls": {"secretName": "other-tls"}}, ["prod-aggregator", "prod-alerts", "prod-collector"]),
+        ({"tls": TLS}, {"tls": {**TLS, "mutual": True}}, ["prod-aggregator", "prod-alerts", "prod-collector"]),
+        # Only the clients check the name.
+        ({"tls": TLS}, {"tls": {**TLS, "serverName": "aggregator.example"}}, ["prod-alerts", "prod-collector"]),
+        ({}, {"gateway": {"externalURL": "https://sysmon.example.com"}}, ["prod-alerts"]),
+        ({"tls": TLS}, {"tls": TLS}, []),
+    ],
+)
+def test_a_tls_change_rolls_exactly_the_pods_that_use_it(
+    before: dict[str, Any], after: dict[str, Any], rolled: list[str]
+) -> None:
+    assert _rolled(fleet(before), fleet(after)) == rolled
+
+
+def test_a_tls_setting_read_from_the_configmap_changes_the_config_hash() -> None:
+    """A value that only the ConfigMap carries still restarts its readers: the hash is on the template."""
+    def config_hash(f: m.Fleet, kind: str, name: str) -> str:
+        return by_key(m.desired_children(f))[kind, name]["spec"]["template"]["metadata"]["annotations"][m.CONFIG_HASH]
+
+    plain, named = fleet({"tls": TLS}), fleet({"tls": {**TLS, "serverName": "aggregator.example"}})
+    assert config_hash(plain, "DaemonSet", "prod-collector") != config_hash(named, "DaemonSet", "prod-collector")
+    assert config_hash(plain, "Deployment", "prod-alerts") != config_hash(named, "Deployment", "prod-alerts")
+    assert config_hash(plain, "Deployment", "prod-aggregator") == config_hash(named, "Deployment", "prod-aggregator")

@@ -129,6 +129,22 @@ def test_a_spec_change_rewrites_only_what_it_changes(kube: FakeKube) -> None:
     assert kube.get("Deployment", NS, "prod-aggregator")["spec"]["replicas"] == 3
 
 
+def test_turning_tls_on_rewrites_the_aggregator_and_its_clients_never_the_gateway(kube: FakeKube) -> None:
+    fleet = Fleet(kube)
+    fleet.reconcile()
+    kube.roll_out(NS)
+    fleet.change(tls={"secretName": "prod-aggregator-tls"})
+    assert sorted(fleet.reconcile()) == [
+        ("apply", "ConfigMap", "prod-aggregator"), ("apply", "ConfigMap", "prod-alerts"),
+        ("apply", "ConfigMap", "prod-collector"), ("apply", "DaemonSet", "prod-collector"),
+        ("apply", "Deployment", "prod-aggregator"), ("apply", "Deployment", "prod-alerts"),
+    ]
+    # Once applied, the Secret volume (its mode, items) reads back as written: nothing to do.
+    assert fleet.reconcile() == []
+    fleet.change(gateway={"externalURL": "https://sysmon.example.com"})
+    assert sorted(fleet.reconcile()) == [("apply", "ConfigMap", "prod-alerts"), ("apply", "Deployment", "prod-alerts")]
+
+
 def test_quantities_the_server_rewrites_are_not_mistaken_for_changes(kube: FakeKube) -> None:
     fleet = Fleet(kube, {"aggregator": {"resources": {"requests": {"cpu": "0.25"}, "limits": {"memory": "2048Mi"}}}})
     fleet.reconcile()
