@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 $(NPM_DEPS): web/package.json web/package-lock.json
-	@command -v npm >/dev/null || { echo 'the dashboard needs Node.js 18+ and npm on PATH'; exit 1; }
+	command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 
 $(ASSETS): $(NPM_DEPS) web/build.mjs $(wildcard web/src/*)

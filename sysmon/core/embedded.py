@@ -165,8 +165,12 @@ class EmbeddedRedis:
                 ]
             )
         )
+        # A session of its own: Ctrl-C in a terminal signals the whole foreground process group, and
+        # Redis must outlive the services that flush into it while `sysmon up` stops (stop() ends it).
+        # PostgreSQL is detached the same way by pg_ctl.
         self._proc = subprocess.Popen([_redis_executable(), str(conf)], stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True)
         deadline = time.monotonic() + timeout
         while not _ping(self.socket):
             if self._proc.poll() is not None or time.monotonic() > deadline:
