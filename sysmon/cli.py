@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, CliApp, CliSubCommand, SettingsConfi
 from sysmon.core.durations import Duration
 from sysmon.core.settings import (
     AgentSettings,
+    AggregatorClientSettings,
     AggregatorSettings,
     AlertsSettings,
     GatewaySettings,
@@ -113,10 +114,17 @@ class UpCommand(AggregatorSettings):
         from sysmon.agent.collector import Collector
         from sysmon.aggregator.server import Aggregator, ConfigurationError
         from sysmon.core.embedded import EmbeddedPostgres, EmbeddedRedis, runtime_env
+        from sysmon.core.rules_file import RulesFileError
+        from sysmon.core.rules_sync import RulesApplyError, RulesFileSync
 
         runtime_env()
-        rule_files = _load_rule_files(self.rules)  # a bad rules file stops us before anything starts
         data_dir = self.data_dir.expanduser().resolve()
+        rules = RulesFileSync(self.rules, data_dir / "rules-applied.json") if self.rules else None
+        try:
+            # A bad rules file stops us before anything starts.
+            rule_files = rules.load() if rules is not None else []
+        except RulesFileError as e:
+            sys.exit(f"rules: {e}")
         data_dir.mkdir(parents=True, exist_ok=True)
         pg = None if self.postgres_url else EmbeddedPostgres(data_dir)
         rs = None if self.redis_url else EmbeddedRedis(data_dir)
@@ -134,8 +142,11 @@ class UpCommand(AggregatorSettings):
             async with asyncio.timeout(120):
                 await agg.storage.ready.wait()
             gateway = await _start_gateway(self, dsn, redis_url)
-            if rule_files is not None:
-                await _apply_rule_files(agg.address, self, rule_files, data_dir)
+            if rules is not None:
+                try:
+                    await rules.apply(rule_files, AggregatorClientSettings(aggregator=agg.address, token=self.token))
+                except RulesApplyError as e:
+                    sys.exit(f"rules: {e}")
             alerts = await _start_alerts(self, agg.address, dsn, redis_url, gateway.url)
             agent = AgentSettings(
                 aggregator=agg.address, token=self.token, host_id=self.host_id, labels=self.labels,
@@ -151,7 +162,8 @@ class UpCommand(AggregatorSettings):
                 "collector": f"{self.host_id}, every {self.interval.total_seconds():g}s",
                 "storage": f"{agg.storage.mode} PostgreSQL",
                 "dashboard": f"{gateway.url} (token {'required' if self.token else 'off: loopback'})",
-                "alerts": f"{len(rule_files or ())} rules from files; "
+                "alerts": f"{len(rule_files)} rules from files"
+                          + (" (re-read when they change)" if rules else "") + "; "
                           + (f"{alerts.service.endpoint.url}/metrics" if alerts.service.endpoint else "no HTTP"),
             }
             print("sysmon is up", flush=True)
@@ -161,10 +173,13 @@ class UpCommand(AggregatorSettings):
             if ready is not None:
                 ready(info)
             collecting = asyncio.create_task(collector.run(stop))
+            watching = asyncio.create_task(rules.watch(stop, _on_sighup())) if rules else None
             await stop.wait()
             print("stopping...", flush=True)
-            with contextlib.suppress(asyncio.CancelledError):
-                await collecting
+            for task in (collecting, watching):
+                if task is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         finally:
             if alerts is not None:
                 await alerts.stop()
@@ -197,48 +212,13 @@ async def _start_gateway(up: UpCommand, dsn: str, redis_url: str):  # -> sysmon.
     return server
 
 
-def _load_rule_files(paths: list[Path]):  # -> list[RuleResource] | None
-    from sysmon.core.rules_file import RulesFileError, load_rules
-
-    if not paths:
-        return None
-    try:
-        return load_rules(paths)
-    except RulesFileError as e:
-        sys.exit(f"rules: {e}")
-
-
-async def _apply_rule_files(address: str, up: UpCommand, rules, data_dir: Path) -> None:
-    """Rules files go in through ConfigService.Apply, the operator's path, so there is one path.
-    Rules that an earlier `sysmon up --rules` applied and the files no longer hold are deleted."""
-    import json
-
-    import grpc
-
-    from sysmon.core.client import call_metadata, open_channel
-    from sysmon.core.config_model import spec_to_struct
-    from sysmon.core.settings import AggregatorClientSettings
-    from sysmon.pb.v1 import config_pb2, config_pb2_grpc
-
-    record = data_dir / "rules-applied.json"
-    try:
-        before = set(json.loads(record.read_text()))
-    except (OSError, ValueError):
-        before = set()
-    names = {r.name for r in rules}
-    client = AggregatorClientSettings(aggregator=address, token=up.token)
-    request = config_pb2.ApplyRequest(
-        upserts=[config_pb2.Resource(kind="AlertRule", name=r.name, generation=r.generation,
-                                     spec=spec_to_struct(r.spec)) for r in rules],
-        deletes=[config_pb2.ResourceKey(kind="AlertRule", name=n) for n in sorted(before - names)],
-    )
-    async with open_channel(client) as channel:
-        try:
-            await config_pb2_grpc.ConfigServiceStub(channel).Apply(request, metadata=call_metadata(client),
-                                                                   timeout=30)
-        except grpc.aio.AioRpcError as e:
-            sys.exit(f"rules: {e.details()}")
-    record.write_text(json.dumps(sorted(names)))
+def _on_sighup() -> asyncio.Event:
+    """Set on SIGHUP: re-read the rules files now, as `kill -HUP` asks of Prometheus."""
+    hup = asyncio.Event()
+    # Only the main thread may take signals (tests run `up` in others; files are still watched).
+    with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hup.set)
+    return hup
 
 
 class _RunningAlerts:

@@ -76,6 +76,31 @@ async def test_up_applies_a_rules_file_and_alerts(pg_dsn: str, redis_url: str, p
             assert "sysmon_alerts_rules_loaded 1.0" in metrics
         spec = await pool.fetchval("SELECT spec FROM config_resources WHERE kind = 'AlertRule' AND name = 'up-is-up'")
         assert spec["metric"] == "system.uptime"
+
+        async def rule_names() -> set[str]:
+            rows = await pool.fetch("SELECT name FROM config_resources WHERE kind = 'AlertRule'")
+            return {r["name"] for r in rows}
+
+        def logged(text: str) -> int:
+            return sum(text in line for line in lines)
+
+        # Editing the file while up runs: a broken edit is reported, naming the field, and the
+        # rules in force stay; the fixed edit replaces them (the renamed rule's old name is deleted).
+        rules.write_text(RULES.format(url=receiver.url).replace('op: ">"', 'op: "=>"'))
+        await wait_for(lambda: any("rules not reloaded" in line and "spec.condition.op" in line for line in lines),
+                       within=30, message="the broken edit reported")
+        assert await rule_names() == {"up-is-up"}
+        rules.write_text(RULES.format(url=receiver.url).replace("up-is-up", "up-still-up"))
+
+        async def renamed() -> bool:
+            return await rule_names() == {"up-still-up"}
+
+        await wait_for(renamed, within=30, message="the edited file applied")
+        await wait_for(lambda: logged("rules reloaded: 1 from") == 1, within=10, message="the reload logged")
+        # SIGHUP re-reads them even unchanged, as Prometheus does.
+        proc.send_signal(signal.SIGHUP)
+        await wait_for(lambda: logged("rules reloaded: 1 from") == 2, within=30, message="reloaded on SIGHUP")
+        assert proc.returncode is None
     finally:
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(60):
