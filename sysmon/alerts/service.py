@@ -313,13 +313,18 @@ class AlertsService:
             # Counted from now: a host gets no_data_after to report after we (and, as often, the
             # whole platform) restarted, so a restart raises no no-data alerts for the gap.
             evaluator.host_seen(state, h, now)
-        try:
-            if not hosts:
-                raise redis.exceptions.ConnectionError("the hot tier holds no host (Redis lost its data?)")
-            loaded, more = await backfill.from_hot_tier(self.hot, state, hosts, now)
-        except REDIS_ERRORS as e:
-            log.warning("windows from PostgreSQL's raw tier: %s", e)
+        if hosts:
+            try:
+                loaded, more = await backfill.from_hot_tier(self.hot, state, hosts, now)
+            except REDIS_ERRORS as e:
+                log.warning("windows from PostgreSQL's raw tier: Redis failed: %s", e)
+                loaded, more = await backfill.from_postgres(self.pool, state, now)
+        else:
+            # A first start, or Redis came back empty: the raw tier has whatever there is.
             loaded, more = await backfill.from_postgres(self.pool, state, now)
+            if loaded:
+                log.warning("windows from PostgreSQL's raw tier: the hot tier holds no host, though "
+                            "PostgreSQL has recent samples (Redis lost its data?)")
         changes += more
         self._unsaved.extend(changes)
         log.info("restored %d alerts; windows of %d series from %d samples", len(restored),
