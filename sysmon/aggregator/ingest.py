@@ -55,6 +55,7 @@ class Ingest:
         writers: int = 2,
         queue_samples: int = 1_000_000,
         commit_max_samples: int = 50_000,
+        commit_linger_s: float = 0.0,
     ):
         self.storage = storage
         self.hot = hot
@@ -62,6 +63,7 @@ class Ingest:
         self.acks = acks
         self.queue_samples = queue_samples
         self.commit_max_samples = commit_max_samples
+        self.commit_linger_s = commit_linger_s
         self._shards: list[asyncio.Queue[NormalizedBatch]] = [asyncio.Queue() for _ in range(writers)]
         self._live: asyncio.Queue[NormalizedBatch] = asyncio.Queue(maxsize=LIVE_QUEUE)
         self._queued = 0
@@ -125,15 +127,33 @@ class Ingest:
             self._space.notify_all()
         telemetry.QUEUED.set(self._queued)
 
+    async def _gather(self, q: asyncio.Queue[NormalizedBatch]) -> tuple[list[NormalizedBatch], int]:
+        """One commit's batches: whatever queued while the last commit ran, and what arrives within
+        the linger. A thousand collectors rarely send at the same instant, and without the linger
+        each small batch pays for a commit of its own (seven round trips and a WAL flush)."""
+        group = [await q.get()]
+        n = group[0].sample_count
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.commit_linger_s
+        while n < self.commit_max_samples:
+            if q.empty():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        b = await q.get()
+                except TimeoutError:
+                    break
+            else:
+                b = q.get_nowait()
+            group.append(b)
+            n += b.sample_count
+        return group, n
+
     async def _run_shard(self, q: asyncio.Queue[NormalizedBatch]) -> None:
         while True:
-            group = [await q.get()]
-            n = group[0].sample_count
-            # Whatever queued while the last commit ran goes into this one.
-            while n < self.commit_max_samples and not q.empty():
-                b = q.get_nowait()
-                group.append(b)
-                n += b.sample_count
+            group, n = await self._gather(q)
             try:
                 await self._commit(group)
             finally:

@@ -64,6 +64,7 @@ class Aggregator:
             writers=settings.writers,
             queue_samples=settings.writer_queue_samples,
             commit_max_samples=settings.commit_max_samples,
+            commit_linger_s=settings.commit_linger.total_seconds(),
         )
         self.config = ConfigStore(self.storage, self.bus)
         self.health = health.aio.HealthServicer()

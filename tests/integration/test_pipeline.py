@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -99,3 +100,35 @@ async def test_collector_data_reaches_every_tier(
     assert h1 >= series_count
     raw_total = await pool.fetchval("SELECT count(*) FROM samples_raw")
     assert await pool.fetchval("SELECT sum(count) FROM rollup_1h") == raw_total
+
+
+async def test_batches_of_many_collectors_arriving_apart_share_a_commit(
+    start_aggregator: AggregatorFactory, pool: asyncpg.Pool
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from tests.helpers import RawClient, make_batch
+
+    # Eight collectors' batches of 13 samples arrive one at a time, each after the last was
+    # received. The linger holds the commit open until the group reaches commit_max_samples (100):
+    # one commit for all eight, where committing at once would make eight.
+    agg = await start_aggregator(writers=1, commit_linger="60s", commit_max_samples=100)
+    values = tuple(float(i) for i in range(13))
+
+    def metric(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(RawClient(agg.address, host_id=f"group-{i}", session_id="s"))
+                   for i in range(8)]
+        commits = metric("sysmon_aggregator_commit_seconds_count")
+        for c in clients:
+            received = metric("sysmon_aggregator_batches_total", outcome="accepted") + 1
+            c.send(make_batch(c.host_id, "s", 1, values=values))
+            await wait_for(lambda n=received: metric("sysmon_aggregator_batches_total", outcome="accepted") >= n,
+                           message="the batch received")
+        await wait_for(lambda: all(c.acked == {1} for c in clients), within=30, message="all eight acked")
+        assert metric("sysmon_aggregator_commit_seconds_count") - commits == 1
+    rows = await pool.fetchval("SELECT count(*) FROM samples_raw r JOIN series s USING (series_id) "
+                               "WHERE s.host_id LIKE 'group-%'")
+    assert rows == 8 * 13

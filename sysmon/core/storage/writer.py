@@ -8,7 +8,6 @@ acknowledges only what this returns as stored or duplicate, after the commit.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -174,8 +173,9 @@ class SampleWriter:
             if fresh:
                 payload, n = copy_payload(fresh)
                 if n:
+                    # A buffer, not a file object: asyncpg reads files through the thread pool.
                     await conn.copy_to_table(
-                        "samples_raw", source=io.BytesIO(payload), columns=["series_id", "ts", "value"],
+                        "samples_raw", source=memoryview(payload), columns=["series_id", "ts", "value"],
                         format="binary",
                     )
                     if self.mode == "plain":
