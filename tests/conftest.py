@@ -33,6 +33,13 @@ def data_root() -> Iterator[Path]:
         yield Path(d)
 
 
+@pytest.fixture
+def short_dir(data_root: Path) -> Path:
+    """A directory of this test's, under the short session root (servers put sockets in it);
+    removed with the root at the end of the session."""
+    return Path(tempfile.mkdtemp(prefix="d-", dir=data_root))
+
+
 @pytest.fixture(scope="session")
 def pg_server(data_root: Path) -> Iterator[EmbeddedPostgres]:
     pg = EmbeddedPostgres(data_root / "pg", tuning={"fsync": "off", "max_connections": "300"})

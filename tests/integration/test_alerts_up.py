@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import asyncpg
@@ -47,9 +46,10 @@ async def _run_up(args: list[str], env: dict[str, str], lines: list[str]) -> asy
 
 
 @pytest.mark.slow
-async def test_up_applies_a_rules_file_and_alerts(pg_dsn: str, redis_url: str, pool: asyncpg.Pool) -> None:
+async def test_up_applies_a_rules_file_and_alerts(pg_dsn: str, redis_url: str, pool: asyncpg.Pool,
+                                                  short_dir: Path) -> None:
     receiver = await Receiver().start()
-    data_dir = Path(tempfile.mkdtemp(prefix="sysmon-up-"))
+    data_dir = short_dir
     rules = data_dir / "rules.yaml"
     rules.write_text(RULES.format(url=receiver.url))
     alerts_port = free_port()

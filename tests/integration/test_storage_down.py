@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from tests.helpers import running_collector, wait_for
 
 
 async def test_postgres_down_then_back(
-    start_aggregator: AggregatorFactory, tmp_path: Path, redis_client: aioredis.Redis
+    start_aggregator: AggregatorFactory, short_dir: Path, redis_client: aioredis.Redis
 ) -> None:
-    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="sysmon-down-")), tuning={"fsync": "off"})
+    pg = EmbeddedPostgres(short_dir, tuning={"fsync": "off"})
     dsn = await asyncio.to_thread(pg.start)
     try:
         agg = await start_aggregator(postgres_url=dsn)

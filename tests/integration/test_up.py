@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import asyncpg
@@ -71,8 +70,8 @@ async def _raw_rows(dsn: str) -> int:
 
 
 @pytest.mark.slow
-async def test_up_runs_everything_and_keeps_data_across_runs() -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="sysmon-up-"))
+async def test_up_runs_everything_and_keeps_data_across_runs(short_dir: Path) -> None:
+    data_dir = short_dir
     first = Up(data_dir)
     await first.start()
     try:
@@ -113,8 +112,8 @@ async def _newer_session(dsn: str) -> bool:
 
 
 @pytest.mark.slow
-async def test_up_uses_given_servers(pg_dsn: str, redis_url: str, pool: asyncpg.Pool) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="sysmon-up-"))
+async def test_up_uses_given_servers(pg_dsn: str, redis_url: str, pool: asyncpg.Pool, short_dir: Path) -> None:
+    data_dir = short_dir
     up = Up(data_dir, {"SYSMON_POSTGRES_URL": pg_dsn, "SYSMON_REDIS_URL": redis_url})
     await up.start()
     try:
