@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Monitor, Stack, clean_env, fmt, print_report
+from bench.common import Monitor, Stack, clean_env, fmt, print_report, stop_process
 
 CPU_TARGET_PCT = 0.5
 RSS_TARGET_MIB = 60.0
@@ -97,13 +96,8 @@ async def run(args: argparse.Namespace) -> dict:
         s1 = await _host_state(db, host_id)
         threads = proc.num_threads()
         await db.close()
-        agent.send_signal(signal.SIGTERM)
         t = time.monotonic()
-        try:
-            rc = await asyncio.to_thread(agent.wait, 30)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            rc = None
+        rc = await asyncio.to_thread(stop_process, agent)
         agent_stop_s = time.monotonic() - t
         log_tail = (stack.data_dir / "agent.log").read_text(errors="replace")[-1500:]
     finally:

@@ -33,7 +33,6 @@ import math
 import multiprocessing as mp
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -56,6 +55,7 @@ from bench.common import (
     percentile,
     print_report,
     scrape,
+    stop_process,
 )
 from bench.ingest import GenConfig, generator_entry, realistic_series
 
@@ -105,13 +105,7 @@ class AlertsProcess:
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         if self._log is not None:
             self._log.close()
         return self.proc.returncode

@@ -46,6 +46,18 @@ def free_port() -> int:
 # --- the server stack ---------------------------------------------------------------------------------
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGTERM, as a service manager stops a service; SIGKILL if it has not exited within timeout."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class Stack:
     """Embedded PostgreSQL + Redis and an aggregator subprocess, all under one data directory."""
 
@@ -154,14 +166,7 @@ class Stack:
     def stop_aggregator(self, timeout: float = 30.0) -> int | None:
         if self.aggregator is None:
             return None
-        if self.aggregator.poll() is None:
-            self.aggregator.send_signal(signal.SIGTERM)
-            try:
-                self.aggregator.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.aggregator.kill()
-                self.aggregator.wait()
-        rc = self.aggregator.returncode
+        rc = stop_process(self.aggregator, timeout)
         if self._agg_log is not None:
             self._agg_log.close()
             self._agg_log = None

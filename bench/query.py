@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Monitor, Stack, clean_env, fmt, free_port, percentile, print_report
+from bench.common import Monitor, Stack, clean_env, fmt, free_port, percentile, print_report, stop_process
 from bench.fleet import SimFleet
 
 TARGET_P99_MS = 50.0
@@ -52,24 +55,15 @@ class GatewayProcess:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}")
-            try:
+            with contextlib.suppress(OSError, httpx.TransportError):  # before the socket is open
                 if (await http.get(f"{self.url}/readyz")).status_code == 200:
                     return
-            except OSError:
-                pass
-            except Exception:  # httpx connection errors before the socket is open
-                pass
             if time.monotonic() > deadline:
                 raise RuntimeError("gateway not ready")
             await asyncio.sleep(0.2)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -24,6 +24,7 @@ from sysmon.core.settings import (
     AggregatorClientSettings,
     AggregatorSettings,
     AlertsSettings,
+    ConnectionSettings,
     GatewaySettings,
     Labels,
     OperatorSettings,
@@ -41,6 +42,12 @@ async def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await main(stop)
+
+
+def _require_servers(command: str, settings: ConnectionSettings) -> None:
+    if not settings.postgres_url or not settings.redis_url:
+        sys.exit(f"sysmon {command} needs SYSMON_POSTGRES_URL and SYSMON_REDIS_URL "
+                 "(sysmon up runs embedded servers for one machine)")
 
 
 class AgentCommand(AgentSettings):
@@ -71,9 +78,7 @@ class AggregatorCommand(AggregatorSettings):
 
     def cli_cmd(self) -> None:
         setup_logging(self.log_level)
-        if not self.postgres_url or not self.redis_url:
-            sys.exit("sysmon aggregator needs SYSMON_POSTGRES_URL and SYSMON_REDIS_URL "
-                     "(sysmon up runs embedded servers for one machine)")
+        _require_servers("aggregator", self)
         from sysmon.aggregator.server import Aggregator, ConfigurationError
 
         async def main(stop: asyncio.Event) -> None:
@@ -195,7 +200,6 @@ class UpCommand(AggregatorSettings):
 
 
 async def _start_gateway(up: UpCommand, dsn: str, redis_url: str):  # -> sysmon.gateway.server.HttpServer
-    from sysmon.core.settings import GatewaySettings
     from sysmon.gateway.app import ConfigurationError, create_app
     from sysmon.gateway.server import HttpServer
 
@@ -246,15 +250,16 @@ async def _start_alerts(up: UpCommand, address: str, dsn: str, redis_url: str, e
         host = up.alerts_listen.rpartition(":")[0] or "127.0.0.1"
         log.warning("alerts: cannot listen on %s (%s); using a free port", up.alerts_listen, e)
         service = AlertsService(settings(f"{host}:0"), postgres_url=dsn, redis_url=redis_url)
-    task = asyncio.create_task(service.run(), name="alerts")
-    deadline = asyncio.get_running_loop().time() + 60
-    while not service.ready.is_set():
-        if task.done() or asyncio.get_running_loop().time() > deadline:
-            waiting = ", ".join(service.readiness()[1])
-            await _RunningAlerts(service, task).stop()
-            sys.exit(f"alerts: not ready within 60s (waiting for {waiting})")
-        await asyncio.sleep(0.05)
-    return _RunningAlerts(service, task)
+    running = _RunningAlerts(service, asyncio.create_task(service.run(), name="alerts"))
+    ready = asyncio.create_task(service.ready.wait())
+    # Ready, or the service ended (it failed), or a minute passed: whichever comes first.
+    await asyncio.wait({ready, running.task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        ready.cancel()
+        waiting = ", ".join(service.readiness()[1])
+        await running.stop()
+        sys.exit(f"alerts: not ready within 60s (waiting for {waiting})")
+    return running
 
 
 class AlertsCommand(AlertsSettings):
@@ -262,9 +267,7 @@ class AlertsCommand(AlertsSettings):
 
     def cli_cmd(self) -> None:
         setup_logging(self.log_level)
-        if not self.postgres_url or not self.redis_url:
-            sys.exit("sysmon alerts needs SYSMON_POSTGRES_URL and SYSMON_REDIS_URL "
-                     "(sysmon up runs embedded servers for one machine)")
+        _require_servers("alerts", self)
         from sysmon.alerts.service import AlertsService
 
         async def main(stop: asyncio.Event) -> None:
@@ -284,9 +287,7 @@ class GatewayCommand(GatewaySettings):
 
     def cli_cmd(self) -> None:
         setup_logging(self.log_level)
-        if not self.postgres_url or not self.redis_url:
-            sys.exit("sysmon gateway needs SYSMON_POSTGRES_URL and SYSMON_REDIS_URL "
-                     "(sysmon up runs embedded servers for one machine)")
+        _require_servers("gateway", self)
         from sysmon.gateway.app import ConfigurationError, create_app
         from sysmon.gateway.server import HttpServer
 
