@@ -12,12 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
 
+from sysmon.operator.fleet_spec import QUANTITY_RE
 from sysmon.operator.manifests import SPEC_HASH, key
 
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$")
+_QUANTITY = re.compile(QUANTITY_RE)
 _SUFFIX = {
     "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
     "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
@@ -34,11 +35,8 @@ def parse_quantity(value: str | int) -> Decimal | None:
     m = _QUANTITY.match(value)
     if not m:
         return None
-    try:
-        number = Decimal(m.group(1))
-    except InvalidOperation:
-        return None
-    suffix = m.group(2) or ""
+    number = Decimal(m.group(1))  # the pattern admits only decimal numbers
+    suffix = m.group(3) or ""
     if suffix[:1] in ("e", "E"):
         return number * (Decimal(10) ** int(suffix[1:]))
     return number * _SUFFIX[suffix]

@@ -21,8 +21,11 @@ class Refused(Exception):
 class ConfigClient:
     def __init__(self, settings: OperatorSettings):
         self.settings = settings
-        self.address = settings.aggregator
         self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def address(self) -> str:
+        return self.settings.aggregator
 
     def _stub(self) -> config_pb2_grpc.ConfigServiceStub:
         if self._channel is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -52,8 +52,14 @@ class Resources(Spec):
         return out
 
 
-def _resources(requests: dict[str, str], limits: dict[str, str]) -> Resources:
-    return Resources.model_validate({"requests": requests, "limits": limits})
+def _default_resources(requests: dict[str, str], limits: dict[str, str]) -> Any:
+    """A component's resources field, defaulting to these requests and limits."""
+    return Field(default_factory=lambda: Resources.model_validate({"requests": requests, "limits": limits}))
+
+
+# An image override (the fleet's own image when unset), and a Deployment's replica count.
+Image = Annotated[str | None, Field(min_length=1, max_length=512)]
+Replicas = Annotated[int, Field(ge=1, le=20)]
 
 
 class Toleration(Spec):
@@ -77,37 +83,33 @@ class SecretSource(Spec):
 
 
 class Collectors(Spec):
-    image: str | None = Field(None, min_length=1, max_length=512)
+    image: Image = None
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
-    resources: Resources = Field(default_factory=lambda: _resources({"cpu": "20m", "memory": "64Mi"},
-                                                                     {"memory": "192Mi"}))
+    resources: Resources = _default_resources({"cpu": "20m", "memory": "64Mi"}, {"memory": "192Mi"})
 
 
 class Aggregator(Spec):
-    image: str | None = Field(None, min_length=1, max_length=512)
-    replicas: int = Field(1, ge=1, le=20)
-    resources: Resources = Field(default_factory=lambda: _resources({"cpu": "100m", "memory": "256Mi"},
-                                                                     {"memory": "1Gi"}))
+    image: Image = None
+    replicas: Replicas = 1
+    resources: Resources = _default_resources({"cpu": "100m", "memory": "256Mi"}, {"memory": "1Gi"})
 
 
 class Gateway(Spec):
     enabled: bool = True
     # Where people open the dashboard (behind an Ingress, say): the alerts service links to it.
     external_url: str | None = Field(None, alias="externalURL", max_length=2048, pattern=HTTP_URL_RE)
-    image: str | None = Field(None, min_length=1, max_length=512)
-    replicas: int = Field(1, ge=1, le=20)
-    resources: Resources = Field(default_factory=lambda: _resources({"cpu": "50m", "memory": "128Mi"},
-                                                                     {"memory": "512Mi"}))
+    image: Image = None
+    replicas: Replicas = 1
+    resources: Resources = _default_resources({"cpu": "50m", "memory": "128Mi"}, {"memory": "512Mi"})
 
 
 class Alerts(Spec):
     enabled: bool = True
-    image: str | None = Field(None, min_length=1, max_length=512)
+    image: Image = None
     # No replicas: the alerts service is one process per fleet (its windows live in memory and it
     # resumes its bus consumer by name), so it runs as one pod that a rollout replaces, never doubles.
-    resources: Resources = Field(default_factory=lambda: _resources({"cpu": "50m", "memory": "128Mi"},
-                                                                     {"memory": "512Mi"}))
+    resources: Resources = _default_resources({"cpu": "50m", "memory": "128Mi"}, {"memory": "512Mi"})
 
 
 class Tls(Spec):
@@ -133,7 +135,7 @@ class Retention(Spec):
 
 
 class FleetSpec(Spec):
-    image: str | None = Field(None, min_length=1, max_length=512)
+    image: Image = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", alias="imagePullPolicy")
     interval: CollectionInterval = timedelta(seconds=5)
     metric_groups: MetricGroups = Field(default_factory=lambda: list(METRIC_GROUPS), alias="metricGroups")

@@ -98,9 +98,12 @@ def reconcile_fleet(kube: Kube, *, name: str, namespace: str, uid: str, generati
         error = ("ApplyFailed", str(e), e.retryable)
 
     enabled = manifests.enabled_components(parsed) if parsed else ["collector", "aggregator"]
-    rollouts: list[Rollout] = [daemonset_rollout("collector", live.get(("DaemonSet", f"{name}-collector")))]
-    for component in enabled[1:]:
-        rollouts.append(deployment_rollout(component, live.get(("Deployment", f"{name}-{component}"))))
+
+    def live_child(kind: str, component: str) -> dict[str, Any] | None:
+        return live.get((kind, manifests.child_name(fleet, component)))
+
+    rollouts: list[Rollout] = [daemonset_rollout("collector", live_child("DaemonSet", "collector"))]
+    rollouts += [deployment_rollout(c, live_child("Deployment", c)) for c in enabled[1:]]
     status = fleet_status(generation=generation, rollouts=rollouts,
                           error=(error[0], error[1]) if error else None, previous=previous_status, now=now)
     return FleetResult(status, steps, error)

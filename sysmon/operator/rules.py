@@ -41,71 +41,45 @@ def to_key(namespace: str, name: str) -> config_pb2.ResourceKey:
     return config_pb2.ResourceKey(kind=KIND, name=config_name(namespace, name))
 
 
-def _conditions(generation: int, now: str, previous: Mapping[str, Any] | None, *, valid: tuple[bool, str, str],
-                ready: tuple[bool, str, str]) -> list[dict[str, Any]]:
+_VALIDATED = (True, "Validated", "the spec passed validation")
+
+
+def _status(state: str, generation: int, now: str, previous: Mapping[str, Any] | None, fields: Mapping[str, Any],
+            *, valid: tuple[bool, str, str], ready: tuple[bool, str, str]) -> dict[str, Any]:
     prev = (previous or {}).get("conditions") or []
-    return [
-        condition("Valid", *valid, generation, now, prev),
-        condition("Ready", *ready, generation, now, prev),
-    ]
+    return {
+        "state": state,
+        "observedGeneration": generation,
+        **fields,
+        "conditions": [
+            condition("Valid", *valid, generation, now, prev),
+            condition("Ready", *ready, generation, now, prev),
+        ],
+    }
 
 
 def pushed_status(*, generation: int, version: int, address: str, now: str,
                   previous: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {
-        "state": "Pushed",
-        "observedGeneration": generation,
-        "pushedGeneration": generation,
-        "configVersion": version,
-        "aggregator": address,
-        "lastPushTime": now,
-        "lastError": None,
-        "conditions": _conditions(
-            generation, now, previous,
-            valid=(True, "Validated", "the spec passed validation"),
-            ready=(True, "Pushed", f"generation {generation} is configuration version {version} at {address}"),
-        ),
-    }
+    fields = {"pushedGeneration": generation, "configVersion": version, "aggregator": address,
+              "lastPushTime": now, "lastError": None}
+    return _status("Pushed", generation, now, previous, fields, valid=_VALIDATED,
+                   ready=(True, "Pushed", f"generation {generation} is configuration version {version} at {address}"))
 
 
 def pending_status(*, generation: int, error: str, retry_in: float, now: str,
                    previous: Mapping[str, Any] | None) -> dict[str, Any]:
     """The aggregator could not be reached; what was pushed before stays in force there."""
-    return {
-        "state": "Pending",
-        "observedGeneration": generation,
-        "lastError": error,
-        "conditions": _conditions(
-            generation, now, previous,
-            valid=(True, "Validated", "the spec passed validation"),
-            ready=(False, "AggregatorUnavailable", f"{error}; retrying in {retry_in:.0f}s"),
-        ),
-    }
+    return _status("Pending", generation, now, previous, {"lastError": error}, valid=_VALIDATED,
+                   ready=(False, "AggregatorUnavailable", f"{error}; retrying in {retry_in:.0f}s"))
 
 
 def invalid_status(*, generation: int, error: str, now: str, previous: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {
-        "state": "Invalid",
-        "observedGeneration": generation,
-        "lastError": error,
-        "conditions": _conditions(
-            generation, now, previous,
-            valid=(False, "InvalidSpec", error),
-            ready=(False, "InvalidSpec", "not pushed: fix the spec"),
-        ),
-    }
+    return _status("Invalid", generation, now, previous, {"lastError": error},
+                   valid=(False, "InvalidSpec", error), ready=(False, "InvalidSpec", "not pushed: fix the spec"))
 
 
 def stale_status(*, generation: int, now: str, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     error = (f"the aggregator holds a newer generation of this rule than {generation}; "
              "delete the AlertRule and create it again")
-    return {
-        "state": "Stale",
-        "observedGeneration": generation,
-        "lastError": error,
-        "conditions": _conditions(
-            generation, now, previous,
-            valid=(True, "Validated", "the spec passed validation"),
-            ready=(False, "StaleGeneration", error),
-        ),
-    }
+    return _status("Stale", generation, now, previous, {"lastError": error}, valid=_VALIDATED,
+                   ready=(False, "StaleGeneration", error))
