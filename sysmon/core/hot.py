@@ -135,6 +135,11 @@ class HotTier:
             out[int(k)] = (int(t), float(val))
         return out
 
-    async def hosts_last_seen(self) -> dict[str, int]:
+    async def hosts_last_seen(self, hosts: Sequence[str] | None = None) -> dict[str, int]:
+        """host -> newest sample time (ms), for the whole fleet or only the hosts named."""
+        if hosts is not None:
+            # One host's view should not read the whole fleet's index.
+            scores = await self.redis.zmscore(HOSTS_KEY, list(hosts)) if hosts else []
+            return {h: int(score) for h, score in zip(hosts, scores, strict=True) if score is not None}
         raw = await self.redis.zrange(HOSTS_KEY, 0, -1, withscores=True)
         return {(h.decode() if isinstance(h, bytes) else h): int(score) for h, score in raw}

@@ -7,6 +7,7 @@ sample and its latest values. Either may be down: the answer then comes from the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -17,7 +18,7 @@ import asyncpg
 
 from sysmon.core.hot import HotTier
 from sysmon.gateway.problems import UNAVAILABLE, Problem
-from sysmon.gateway.status import SEVERITY, StatusPolicy, host_status
+from sysmon.gateway.status import StatusPolicy, host_status
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,6 @@ def labels_match(labels: dict[str, str], wanted: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
 
-def sort_key(h: dict[str, Any]) -> tuple[int, str]:
-    return SEVERITY[h["status"]], h["host"]
-
-
 class Fleet:
     def __init__(self, pool: asyncpg.Pool, hot: HotTier | None, policy: StatusPolicy):
         self.pool = pool
@@ -76,11 +73,11 @@ class Fleet:
         self._metrics: set[str] = set()
         self._hosts: set[str] = set()
 
-    async def _hot_seen(self) -> dict[str, int] | None:
+    async def _hot_seen(self, host: str | None = None) -> dict[str, int] | None:
         if self.hot is None:
             return None
         try:
-            return await self.hot.hosts_last_seen()
+            return await self.hot.hosts_last_seen(None if host is None else [host])
         except UNAVAILABLE as e:
             log.warning("hot tier unavailable for the host list: %s", e.__class__.__name__)
             return None
@@ -96,11 +93,18 @@ class Fleet:
             return None
         return [dict(r) for r in rows]
 
-    async def hosts(self, labels: dict[str, str] | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        rows, seen = await self._pg_rows(), await self._hot_seen()
+    async def _rows_and_seen(
+        self, host: str | None = None
+    ) -> tuple[list[dict[str, Any]] | None, dict[str, int] | None]:
+        """PostgreSQL's host rows and the hot tier's last-seen times, asked at once; a 503 when neither answers."""
+        rows, seen = await asyncio.gather(self._pg_rows(host), self._hot_seen(host))
         if rows is None and seen is None:
             raise Problem(503, "neither PostgreSQL nor Redis is reachable", kind="unavailable",
                           headers={"Retry-After": "5"})
+        return rows, seen
+
+    async def hosts(self, labels: dict[str, str] | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        rows, seen = await self._rows_and_seen()
         by_host = {r["host_id"]: r for r in rows or []}
         now = time.time_ns() // 1_000_000
         out = []
@@ -115,10 +119,7 @@ class Fleet:
         return out
 
     async def host(self, host: str) -> dict[str, Any] | None:
-        rows, seen = await self._pg_rows(host), await self._hot_seen()
-        if rows is None and seen is None:
-            raise Problem(503, "neither PostgreSQL nor Redis is reachable", kind="unavailable",
-                          headers={"Retry-After": "5"})
+        rows, seen = await self._rows_and_seen(host)
         row = rows[0] if rows else None
         hot_seen = (seen or {}).get(host)
         if row is None and hot_seen is None:

@@ -52,6 +52,11 @@ UNAVAILABLE = (
 )
 
 
+def _default_kind(status: int) -> str:
+    """The problem type of a status without one of its own: "Not found" -> "not-found"."""
+    return TITLES.get(status, "error").lower().replace(" ", "-")
+
+
 class Problem(Exception):
     """An error the client can act on. `kind` becomes the problem type URI."""
 
@@ -60,7 +65,7 @@ class Problem(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.kind = kind or TITLES.get(status, "error").lower().replace(" ", "-")
+        self.kind = kind or _default_kind(status)
         self.param = param
         self.headers = headers
         self.extra = extra
@@ -90,7 +95,7 @@ def problem_body(status: int, detail: str, *, kind: str, instance: str | None = 
 def problem_response(status: int, detail: str, *, kind: str | None = None, instance: str | None = None,
                      invalid_params: list[dict[str, str]] | None = None,
                      headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    kind = kind or TITLES.get(status, "error").lower().replace(" ", "-")
+    kind = kind or _default_kind(status)
     return JSONResponse(
         problem_body(status, detail, kind=kind, instance=instance, invalid_params=invalid_params, **extra),
         status_code=status, media_type=PROBLEM_JSON, headers=headers,

@@ -11,6 +11,8 @@ from collections.abc import Generator
 import uvicorn
 from fastapi import FastAPI
 
+from sysmon.gateway.live.protocol import MAX_MESSAGE_BYTES
+
 log = logging.getLogger(__name__)
 
 
@@ -52,7 +54,7 @@ class HttpServer:
         self.port = port
         self.server = _Server(uvicorn.Config(
             app, lifespan="on", log_config=None, access_log=False, ws="websockets-sansio",
-            ws_max_size=protocol_max_size(), ws_ping_interval=20.0, ws_ping_timeout=20.0,
+            ws_max_size=MAX_MESSAGE_BYTES, ws_ping_interval=20.0, ws_ping_timeout=20.0,
             timeout_graceful_shutdown=3, server_header=False,
         ))
         self._task: asyncio.Task[None] | None = None
@@ -75,9 +77,3 @@ class HttpServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.sock.close()
-
-
-def protocol_max_size() -> int:
-    from sysmon.gateway.live.protocol import MAX_MESSAGE_BYTES
-
-    return MAX_MESSAGE_BYTES

@@ -7,8 +7,6 @@ from datetime import timedelta
 from typing import Literal
 
 HostStatus = Literal["up", "stale", "down"]
-# Trouble first: the order the dashboard sorts by, and what a host list is sorted by.
-SEVERITY: dict[str, int] = {"down": 0, "stale": 1, "up": 2}
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,9 @@ async def test_collector_data_reaches_every_tier(
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     assert len(await hot.frames("node-a", now_ms - 60_000, now_ms + 1000)) >= 4
     assert "node-a" in await hot.hosts_last_seen()
+    named = await hot.hosts_last_seen(["node-a", "nobody"])
+    assert list(named) == ["node-a"]
+    assert abs(named["node-a"] - now_ms) < 60_000
 
     # Bus: normalized batches. Series are described when first published; a consumer resolves the
     # rest from what it saw or, having joined late, from the hot tier.

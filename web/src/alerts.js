@@ -66,12 +66,6 @@ export function alertsByHost(list) {
   return out;
 }
 
-function text(s) {
-  const d = document.createElement("span");
-  d.textContent = s;
-  return d.innerHTML;
-}
-
 /** The alerts panel beside every view, and the count in the top bar. */
 export function renderAlerts(el, countEl, store, { host = null } = {}) {
   const all = store.list();
@@ -80,15 +74,15 @@ export function renderAlerts(el, countEl, store, { host = null } = {}) {
   countEl.querySelector("b").textContent = String(firing);
   countEl.classList.toggle("hot", firing > 0);
   const items = list.map((a) => `
-    <li class="alert ${a.state} ${text(a.severity || "")}">
-      <div class="alert-head"><span class="state">${a.state}</span><b>${text(a.rule)}</b>
-        <a href="#/host/${encodeURIComponent(a.host)}">${text(a.host)}</a></div>
-      <div class="alert-summary">${text(a.annotations?.summary || "")}</div>
-      <div class="alert-meta">${text(a.severity || "")}${a.value != null ? ` · value ${fmt.number(a.value, 3)}` : ""}
+    <li class="alert ${a.state} ${fmt.escapeHtml(a.severity || "")}">
+      <div class="alert-head"><span class="state">${a.state}</span><b>${fmt.escapeHtml(a.rule)}</b>
+        <a href="#/host/${encodeURIComponent(a.host)}">${fmt.escapeHtml(a.host)}</a></div>
+      <div class="alert-summary">${fmt.escapeHtml(a.annotations?.summary || "")}</div>
+      <div class="alert-meta">${fmt.escapeHtml(a.severity || "")}${a.value != null ? ` · value ${fmt.number(a.value, 3)}` : ""}
         ${a.active_at ? ` · since ${fmt.ago(Date.parse(a.active_at))}` : ""}</div>
     </li>`).join("");
   el.innerHTML = `
-    <h2>Alerts${host ? ` on ${text(host)}` : ""}</h2>
-    ${store.error ? `<p class="error">${text(store.error)}</p>` : ""}
+    <h2>Alerts${host ? ` on ${fmt.escapeHtml(host)}` : ""}</h2>
+    ${store.error ? `<p class="error">${fmt.escapeHtml(store.error)}</p>` : ""}
     ${list.length ? `<ul class="alerts">${items}</ul>` : `<p class="quiet">Nothing firing or pending.</p>`}`;
 }

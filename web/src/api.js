@@ -98,7 +98,7 @@ export class Live {
     ws.onopen = () => {
       this.attempt = 0;
       this.setState("live");
-      if (this.sub) ws.send(JSON.stringify({ type: "subscribe", ...this.sub }));
+      this.sendSubscription();
     };
     ws.onmessage = (ev) => {
       const msg = JSON.parse(ev.data);
@@ -121,8 +121,12 @@ export class Live {
 
   subscribe(sub) {
     this.sub = sub;
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
-      this.ws.send(JSON.stringify({ type: "subscribe", ...sub }));
+    this.sendSubscription();
+  }
+
+  sendSubscription() {
+    if (this.sub && this.ws?.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify({ type: "subscribe", ...this.sub }));
     }
   }
 }

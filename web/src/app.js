@@ -2,7 +2,8 @@
 import * as api from "./api.js";
 import { AlertStore, renderAlerts } from "./alerts.js";
 import { HostView } from "./hostview.js";
-import { Overview, escapeHtml } from "./overview.js";
+import { escapeHtml } from "./format.js";
+import { Overview } from "./overview.js";
 
 const live = new api.Live();
 const alerts = new AlertStore(live);

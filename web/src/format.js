@@ -84,6 +84,16 @@ export function time(ms, withDate = false) {
   return withDate ? `${d.toLocaleDateString([], { month: "short", day: "numeric" })} ${t}` : t;
 }
 
+/** Text for HTML, in element content and in quoted attributes alike. */
+export function escapeHtml(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
+/** A host's labels as chips: <span class="chip">k=v</span>... */
+export function chips(labels) {
+  return Object.entries(labels).map(([k, v]) => `<span class="chip">${escapeHtml(k)}=${escapeHtml(v)}</span>`).join("");
+}
+
 export function ago(ms, now = Date.now()) {
   if (ms == null) return "never";
   const s = Math.max(0, (now - ms) / 1000);

@@ -3,7 +3,6 @@
 import * as api from "./api.js";
 import * as fmt from "./format.js";
 import { Panel, align } from "./charts.js";
-import { escapeHtml } from "./overview.js";
 
 const CPU = "system.cpu.utilization";
 const LOAD = ["system.cpu.load_average.1m", "system.cpu.load_average.5m", "system.cpu.load_average.15m"];
@@ -184,8 +183,7 @@ export class HostView {
       const st = this.root.querySelector("#host-status");
       st.textContent = d.status;
       st.className = `badge ${d.status}`;
-      this.root.querySelector("#host-labels").innerHTML = Object.entries(d.labels)
-        .map(([k, v]) => `<span class="chip">${escapeHtml(k)}=${escapeHtml(v)}</span>`).join("");
+      this.root.querySelector("#host-labels").innerHTML = fmt.chips(d.labels);
       const facts = [
         d.os, d.cpu_count ? `${d.cpu_count} CPUs` : null,
         d.memory_total_bytes ? `${fmt.bytes(d.memory_total_bytes)} memory` : null,

@@ -59,6 +59,7 @@ export class Overview {
     this.alertStore = alertStore;
     this.tiles = new Map();
     this.hosts = [];
+    this.alertCounts = new Map();
     this.filterText = sessionStorage.getItem("sysmon.filter") || "";
     this.timers = [];
     this.offs = [];
@@ -69,7 +70,7 @@ export class Overview {
       <section class="overview">
         <div class="toolbar">
           <input id="filter" type="search" placeholder="filter: env=prod team=web or a name" aria-label="Filter hosts"
-                 value="${escapeHtml(this.filterText)}">
+                 value="${fmt.escapeHtml(this.filterText)}">
           <span class="summary" id="summary"></span>
         </div>
         <div class="tiles" id="tiles"></div>
@@ -110,6 +111,7 @@ export class Overview {
   render() {
     const filter = parseFilter(this.filterText);
     const alerts = alertsByHost(this.alertStore.list());
+    this.alertCounts = alerts; // for onSamples: render() runs on every alert change
     const shown = this.hosts.filter((h) => matches(h, filter));
     for (const h of this.hosts) if (!this.tiles.has(h.host)) this.tiles.set(h.host, this.makeTile(h));
     shown.sort((a, b) => compare(
@@ -154,17 +156,17 @@ export class Overview {
     t.el.classList.toggle("down", h.status === "down");
     t.el.classList.toggle("stale", h.status === "stale");
     t.el.querySelector(".seen").textContent = fmt.ago(h.last_seen_ms);
-    t.el.querySelector(".labels").innerHTML = Object.entries(h.labels)
-      .map(([k, v]) => `<span class="chip">${escapeHtml(k)}=${escapeHtml(v)}</span>`).join("");
+    t.el.querySelector(".labels").innerHTML = fmt.chips(h.labels);
     const al = t.el.querySelector(".tile-alerts");
     al.textContent = a && (a.firing || a.pending)
       ? `${a.firing ? `${a.firing} firing` : ""}${a.firing && a.pending ? " · " : ""}${a.pending ? `${a.pending} pending` : ""}`
       : "";
     al.className = `tile-alerts ${a?.firing ? "firing" : a?.pending ? "pending" : ""}`;
     t.el.classList.toggle("firing", Boolean(a?.firing));
+    const cells = t.el.querySelectorAll(".spark .v");
     SPARKS.forEach((s, i) => {
       const v = t.latest[s.id];
-      t.el.querySelectorAll(".spark .v")[i].textContent = v == null ? "–" : fmt.value(v, s.unit);
+      cells[i].textContent = v == null ? "–" : fmt.value(v, s.unit);
     });
   }
 
@@ -238,11 +240,7 @@ export class Overview {
       const last = Math.max(...byTime.keys());
       if (!h.last_seen_ms || last > h.last_seen_ms) h.last_seen_ms = last;
       if (h.status !== "up") { h.status = "up"; this.render(); return; }
-      this.updateTile(t, h, alertsByHost(this.alertStore.list()).get(h.host));
+      this.updateTile(t, h, this.alertCounts.get(h.host));
     }
   }
-}
-
-export function escapeHtml(s) {
-  return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }

@@ -37,7 +37,6 @@ class LiveClient:
     def __init__(self, queue_frames: int):
         self.queue = FrameQueue(queue_frames)
         self.subscription: Subscription | None = None
-        self.connected_at = time.monotonic()
 
     def send(self, frame: str) -> None:
         if not self.queue.put(frame):
@@ -137,6 +136,8 @@ class LiveHub:
         ev = events_pb2.SamplesEvent.FromString(payload)
         for s in ev.series:
             self._remember(s.id, SeriesMeta(s.name, dict(s.attributes), s.unit))
+        if not self.clients:
+            return  # nobody watching: no need to regroup the samples or describe series from Redis
         es = protocol.event_series(ev)
         if any(sid not in self.meta for sid in es.points):
             await self._describe(es.host)

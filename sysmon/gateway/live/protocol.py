@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +109,16 @@ def _strings(msg: Mapping[str, Any], key: str, limit: int) -> list[str] | None:
     return v
 
 
+def _names(values: list[str], pattern: re.Pattern[str], max_length: int, what: str) -> frozenset[str] | None:
+    """The names given, checked against `pattern`; None for ["*"] (every one)."""
+    if "*" in values:
+        return None
+    for v in values:
+        if len(v) > max_length or not pattern.match(v):
+            raise BadMessage(f"{v[:40]!r} is not a {what}")
+    return frozenset(values)
+
+
 def parse_subscription(msg: Mapping[str, Any]) -> Subscription:
     unknown = set(msg) - _SUBSCRIBE_KEYS
     if unknown:
@@ -115,21 +126,8 @@ def parse_subscription(msg: Mapping[str, Any]) -> Subscription:
     hosts = _strings(msg, "hosts", MAX_HOSTS) or []
     if not hosts:
         raise BadMessage('hosts must name at least one host, or ["*"] for all')
-    if "*" in hosts:
-        host_set = None
-    else:
-        for h in hosts:
-            if len(h) > 253 or not HOST_ID_RE.match(h):
-                raise BadMessage(f"{h[:40]!r} is not a host id")
-        host_set = frozenset(hosts)
-    metrics = _strings(msg, "metrics", MAX_METRICS) or []
-    if "*" in metrics:
-        metric_set = None
-    else:
-        for m in metrics:
-            if len(m) > 255 or not NAME_RE.match(m):
-                raise BadMessage(f"{m[:40]!r} is not a metric name")
-        metric_set = frozenset(metrics)
+    host_set = _names(hosts, HOST_ID_RE, 253, "host id")
+    metric_set = _names(_strings(msg, "metrics", MAX_METRICS) or [], NAME_RE, 255, "metric name")
     match = msg.get("match") or {}
     if not isinstance(match, dict) or len(match) > MAX_MATCH:
         raise BadMessage(f"match must be an object of at most {MAX_MATCH} attribute: value pairs")
@@ -165,6 +163,9 @@ def heartbeat_frame(now_ms: int, dropped: int) -> str:
 
 def dropped_frame(count: int, total: int) -> str:
     return dumps({"type": "dropped", "count": count, "total": total})
+
+
+PONG_FRAME = dumps({"type": "pong"})
 
 
 @dataclass(frozen=True, slots=True)

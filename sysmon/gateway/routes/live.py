@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 
 from fastapi import APIRouter, WebSocket
@@ -90,7 +89,7 @@ async def _receive(ws: WebSocket, client: LiveClient, state: GatewayState) -> No
         try:
             msg = protocol.parse_message(data)
             if msg["type"] == "ping":
-                client.send(json.dumps({"type": "pong"}))
+                client.send(protocol.PONG_FRAME)
                 continue
             sub = protocol.parse_subscription(msg)
             if sub.hosts is not None:
