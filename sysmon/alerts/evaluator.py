@@ -239,9 +239,7 @@ def restore(state: EvalState, alerts: Iterable[Alert]) -> None:
     """Put back the pending and firing alerts stored before a restart."""
     for a in alerts:
         state.alerts[a.key] = a
-        h = _host(state, a.host_id)
-        if h.last_seen is None or a.last_eval_at > h.last_seen:
-            h.last_seen = a.last_eval_at
+        h = host_seen(state, a.host_id, a.last_eval_at)
         if a.series_id == 0 and a.rule == NO_DATA_RULE:
             h.no_data = a
             continue
@@ -252,11 +250,13 @@ def restore(state: EvalState, alerts: Iterable[Alert]) -> None:
             state.orphans.setdefault(a.series_id, {})[a.rule] = a
 
 
-def host_seen(state: EvalState, host_id: str, at: int) -> None:
-    """A host known at start-up (the hot tier lists it), counted as seen at `at`."""
+def host_seen(state: EvalState, host_id: str, at: int) -> HostState:
+    """A host known at start-up (the hot tier lists it, or a stored alert names it), counted as
+    seen at `at` unless it was seen later."""
     h = _host(state, host_id)
     if h.last_seen is None or at > h.last_seen:
         h.last_seen = at
+    return h
 
 
 def preload(state: EvalState, series_id: int, times: Sequence[int], values: Sequence[float]) -> None:
@@ -279,8 +279,7 @@ def step(state: EvalState, batches: Iterable[NormalizedBatch], now: int) -> tupl
     max_age = state.options.max_sample_age_ms
     series = state.series
     for b in batches:
-        host = state.hosts.get(b.host_id) or _host(state, b.host_id)
-        host.last_seen = now if host.last_seen is None else max(host.last_seen, now)
+        host = host_seen(state, b.host_id, now)
         if host.no_data is not None:
             _end_no_data(state, host, now, changes)
         for t, ids, values in zip(b.times_ms, b.frame_ids, b.frame_values, strict=True):

@@ -160,12 +160,11 @@ class AlertmanagerNotifier:
         return base.rstrip("/") + "/api/v2/alerts"
 
     async def notify(self, rows: Sequence[Notification]) -> Outcome:
-        action = rows[0].action["alertmanager"]
-        body = postable_alerts([r.payload for r in rows], now_ms=time.time_ns() // 1_000_000, resend=self.resend)
-        return await _post(self.client, self.endpoint(str(action["url"])), body, action)
+        return await self.push(rows[0].action["alertmanager"], [r.payload for r in rows])
 
     async def push(self, action: dict[str, Any], alerts: Sequence[dict[str, Any]]) -> Outcome:
-        """Say again that alerts still fire (not through the outbox: a lost one is replaced by the next)."""
+        """Post alerts to the action's Alertmanager: the outbox's notifications, and the resends
+        saying alerts still fire (not through the outbox: a lost one is replaced by the next)."""
         body = postable_alerts(alerts, now_ms=time.time_ns() // 1_000_000, resend=self.resend)
         return await _post(self.client, self.endpoint(str(action["url"])), body, action)
 

@@ -25,6 +25,7 @@ import asyncpg
 
 from sysmon.alerts import telemetry
 from sysmon.alerts.notifiers import Notification, Notifier, Outcome
+from sysmon.alerts.store import DB_ERRORS
 from sysmon.core.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ STOP_GRACE_S = 5.0
 # Longer than any action's timeout (at most 1 minute): a claimed batch is not claimed again
 # while it is being sent.
 LEASE = timedelta(seconds=90)
-DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,6 @@ class Delivery:
             "next_attempt = now() + $3::interval WHERE id = ANY($1::int8[])",
             ids, outcome.error, timedelta(seconds=delay),
         )
-
 
 
 def _age(created_at: datetime) -> timedelta:

@@ -74,12 +74,6 @@ class CompiledRule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "value_key", (self.aggregation, self.window_ms))
 
-    def breached(self, v: float) -> bool:
-        return self.op(v, self.threshold)
-
-    def recovered(self, v: float) -> bool:
-        return not self.op(v, self.resolve_line)
-
     def selects_series(self, name: str, attributes: Mapping[str, str]) -> bool:
         return name == self.metric and all(attributes.get(k) == v for k, v in self.match)
 
@@ -109,7 +103,7 @@ def compile_rule(name: str, spec: AlertRuleSpec) -> CompiledRule:
         window_ms=_ms(spec.window),
         op=OPS[c.op],
         threshold=c.threshold,
-        resolve_line=c.threshold if c.resolve_threshold is None else c.resolve_threshold,
+        resolve_line=c.resolve_line,
         for_ms=_ms(spec.for_),
         repeat_ms=_ms(spec.repeat_interval),
         severity=spec.severity,

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -36,6 +35,7 @@ from sysmon.alerts.outbox import Delivery, RetryPolicy
 from sysmon.alerts.payloads import alert_json, generator_url
 from sysmon.alerts.rule_feed import RuleFeed
 from sysmon.alerts.rules import compile_rules
+from sysmon.alerts.store import DB_ERRORS
 from sysmon.core import bus as busmod
 from sysmon.core.alert_rule import AlertRuleSpec
 from sysmon.core.backoff import Backoff, wait_or_stop
@@ -58,7 +58,6 @@ PRUNE_EVERY_S = 3600.0
 DELIVERED_RETENTION_DAYS = 7.0
 DESCRIBE_RETRY_MS = 60_000
 
-DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 REDIS_ERRORS = (OSError, TimeoutError, redis.exceptions.RedisError)
 
 STATES = {
@@ -92,11 +91,12 @@ def alert_event(c: Change) -> events_pb2.AlertEvent:
     )
 
 
-@dataclass
-class Counters:
-    evaluations: int = 0
-    samples: int = 0
-    stale: int = 0
+# The evaluator's counters and the metrics that follow them.
+COUNTED = (
+    ("evaluations", telemetry.EVALUATIONS),
+    ("samples", telemetry.SAMPLES),
+    ("stale_samples", telemetry.STALE_SAMPLES),
+)
 
 
 class AlertsService:
@@ -115,7 +115,6 @@ class AlertsService:
         self.feed = RuleFeed(settings, self._on_rules)
         self.endpoint = HttpEndpoint(settings.listen, self.readiness) if settings.listen else None
         self.ready = asyncio.Event()
-        self.rules_version = 0
         self._stop = asyncio.Event()
         self._queue: asyncio.Queue[busmod.Message] = asyncio.Queue(maxsize=QUEUE)
         self._work = asyncio.Event()
@@ -127,11 +126,9 @@ class AlertsService:
         self._described_at: dict[str, int] = {}
         self._unsaved: list[Change] = []
         self._last_stored = 0
-        self._seen = Counters()
-        self._steps = 0
+        self._seen = dict.fromkeys((name for name, _ in COUNTED), 0)
         self._db_ok = False
         self._subscribed = False
-        self.bad_events = 0
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -336,7 +333,6 @@ class AlertsService:
         version, specs = self._rules_update
         self._rules_update = None
         changes = evaluator.set_rules(self.state, compile_rules(specs), now)
-        self.rules_version = version
         telemetry.RULES.set(len(self.state.rules))
         telemetry.CONFIG_VERSION.set(version)
         log.info("rules at version %d: %d in effect", version, len(self.state.rules))
@@ -422,7 +418,7 @@ class AlertsService:
         if self._rules_update is not None:
             unbound = {sid for sid, s in self.state.series.items() if not s.rules}
             changes += self._apply_rules(now)
-            newly = {sid for sid in unbound if self.state.series[sid].rules} if unbound else set()
+            newly = {sid for sid in unbound if self.state.series[sid].rules}
             if newly:
                 changes += await self._backfill({self.state.series[sid].host.id for sid in newly}, newly, now)
         if self._label_updates:
@@ -447,7 +443,6 @@ class AlertsService:
         try:
             ev = events_pb2.SamplesEvent.FromString(m.payload)
         except DecodeError as e:
-            self.bad_events += 1
             telemetry.EVENTS.labels("undecodable").inc()
             log.warning("bus message %s is not a SamplesEvent (%s); skipped", m.id, e)
             return []
@@ -539,17 +534,11 @@ class AlertsService:
                             len(events), e)
 
     def _count(self) -> None:
-        s = self.state
-        seen = self._seen
-        if s.evaluations != seen.evaluations:
-            telemetry.EVALUATIONS.inc(s.evaluations - seen.evaluations)
-            seen.evaluations = s.evaluations
-        if s.samples != seen.samples:
-            telemetry.SAMPLES.inc(s.samples - seen.samples)
-            seen.samples = s.samples
-        if s.stale_samples != seen.stale:
-            telemetry.STALE_SAMPLES.inc(s.stale_samples - seen.stale)
-            seen.stale = s.stale_samples
+        for name, metric in COUNTED:
+            n = getattr(self.state, name)
+            if n != self._seen[name]:
+                metric.inc(n - self._seen[name])
+                self._seen[name] = n
         if self._last_stored:
             telemetry.LAG_SECONDS.set(max(0.0, (now_ms() - self._last_stored) / 1000))
 
@@ -592,7 +581,6 @@ class AlertsService:
         while not await wait_or_stop(stop, GAUGES_EVERY_S):
             telemetry.ACTIVE.labels(FIRING).set(self.state.firing())
             telemetry.ACTIVE.labels(PENDING).set(self.state.pending())
-            telemetry.OUTBOX.set(self.delivery.pending if self.delivery else 0)
             if time.monotonic() - last_flush < VALUE_FLUSH_S:
                 continue
             last_flush = time.monotonic()

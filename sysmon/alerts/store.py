@@ -21,6 +21,8 @@ from sysmon.alerts.payloads import alert_json, generator_url
 
 # Alert tables come with migration 0004; the aggregator applies migrations, we wait for them.
 SCHEMA_VERSION = 4
+# PostgreSQL away or failing: what the service's loops retry after.
+DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def to_dt(ms: int | None) -> datetime | None:

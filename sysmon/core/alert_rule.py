@@ -79,14 +79,24 @@ class Condition(Spec):
         """The value crosses into alerting."""
         return OPS[self.op](value, self.threshold)
 
+    @property
+    def resolve_line(self) -> float:
+        """The line the value must be back past to resolve: the resolve threshold, else the threshold."""
+        return self.threshold if self.resolve_threshold is None else self.resolve_threshold
+
     def recovered(self, value: float) -> bool:
-        """The value no longer crosses the resolve line (the threshold when none is set):
+        """The value no longer crosses the resolve line:
         "> 90, resolve 85" keeps firing at 88 and resolves at 85."""
-        line = self.threshold if self.resolve_threshold is None else self.resolve_threshold
-        return not OPS[self.op](value, line)
+        return not OPS[self.op](value, self.resolve_line)
 
 
 MAX_TIMEOUT = timedelta(minutes=1)
+
+
+def _positive_at_most(v: timedelta, most: timedelta) -> timedelta:
+    if not timedelta(0) < v <= most:
+        raise ValueError(f"must be more than 0 and at most {most}")
+    return v
 
 
 class _HttpAction(Spec):
@@ -107,9 +117,7 @@ class _HttpAction(Spec):
     @field_validator("timeout")
     @classmethod
     def _timeout(cls, v: timedelta) -> timedelta:
-        if not timedelta(0) < v <= MAX_TIMEOUT:
-            raise ValueError(f"must be more than 0 and at most {MAX_TIMEOUT}")
-        return v
+        return _positive_at_most(v, MAX_TIMEOUT)
 
 
 class WebhookAction(_HttpAction):
@@ -191,9 +199,7 @@ class AlertRuleSpec(Spec):
     @field_validator("window")
     @classmethod
     def _window(cls, v: timedelta) -> timedelta:
-        if not timedelta(0) < v <= MAX_WINDOW:
-            raise ValueError(f"must be more than 0 and at most {MAX_WINDOW}")
-        return v
+        return _positive_at_most(v, MAX_WINDOW)
 
     @field_validator("for_")
     @classmethod

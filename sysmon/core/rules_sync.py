@@ -19,13 +19,12 @@ import grpc
 
 from sysmon.core.client import call_metadata, open_channel
 from sysmon.core.config_model import spec_to_struct
-from sysmon.core.rules_file import RuleResource, RulesFileError, load_rules
+from sysmon.core.rules_file import KIND, RuleResource, RulesFileError, load_rules
 from sysmon.core.settings import AggregatorClientSettings
 from sysmon.pb.v1 import config_pb2, config_pb2_grpc
 
 log = logging.getLogger("sysmon.rules")
 
-KIND = "AlertRule"
 APPLY_TIMEOUT_S = 30.0
 
 

@@ -209,6 +209,16 @@ async def rule_loaded(svc: AlertsService, name: str, present: bool = True) -> No
     await wait_for(lambda: (name in svc.state.rules) == present, message=f"rule {name} {'in' if present else 'out'}")
 
 
+async def with_rule(rules: tuple[Aggregator, Rules], start_alerts: AlertsFactory, spec: dict[str, Any],
+                    **settings: Any) -> tuple[Aggregator, Rules, Alerts]:
+    """The service started (with `settings`), and rule "root-full" applied and loaded."""
+    agg, api = rules
+    alerts = await start_alerts(agg, **settings)
+    await api.apply("root-full", spec)
+    await rule_loaded(alerts.service, "root-full")
+    return agg, api, alerts
+
+
 async def history(pool: asyncpg.Pool, rule: str) -> list[tuple[str, str]]:
     rows = await pool.fetch("SELECT previous, state FROM alert_history WHERE rule = $1 ORDER BY id", rule)
     return [(r["previous"], r["state"]) for r in rows]
@@ -290,10 +300,7 @@ async def test_a_rule_over_watch_goes_through_every_transition(
 async def test_deleting_a_rule_resolves_its_alert(
     rules: tuple[Aggregator, Rules], start_alerts: AlertsFactory, receiver: Receiver, pool: asyncpg.Pool
 ) -> None:
-    agg, api = rules
-    alerts = await start_alerts(agg)
-    await api.apply("root-full", rule_spec(receiver.url))
-    await rule_loaded(alerts.service, "root-full")
+    agg, api, alerts = await with_rule(rules, start_alerts, rule_spec(receiver.url))
     async with Host(agg) as host:
         await host.send(0.99)
         await wait_for(lambda: receiver.statuses() == ["firing"], message="firing")
@@ -308,11 +315,8 @@ async def test_deleting_a_rule_resolves_its_alert(
 async def test_hysteresis_fires_once(
     rules: tuple[Aggregator, Rules], start_alerts: AlertsFactory, receiver: Receiver, pool: asyncpg.Pool
 ) -> None:
-    agg, api = rules
-    alerts = await start_alerts(agg)
-    await api.apply("root-full", rule_spec(receiver.url, condition={"op": ">", "threshold": 0.9,
-                                                                     "resolveThreshold": 0.85}))
-    await rule_loaded(alerts.service, "root-full")
+    agg, _, _ = await with_rule(rules, start_alerts, rule_spec(
+        receiver.url, condition={"op": ">", "threshold": 0.9, "resolveThreshold": 0.85}))
     async with Host(agg) as host:
         for v in (0.91, 0.89, 0.92, 0.88, 0.905, 0.87):
             await host.send(v)
@@ -325,10 +329,7 @@ async def test_hysteresis_fires_once(
 async def test_a_silent_host_raises_no_data(
     rules: tuple[Aggregator, Rules], start_alerts: AlertsFactory, receiver: Receiver, pool: asyncpg.Pool
 ) -> None:
-    agg, api = rules
-    alerts = await start_alerts(agg, no_data_after="1s")
-    await api.apply("root-full", rule_spec(receiver.url))
-    await rule_loaded(alerts.service, "root-full")
+    agg, _, _ = await with_rule(rules, start_alerts, rule_spec(receiver.url), no_data_after="1s")
     async with Host(agg, "quiet-1") as host:
         await host.send(0.1)
         await wait_for(lambda: receiver.statuses() == ["firing"], within=10, message="no-data alert")
@@ -345,10 +346,7 @@ async def test_a_silent_host_raises_no_data(
 async def test_restart_in_the_middle_of_pending(
     rules: tuple[Aggregator, Rules], start_alerts: AlertsFactory, receiver: Receiver, pool: asyncpg.Pool
 ) -> None:
-    agg, api = rules
-    alerts = await start_alerts(agg)
-    await api.apply("root-full", rule_spec(receiver.url, **{"for": "2s"}))
-    await rule_loaded(alerts.service, "root-full")
+    agg, _, alerts = await with_rule(rules, start_alerts, rule_spec(receiver.url, **{"for": "2s"}))
     async with Host(agg) as host:
         await host.send(0.95)
         await wait_for(lambda: history(pool, "root-full"), message="pending")
@@ -371,10 +369,7 @@ async def test_restart_in_the_middle_of_firing(
     rules: tuple[Aggregator, Rules], start_alerts: AlertsFactory, receiver: Receiver, pool: asyncpg.Pool,
     redis_client: aioredis.Redis,
 ) -> None:
-    agg, api = rules
-    alerts = await start_alerts(agg)
-    await api.apply("root-full", rule_spec(receiver.url))
-    await rule_loaded(alerts.service, "root-full")
+    agg, _, alerts = await with_rule(rules, start_alerts, rule_spec(receiver.url))
     async with Host(agg) as host:
         await host.send(0.95)
         await wait_for(lambda: receiver.statuses() == ["firing"], message="firing")
@@ -397,14 +392,11 @@ async def _unacked(redis: aioredis.Redis, want: int) -> bool:
 async def test_a_receiver_down_then_up_gets_each_notification_once_late(
     rules: tuple[Aggregator, Rules], start_alerts: AlertsFactory, receiver: Receiver, pool: asyncpg.Pool
 ) -> None:
-    agg, api = rules
     down = Receiver()  # its port is reserved; nothing listens there yet
-    alerts = await start_alerts(agg)
     spec = rule_spec(receiver.url)
     spec["actions"] = [{"webhook": {"url": f"{down.url}/hook", "timeout": "1s"}},
                        {"webhook": {"url": f"{receiver.url}/hook"}}]
-    await api.apply("root-full", spec)
-    await rule_loaded(alerts.service, "root-full")
+    agg, _, _ = await with_rule(rules, start_alerts, spec)
     try:
         async with Host(agg) as host:
             await host.send(0.95)
@@ -439,11 +431,8 @@ async def _all_delivered(pool: asyncpg.Pool, url: str) -> list[asyncpg.Record] |
 async def test_a_refusing_receiver_is_given_up_on_and_counted(
     rules: tuple[Aggregator, Rules], start_alerts: AlertsFactory, receiver: Receiver, pool: asyncpg.Pool
 ) -> None:
-    agg, api = rules
     receiver.status = 400
-    alerts = await start_alerts(agg)
-    await api.apply("root-full", rule_spec(receiver.url))
-    await rule_loaded(alerts.service, "root-full")
+    agg, _, _ = await with_rule(rules, start_alerts, rule_spec(receiver.url))
     async with Host(agg) as host:
         await host.send(0.95)
         row = await wait_for(lambda: pool.fetchrow(
@@ -457,13 +446,10 @@ async def test_alertmanager_v2_and_log_actions(
     rules: tuple[Aggregator, Rules], start_alerts: AlertsFactory, receiver: Receiver,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    agg, api = rules
     caplog.set_level(logging.INFO, logger="sysmon.alerts.notifications")
-    alerts = await start_alerts(agg, alertmanager_resend="1m")
     spec = rule_spec(severity="critical")
     spec["actions"] = [{"alertmanager": {"url": receiver.url}}, {"log": {"level": "info"}}]
-    await api.apply("root-full", spec)
-    await rule_loaded(alerts.service, "root-full")
+    agg, _, alerts = await with_rule(rules, start_alerts, spec, alertmanager_resend="1m")
     async with Host(agg) as host:
         await host.send(0.95)
         await wait_for(lambda: len(receiver.alerts("/api/v2/alerts")) == 1, message="pushed to Alertmanager")
@@ -486,12 +472,9 @@ async def test_alertmanager_v2_and_log_actions(
 async def test_health_readiness_and_metrics(
     rules: tuple[Aggregator, Rules], start_alerts: AlertsFactory, receiver: Receiver
 ) -> None:
-    agg, api = rules
-    alerts = await start_alerts(agg)
+    agg, _, alerts = await with_rule(rules, start_alerts, rule_spec(receiver.url))
     endpoint = alerts.service.endpoint
     assert endpoint is not None
-    await api.apply("root-full", rule_spec(receiver.url))
-    await rule_loaded(alerts.service, "root-full")
     async with httpx.AsyncClient(base_url=endpoint.url) as http:
         assert (await http.get("/healthz")).status_code == 200
         ready = await http.get("/readyz")
