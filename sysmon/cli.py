@@ -248,7 +248,7 @@ async def _start_alerts(up: UpCommand, address: str, dsn: str, redis_url: str, e
     except OSError as e:
         # On a laptop the port may be taken by something else: any free one will do.
         host = up.alerts_listen.rpartition(":")[0] or "127.0.0.1"
-        log.warning("alerts: cannot listen on %s (%s); using a free port", up.alerts_listen, e)
+        log.warning("alerts: %s; using a free port", e)
         service = AlertsService(settings(f"{host}:0"), postgres_url=dsn, redis_url=redis_url)
     running = _RunningAlerts(service, asyncio.create_task(service.run(), name="alerts"))
     ready = asyncio.create_task(service.ready.wait())
@@ -274,7 +274,7 @@ class AlertsCommand(AlertsSettings):
             try:
                 service = AlertsService(self, postgres_url=self.postgres_url, redis_url=self.redis_url)
             except OSError as e:
-                sys.exit(f"alerts: cannot listen on {self.listen}: {e}")
+                sys.exit(f"alerts: {e}")
             log.info("alerts service starting: rules from %s, HTTP %s", self.aggregator,
                      service.endpoint.url if service.endpoint else "off")
             await service.run(stop)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -13,6 +12,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from sysmon.core.http_server import EmbeddedServer, bind
 
 # () -> (ready, what is missing)
 ReadyCheck = Callable[[], tuple[bool, list[str]]]
@@ -35,30 +36,20 @@ def create_app(ready: ReadyCheck) -> Starlette:
     ])
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        # The command that runs us owns SIGINT/SIGTERM (sysmon up stops everything on one).
-        yield
-
-
 class HttpEndpoint:
     """run(stop) serves until stop is set. The socket is bound at construction, so a taken port is
     an OSError here rather than uvicorn's sys.exit inside a task."""
 
     def __init__(self, listen: str, ready: ReadyCheck):
-        host, _, port = listen.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"
-        self.socket = socket.create_server((host, int(port)), reuse_port=False)
-        self.host = host
-        self.port: int = self.socket.getsockname()[1]
+        self.socket = bind(listen)
+        host, self.port = self.socket.getsockname()[:2]
+        self.host = f"[{host}]" if ":" in host else host
         self.config = uvicorn.Config(create_app(ready), log_level="warning", lifespan="off", access_log=False)
-        self.server = _Server(self.config)
+        self.server = EmbeddedServer(self.config)
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     async def run(self, stop: asyncio.Event) -> None:
         serving = asyncio.create_task(self.server.serve(sockets=[self.socket]))

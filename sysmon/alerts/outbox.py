@@ -26,7 +26,7 @@ import asyncpg
 from sysmon.alerts import telemetry
 from sysmon.alerts.notifiers import Notification, Notifier, Outcome
 from sysmon.alerts.store import DB_ERRORS
-from sysmon.core.backoff import Backoff
+from sysmon.core.backoff import Backoff, wait_any
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,7 @@ class Delivery:
             await asyncio.gather(*drains, return_exceptions=True)
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
-        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
+        await wait_any(stop, self._wake, seconds=seconds)
 
     async def _dispatch(self) -> float:
         """Start a drain for each receiver whose oldest notification is due; seconds to the next."""

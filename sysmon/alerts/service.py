@@ -38,7 +38,7 @@ from sysmon.alerts.rules import compile_rules
 from sysmon.alerts.store import DB_ERRORS
 from sysmon.core import bus as busmod
 from sysmon.core.alert_rule import AlertRuleSpec
-from sysmon.core.backoff import Backoff, wait_or_stop
+from sysmon.core.backoff import Backoff, wait_any, wait_or_stop
 from sysmon.core.batch import NormalizedBatch
 from sysmon.core.hot import HotTier
 from sysmon.core.metrics import Series
@@ -173,11 +173,7 @@ class AlertsService:
         assert self.pool is not None
         assert self.redis is not None
         feed = tg.create_task(self._supervise("rule feed", self.feed.run, stop), name="alerts rule feed")
-        waiting = asyncio.ensure_future(self._first_rules.wait())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        stopping.cancel()
+        await wait_any(self._first_rules, stop)
         if stop.is_set():
             feed.cancel()
             return

@@ -45,7 +45,7 @@ class AlertRow:
             "value": self.value,
             "active_at": self.active_at.isoformat() if self.active_at else None,
             "at": self.at.isoformat() if self.at else None,
-            **({"id": self.id} if self.id is not None else {}),
+            "id": self.id,
         }
 
 

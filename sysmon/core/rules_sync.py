@@ -9,7 +9,6 @@ does not load, or that Apply refuses, is reported and the rules applied before s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import grpc
 
+from sysmon.core.backoff import wait_any
 from sysmon.core.client import call_metadata, open_channel
 from sysmon.core.config_model import spec_to_struct
 from sysmon.core.rules_file import KIND, RuleResource, RulesFileError, load_rules
@@ -98,14 +98,7 @@ class RulesFileSync:
     async def watch(self, stop: asyncio.Event, hup: asyncio.Event, poll_s: float = 1.0) -> None:
         """Reload when a file changes (checked every poll_s) or when hup is set, until stop."""
         while not stop.is_set():
-            waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hup.wait())}
-            try:
-                await asyncio.wait(waits, timeout=poll_s, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await w
+            await wait_any(stop, hup, seconds=poll_s)
             if stop.is_set():
                 return
             forced = hup.is_set()

@@ -5,9 +5,7 @@ ConfigService.Apply like the operator's; notifications come out as HTTP POSTs.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +30,7 @@ from sysmon.alerts.service import AlertsService
 from sysmon.core.bus import ALERTS, RedisBus
 from sysmon.core.config_model import spec_to_struct
 from sysmon.core.embedded import free_port
+from sysmon.core.http_server import EmbeddedServer, bind
 from sysmon.core.settings import AlertsSettings
 from sysmon.pb.v1 import config_pb2, config_pb2_grpc, events_pb2
 from tests.conftest import AggregatorFactory
@@ -42,12 +41,6 @@ ATTRS = {"device": "/dev/sda1", "mountpoint": "/"}
 
 
 # --- a real HTTP receiver ------------------------------------------------------------------------
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
-        yield
 
 
 @dataclass
@@ -65,7 +58,7 @@ class Receiver:
     port: int = field(default_factory=free_port)
     posts: list[Post] = field(default_factory=list)
     status: int = 200
-    _server: _Server | None = None
+    _server: EmbeddedServer | None = None
     _task: asyncio.Task[None] | None = None
 
     @property
@@ -80,8 +73,8 @@ class Receiver:
 
     async def start(self) -> Receiver:
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["POST"])])
-        self._server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        sock = socket.create_server(("127.0.0.1", self.port))
+        self._server = EmbeddedServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        sock = bind(f"127.0.0.1:{self.port}")
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         await wait_for(lambda: self._server is not None and self._server.started, message="receiver started")
         return self
