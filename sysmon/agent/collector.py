@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from sysmon.agent.buffer import UnackedBuffer
 from sysmon.agent.sampler import Sampler, SeriesSpec
-from sysmon.core.backoff import Backoff, wait_or_stop
+from sysmon.core.backoff import Backoff, wait_any, wait_or_stop
 from sysmon.core.client import call_metadata, open_channel
 from sysmon.core.config_model import CollectorConfigSpec, spec_from_struct
 from sysmon.core.settings import AgentSettings
@@ -119,8 +119,7 @@ class Collector:
             if next_at < now:  # fell behind (suspend, overload): skip, do not burst
                 next_at = now + self.interval
             self._tick_now.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first(stop.wait(), self._tick_now.wait()), timeout=next_at - now)
+            await wait_any(stop, self._tick_now, seconds=next_at - now)
             if self._tick_now.is_set():
                 next_at = loop.time()
 
@@ -354,10 +353,3 @@ def _code(value: int) -> grpc.StatusCode:
     return next((c for c in grpc.StatusCode if c.value[0] == value), grpc.StatusCode.UNKNOWN)
 
 
-async def _first(*aws) -> None:
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()

@@ -164,18 +164,22 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._register(hello), timeout=5)
         await self._publish_host(hello, events_pb2.HOST_STATE_UP)
+        get: asyncio.Task[control_pb2.AggregatorMessage] | None = None
         try:
             yield control_pb2.AggregatorMessage(welcome=control_pb2.Welcome(
                 aggregator_id=self.aggregator_id, heartbeat_interval_ms=HEARTBEAT_MS))
             while True:
                 get = asyncio.create_task(peer.outbox.get())
-                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
+                await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
                     break
                 yield get.result()
         finally:
-            reader.cancel()
+            # The RPC may be cancelled while both wait (server shutdown): neither may outlive it.
+            pending = [t for t in (get, reader) if t is not None]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             if self.hub.peers.get(key) is peer:
                 del self.hub.peers[key]
                 telemetry.COLLECTORS.set(len(self.hub.peers))

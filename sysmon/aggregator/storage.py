@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from sysmon.aggregator import telemetry
-from sysmon.core.backoff import Backoff, wait_or_stop
+from sysmon.core.backoff import Backoff, wait_any, wait_or_stop
 from sysmon.core.settings import AggregatorSettings
 from sysmon.core.storage import partitions, rollups, schema
 from sysmon.core.storage.schema import Mode
@@ -80,11 +80,7 @@ class Storage:
                 log.info("PostgreSQL ready (%s storage)", self.mode)
             self._wake.clear()
             # Re-check now and then, or at once when a writer reports a failure.
-            wake = asyncio.create_task(self._wake.wait())
-            stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({wake, stopping}, timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
-            wake.cancel()
-            stopping.cancel()
+            await wait_any(self._wake, stop, seconds=5.0)
             if self.ready.is_set() and not self._wake.is_set():
                 try:
                     assert self.pool is not None

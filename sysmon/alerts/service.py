@@ -161,6 +161,7 @@ class AlertsService:
         finally:
             if relay is not None:
                 relay.cancel()
+                await asyncio.gather(relay, return_exceptions=True)
             await self._close()
 
     async def _relay(self, outer: asyncio.Event) -> None:

@@ -240,3 +240,23 @@ async def test_waiting_again_for_a_command_result_after_a_timeout(
             res = await asyncio.gather(waiter, return_exceptions=True)
         assert isinstance(res[0], control_pb2.CommandResult), res
         assert res[0].ok
+
+
+def _control_stream_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks the aggregator's Connect handler started (its outbox read, its reader)."""
+    return [t for t in asyncio.all_tasks() if not t.done()
+            and t.get_coro().__qualname__ in {"Queue.get", "ControlServicer._read"}]
+
+
+async def test_stopping_the_aggregator_leaves_no_control_stream_task_behind(
+    start_aggregator: AggregatorFactory,
+) -> None:
+    # A task left pending is reported as "Task was destroyed but it is pending!" when the
+    # process exits: `sysmon up` would end with an ERROR line on Ctrl-C.
+    agg = await start_aggregator()
+    async with running_collector(agg.address, host_id="stop-host", interval="200ms") as c:
+        await connected(agg, c)
+        assert _control_stream_tasks(), "the open control stream should be waiting on its outbox"
+        await agg.stop(grace=0.5)
+        await wait_for(lambda: not _control_stream_tasks(), within=5,
+                       message=f"control stream tasks ended: {_control_stream_tasks()}")
