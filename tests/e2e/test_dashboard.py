@@ -15,8 +15,9 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from sysmon.core import bus as busmod
 from sysmon.pb.v1 import events_pb2
+from tests.conftest import AggregatorFactory
 from tests.gateway_helpers import Gateway, running_gateway, write_history
-from tests.helpers import running_collector, wait_for
+from tests.helpers import RawClient, make_batch, running_collector, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -80,9 +81,9 @@ async def test_overview_shows_every_host_trouble_first_and_filters_by_label(stac
     await expect(web.locator(".badge")).to_have_text("up")
     await expect(web.locator(".chip")).to_have_text(["env=prod", "team=web"])
     await expect(web.locator(".spark canvas")).to_have_count(4)
-    for spark in ("cpu", "mem", "disk", "net"):  # drawn: a line needs two points
+    for spark in ("cpu", "mem", "disk", "net"):  # drawn: a fresh host's first 15 s bucket is a dot
         await expect(web.locator(f'[data-spark="{spark}"] .chart')).to_have_attribute(
-            "data-points", re.compile(r"^([2-9]|\d\d+)$"))
+            "data-points", re.compile(r"^[1-9]\d*$"))
     await expect(web.locator('[data-spark="mem"] .v')).to_have_text(re.compile(r"^\d+\.\d%$"))
     await expect(page.locator("#summary")).to_contain_text("3 of 3 hosts")
     await expect(page.locator("#alerts-panel")).to_contain_text("Nothing firing or pending")
@@ -139,10 +140,13 @@ async def test_host_view_draws_every_panel_with_units_and_tooltips(stack: Gatewa
     await shot(page, "host-phone", full_page=False)
 
 
-async def test_live_mode_appends_a_new_point_without_refetching(stack: Gateway, page: Page) -> None:
+@pytest.mark.parametrize(("range_", "step_s"), [("5m", 1), ("24h", 300)])
+async def test_live_mode_adds_new_samples_without_refetching(
+    stack: Gateway, page: Page, range_: str, step_s: int
+) -> None:
     queries: list[str] = []
     page.on("request", lambda r: queries.append(r.url) if "/api/v1/query" in r.url else None)
-    await page.goto(f"{stack.url}#/host/e2e-web?range=5m")
+    await page.goto(f"{stack.url}#/host/e2e-web?range={range_}")
     chart = page.locator('[data-panel="memory"] .chart')
     await expect(chart).not_to_have_attribute("data-points", "0")
     await expect(page.locator("#live")).to_be_checked()
@@ -150,16 +154,20 @@ async def test_live_mode_appends_a_new_point_without_refetching(stack: Gateway, 
     loaded = len(queries)
     assert loaded == len(PANELS)
     first = float(await chart.get_attribute("data-last") or 0)
+    points = int(await chart.get_attribute("data-points") or 0)
     waiting_since = time.time()
-    # A sample the collector takes from now on shows up, pushed over the WebSocket.
+    # A sample the collector takes from now on shows up, pushed over the WebSocket ...
     await page.wait_for_function(
-        """([sel, t]) => Number(document.querySelector(sel).dataset.last) > t""",
-        arg=['[data-panel="memory"] .chart', max(first, waiting_since - 1)], timeout=10_000,
+        """([sel, t]) => Number(document.querySelector(sel).dataset.updated) > t""",
+        arg=['[data-panel="memory"] .chart', waiting_since - 1], timeout=10_000,
     )
-    assert len(queries) == loaded, "live mode refetched instead of appending"
+    assert len(queries) == loaded, "live mode refetched instead of adding the sample"
+    # ... in its step bucket: a new point only when the sample starts a new bucket.
     newest = float(await chart.get_attribute("data-last") or 0)
-    assert newest > first
-    await shot(page, "host-live")
+    assert newest >= first
+    assert newest % step_s == 0, f"a live point at {newest} is off the {step_s}s step"
+    assert int(await chart.get_attribute("data-points") or 0) <= points + (newest - first) / step_s
+    await shot(page, f"host-live-{range_}")
 
     # Live off: the chart stops moving.
     await page.uncheck("#live")
@@ -167,6 +175,51 @@ async def test_live_mode_appends_a_new_point_without_refetching(stack: Gateway, 
     later = await page.evaluate("() => new Promise((ok) => setTimeout(() => ok(Date.now()), 1500))")
     assert later
     assert await chart.get_attribute("data-last") == frozen
+
+
+async def test_live_samples_are_averaged_into_their_bucket(
+    stack: Gateway, page: Page, start_aggregator: AggregatorFactory
+) -> None:
+    """On the 24 h range (5 min steps) live samples join the newest bucket's mean, as the server
+    would have computed it, instead of adding points of their own."""
+    mib = 1024 * 1024
+    bucket_ms = (time.time_ns() // 1_000_000 // 300_000 - 2) * 300_000  # a whole bucket, 10 min ago
+    session = "avg"
+
+    def sample(seq: int, mebibytes: int) -> Any:
+        return make_batch("avg-box", session, seq, declare=seq == 1, time_ms=bucket_ms + (seq - 1) * 5000,
+                          values=(mebibytes * mib,), name="system.memory.usage", attributes={"state": "used"})
+
+    agg = await start_aggregator()
+    async with RawClient(agg.address, host_id="avg-box", session_id=session) as c:
+        for seq, value in enumerate((100, 200, 300), start=1):
+            c.send(sample(seq, value))
+        await wait_for(lambda: len(c.acked) == 3, message="first three samples stored")
+        await page.goto(f"{stack.url}#/host/avg-box?range=24h")
+        chart = page.locator('[data-panel="memory"] .chart')
+        await expect(chart).to_have_attribute("data-points", "1")
+        await expect(chart).to_have_attribute("data-last", str(bucket_ms // 1000))
+        await expect(page.locator("#conn")).to_have_text("live")
+        assert await hover_value(page, "memory") == "200.0 MiB"
+
+        c.send(sample(4, 400))
+        c.send(sample(5, 500))
+        await expect(chart).to_have_attribute("data-updated", str((bucket_ms + 20_000) // 1000))
+        # The mean of all five, in the one bucket the server has for them.
+        await expect(chart).to_have_attribute("data-points", "1")
+        assert await hover_value(page, "memory") == "300.0 MiB"
+
+
+async def hover_value(page: Page, panel: str) -> str:
+    """The value the tooltip shows for the newest point of a panel's first series."""
+    over = page.locator(f'[data-panel="{panel}"] .u-over')
+    box = await over.bounding_box()
+    assert box is not None
+    await page.mouse.move(0, 0)
+    await page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)
+    tip = page.locator(f'[data-panel="{panel}"] .tooltip b').first
+    await expect(tip).to_be_visible()
+    return await tip.inner_text()
 
 
 async def test_range_picker_switches_tiers(stack: Gateway, page: Page) -> None:
@@ -178,7 +231,7 @@ async def test_range_picker_switches_tiers(stack: Gateway, page: Page) -> None:
         await page.click(f'[data-range="{label}"]')
         await expect(tier).to_have_text(f"tier: {name}")
         await expect(page.locator('[data-panel="memory"] .panel-tier')).to_contain_text(name)
-        await expect(page.locator("#live")).to_be_disabled() if label in ("24h", "7d", "90d") else None
+        await expect(page.locator("#live")).to_be_enabled()  # every range that ends now follows along
         if label == "7d":
             await shot(page, "host-7d")
     assert "range=1h" in page.url
@@ -189,6 +242,7 @@ async def test_range_picker_switches_tiers(stack: Gateway, page: Page) -> None:
     await page.fill("#to", time.strftime("%Y-%m-%dT%H:%M", time.localtime(time.time() + 60)))
     await page.click("#custom button[type=submit]")
     await expect(tier).to_have_text("tier: 1m")
+    await expect(page.locator("#live")).to_be_disabled()
 
 
 async def test_alerts_panel_shows_firing_alerts_live(stack: Gateway, page: Page, pool: Any, redis_url: str) -> None:

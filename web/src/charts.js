@@ -20,6 +20,40 @@ export function align(list) {
   return [xs.map((t) => t / 1000), ...ys];
 }
 
+/**
+ * Live samples land in the step bucket the server would have put them in, as a running mean: on the
+ * 24 h range (5 min steps) a 5 s sample moves the newest bucket instead of adding a point of its own,
+ * and the chart reads as if it had been fetched again. A bucket that came from the server already
+ * holds the samples before t; they are counted at the host's sampling interval, as the server
+ * averaged them. Times in seconds.
+ */
+export class BucketMean {
+  constructor(step = 0) {
+    this.step = step;
+    this.acc = new Map();
+  }
+
+  bucket(t) {
+    return this.step > 0 ? Math.floor(t / this.step) * this.step : t;
+  }
+
+  /** The bucket's mean with v (at time t) in it; `current` is what the bucket shows now. */
+  add(key, t, current, v, interval) {
+    const b = this.bucket(t);
+    let a = this.acc.get(key);
+    if (!a || a.b !== b) {
+      const n = current == null ? 0 : Math.max(1, Math.round((t - b) / interval));
+      a = { b, sum: current == null ? 0 : current * n, n };
+      this.acc.set(key, a);
+    }
+    a.sum += v;
+    a.n += 1;
+    return a.sum / a.n;
+  }
+}
+
+const DEFAULT_INTERVAL_S = 5;
+
 function tooltipPlugin(unit) {
   let tip;
   return {
@@ -82,44 +116,55 @@ export class Panel {
       plugins: [tooltipPlugin(unit)],
     };
     this.data = [[], ...labels.map(() => [])];
+    this.mean = new BucketMean();
     this.u = new uPlot(opts, this.data, el);
     this.resizer = new ResizeObserver(() => this.u.setSize(sizeOf(el, height)));
     this.resizer.observe(el);
   }
 
-  /** Data, and the time range (seconds) it was asked for: the x axis spans the range, not just the data. */
-  setData(data, xRange = null) {
+  /**
+   * Data, the time range (seconds) it was asked for (the x axis spans the range, not just the data),
+   * and its step in seconds, which live samples are averaged into.
+   */
+  setData(data, xRange = null, step = 0) {
     this.xRange = xRange;
     this.data = data;
+    this.mean = new BucketMean(step);
     this.u.setData(data);
-    this.mark();
+    this.mark(null);
   }
 
-  // What is drawn, for people reading the DOM (and the browser tests): newest time and row count.
-  mark() {
+  // What is drawn, for people reading the DOM (and the browser tests): newest bucket, row count, and
+  // the time of the newest live sample merged in.
+  mark(updated) {
     const xs = this.data[0];
     this.el.dataset.points = String(xs.length);
     this.el.dataset.last = xs.length ? String(xs[xs.length - 1]) : "";
+    this.el.dataset.updated = updated == null ? "" : String(updated);
   }
 
-  /** Live: add a row at time t (seconds) with a value per series (or null), keep `span` seconds. */
-  append(t, values, span) {
+  /**
+   * Live: merge a sample at time t (seconds) with a value per series (or null) into its step bucket,
+   * keep `span` seconds; `interval` is the host's sampling interval in seconds.
+   */
+  append(t, values, span, interval = DEFAULT_INTERVAL_S) {
     const d = this.data;
     const xs = d[0];
+    const b = this.mean.bucket(t);
     const last = xs.length ? xs[xs.length - 1] : -Infinity;
-    if (t < last) return false;
-    if (t > last) {
-      xs.push(t);
+    if (b < last) return false;
+    if (b > last) {
+      xs.push(b);
       for (let s = 1; s < d.length; s++) d[s].push(null);
     }
     const i = xs.length - 1;
-    values.forEach((v, s) => { if (v != null) d[s + 1][i] = v; });
+    values.forEach((v, s) => { if (v != null) d[s + 1][i] = this.mean.add(s, t, d[s + 1][i], v, interval); });
     let cut = 0;
     while (cut < xs.length && xs[cut] < t - span) cut++;
     if (cut) for (let s = 0; s < d.length; s++) d[s].splice(0, cut);
     if (this.xRange) this.xRange = [Math.max(this.xRange[0], t - span), Math.max(this.xRange[1], t)];
     this.u.setData(d);
-    this.mark();
+    this.mark(t);
     return true;
   }
 
@@ -152,14 +197,16 @@ function axisSize(u, values) {
 
 /** A small chart without axes for the overview tiles. */
 export class Sparkline {
-  constructor(el, { color, min = 0, max = null, height = 36 }) {
+  constructor(el, { color, min = 0, max = null, height = 36, step = 0 }) {
     this.el = el;
+    this.mean = new BucketMean(step);
     const opts = {
       width: Math.max(60, el.clientWidth), height,
       cursor: { show: false }, legend: { show: false }, select: { show: false },
       scales: { x: { time: true }, y: { range: (u, lo, hi) => [min, Math.max(max ?? 0, hi ?? 1, 1e-9)] } },
       axes: [{ show: false }, { show: false }],
-      series: [{}, { stroke: color, fill: `${color}33`, width: 1.5, points: { show: false } }],
+      // uPlot's default points, as in the panels: a host's first 15 s bucket shows as a dot.
+      series: [{}, { stroke: color, fill: `${color}33`, width: 1.5 }],
     };
     this.data = [[], []];
     this.u = new uPlot(opts, this.data, el);
@@ -169,19 +216,22 @@ export class Sparkline {
 
   setData(xs, ys) {
     this.data = [xs, ys];
+    this.mean = new BucketMean(this.mean.step);
     this.u.setData(this.data);
     this.el.dataset.points = String(xs.length);
   }
 
-  append(t, v, span) {
+  /** Live: as Panel.append, for the one series. */
+  append(t, v, span, interval = DEFAULT_INTERVAL_S) {
     const [xs, ys] = this.data;
-    if (xs.length && t <= xs[xs.length - 1]) {
-      if (t === xs[xs.length - 1]) ys[ys.length - 1] = v;
-      else return;
-    } else {
-      xs.push(t);
-      ys.push(v);
+    const b = this.mean.bucket(t);
+    const last = xs.length ? xs[xs.length - 1] : -Infinity;
+    if (b < last) return;
+    if (b > last) {
+      xs.push(b);
+      ys.push(null);
     }
+    ys[ys.length - 1] = this.mean.add(0, t, ys[ys.length - 1], v, interval);
     while (xs.length && xs[0] < t - span) { xs.shift(); ys.shift(); }
     this.u.setData(this.data);
     this.el.dataset.points = String(xs.length);

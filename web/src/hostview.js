@@ -1,5 +1,6 @@
 // One host: panels for CPU, load, memory, swap, filesystems, disk and network I/O, with a range
-// picker and a live mode that appends points from the WebSocket without refetching.
+// picker and a live mode that adds samples from the WebSocket to the newest step bucket without
+// refetching, on every range that ends now.
 import * as api from "./api.js";
 import * as fmt from "./format.js";
 import { Panel, align } from "./charts.js";
@@ -54,7 +55,6 @@ export const PANELS = [
 ];
 
 export const RANGES = { "5m": 300, "1h": 3600, "24h": 86400, "7d": 7 * 86400, "90d": 90 * 86400 };
-const LIVE_RANGES = new Set(["5m", "1h"]);
 const METRICS = [...new Set(PANELS.flatMap((p) => p.query.metric))];
 
 function isoLocal(ms) {
@@ -70,7 +70,9 @@ export class HostView {
     this.range = params.get("range") in RANGES || params.get("range") === "custom" ? params.get("range") : "1h";
     this.from = Number(params.get("from")) || Date.now() - 6 * 3600e3;
     this.to = Number(params.get("to")) || Date.now();
-    this.liveOn = LIVE_RANGES.has(this.range) && params.get("live") !== "0";
+    // Every range that ends now follows along; a custom range has an end of its own.
+    this.liveOn = this.range !== "custom" && params.get("live") !== "0";
+    this.interval = 5;
     this.panels = new Map();
     this.offs = [];
     this.loading = null;
@@ -146,9 +148,10 @@ export class HostView {
   }
 
   setRange(r) {
+    const wasCustom = this.range === "custom";
     this.range = r;
-    if (!LIVE_RANGES.has(r)) this.liveOn = false;
-    else if (!this.liveOn) this.liveOn = true;
+    if (r === "custom") this.liveOn = false;
+    else if (wasCustom) this.liveOn = true;
     this.syncControls();
     this.updateUrl();
     if (r !== "custom") this.load();
@@ -162,14 +165,14 @@ export class HostView {
     this.root.querySelector("#custom").hidden = this.range !== "custom";
     const liveBox = this.root.querySelector("#live");
     liveBox.checked = this.liveOn;
-    liveBox.disabled = !LIVE_RANGES.has(this.range);
-    liveBox.parentElement.title = liveBox.disabled ? "live mode needs the 5m or 1h range" : "append points as they arrive";
+    liveBox.disabled = this.range === "custom";
+    liveBox.parentElement.title = liveBox.disabled ? "a custom range does not follow along" : "add samples as they arrive";
   }
 
   updateUrl() {
     const q = new URLSearchParams({ range: this.range });
     if (this.range === "custom") { q.set("from", String(this.from)); q.set("to", String(this.to)); }
-    if (LIVE_RANGES.has(this.range) && !this.liveOn) q.set("live", "0");
+    if (this.range !== "custom" && !this.liveOn) q.set("live", "0");
     history.replaceState(null, "", `#/host/${encodeURIComponent(this.host)}?${q}`);
   }
 
@@ -183,6 +186,7 @@ export class HostView {
       const st = this.root.querySelector("#host-status");
       st.textContent = d.status;
       st.className = `badge ${d.status}`;
+      if (d.interval_ms) this.interval = d.interval_ms / 1000;
       this.root.querySelector("#host-labels").innerHTML = fmt.chips(d.labels);
       const facts = [
         d.os, d.cpu_count ? `${d.cpu_count} CPUs` : null,
@@ -261,7 +265,7 @@ export class HostView {
       this.panels.set(p.id, { chart, labels, index: new Map(labels.map((l, i) => [l, i])) });
     }
     const entry = this.panels.get(p.id);
-    entry.chart.setData(align(list), [res.start_ms / 1000, res.end_ms / 1000]);
+    entry.chart.setData(align(list), [res.start_ms / 1000, res.end_ms / 1000], res.step_ms / 1000);
     fig.classList.toggle("empty", labels.length === 0);
     fig.querySelector(".panel-msg").hidden = labels.length > 0;
     fig.querySelector(".panel-msg").textContent = labels.length ? "" : "no series";
@@ -284,7 +288,9 @@ export class HostView {
           rows.get(t)[i] = f(s.v[j]);
         });
       }
-      for (const [t, values] of [...rows].sort((a, b) => a[0] - b[0])) entry.chart.append(t / 1000, values, span);
+      for (const [t, values] of [...rows].sort((a, b) => a[0] - b[0])) {
+        entry.chart.append(t / 1000, values, span, this.interval);
+      }
     }
   }
 }

@@ -5,7 +5,7 @@ import { Sparkline } from "./charts.js";
 import { alertsByHost } from "./alerts.js";
 
 const SPAN_S = 15 * 60;
-const STEP = "15s";
+const STEP_S = 15;
 const CPU = "system.cpu.utilization";
 const MEM = "system.memory.utilization";
 const DISK = "system.disk.io";
@@ -145,7 +145,7 @@ export class Overview {
       <div class="tile-alerts"></div>`;
     el.querySelector(".name").textContent = h.host;
     document.createDocumentFragment().appendChild(el);
-    const sparks = SPARKS.map((s) => new Sparkline(el.querySelector(`[data-spark="${s.id}"] .chart`), s));
+    const sparks = SPARKS.map((s) => new Sparkline(el.querySelector(`[data-spark="${s.id}"] .chart`), { ...s, step: STEP_S }));
     return { el, sparks, latest: {}, host: h.host };
   }
 
@@ -172,7 +172,7 @@ export class Overview {
 
   async loadSparklines() {
     const names = this.hosts.map((h) => h.host);
-    const base = { start: `now-${SPAN_S}s`, step: STEP };
+    const base = { start: `now-${SPAN_S}s`, step: `${STEP_S}s` };
     const chunks = [];
     for (let i = 0; i < names.length; i += CHUNK) chunks.push(names.slice(i, i + CHUNK));
     const sets = await Promise.all(chunks.map((host) => Promise.all([
@@ -210,6 +210,8 @@ export class Overview {
   onSamples(m) {
     const t = this.tiles.get(m.host);
     if (!t) return;
+    const h = this.hosts.find((x) => x.host === m.host);
+    const intervalS = (h?.interval_ms || 5000) / 1000;
     const byTime = new Map();
     const at = (ts) => {
       if (!byTime.has(ts)) byTime.set(ts, { disk: null, net: null });
@@ -230,12 +232,11 @@ export class Overview {
       SPARKS.forEach((sp, i) => {
         const v = row[sp.id];
         if (v == null) return;
-        t.sparks[i].append(ts / 1000, v, SPAN_S);
+        t.sparks[i].append(ts / 1000, v, SPAN_S, intervalS);
         t.latest[sp.id] = v;
       });
       if (row.fs != null) t.latest.fs = row.fs;
     }
-    const h = this.hosts.find((x) => x.host === m.host);
     if (h) {
       const last = Math.max(...byTime.keys());
       if (!h.last_seen_ms || last > h.last_seen_ms) h.last_seen_ms = last;
