@@ -3,6 +3,7 @@ aggregator, collectors, PostgreSQL, Redis and the gateway. Screenshots go to tes
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -190,6 +191,15 @@ async def test_live_samples_are_averaged_into_their_bucket(
         return make_batch("avg-box", session, seq, declare=seq == 1, time_ms=bucket_ms + (seq - 1) * 5000,
                           values=(mebibytes * mib,), name="system.memory.usage", attributes={"state": "used"})
 
+    # Samples sent before the gateway has the page's subscription would not be pushed to it.
+    subscribed = asyncio.Event()
+
+    def on_frame(payload: str | bytes) -> None:
+        text = payload if isinstance(payload, str) else payload.decode()
+        if '"subscribed"' in text and "avg-box" in text:
+            subscribed.set()
+
+    page.on("websocket", lambda ws: ws.on("framereceived", on_frame))
     agg = await start_aggregator()
     async with RawClient(agg.address, host_id="avg-box", session_id=session) as c:
         for seq, value in enumerate((100, 200, 300), start=1):
@@ -199,7 +209,7 @@ async def test_live_samples_are_averaged_into_their_bucket(
         chart = page.locator('[data-panel="memory"] .chart')
         await expect(chart).to_have_attribute("data-points", "1")
         await expect(chart).to_have_attribute("data-last", str(bucket_ms // 1000))
-        await expect(page.locator("#conn")).to_have_text("live")
+        await wait_for(subscribed.is_set, within=10, message="the page subscribed to avg-box")
         assert await hover_value(page, "memory") == "200.0 MiB"
 
         c.send(sample(4, 400))
