@@ -50,6 +50,27 @@ export class BucketMean {
     a.n += 1;
     return a.sum / a.n;
   }
+
+  /**
+   * Merge a sample at t with a value per series (or null) into uPlot data [xs, ...ys], in place, and
+   * drop what is older than `span`; false when t is older than the newest bucket.
+   */
+  merge(data, t, values, span, interval) {
+    const xs = data[0];
+    const b = this.bucket(t);
+    const last = xs.length ? xs[xs.length - 1] : -Infinity;
+    if (b < last) return false;
+    if (b > last) {
+      xs.push(b);
+      for (let s = 1; s < data.length; s++) data[s].push(null);
+    }
+    const i = xs.length - 1;
+    values.forEach((v, s) => { if (v != null) data[s + 1][i] = this.add(s, t, data[s + 1][i], v, interval); });
+    let cut = 0;
+    while (cut < xs.length && xs[cut] < t - span) cut++;
+    if (cut) for (let s = 0; s < data.length; s++) data[s].splice(0, cut);
+    return true;
+  }
 }
 
 const DEFAULT_INTERVAL_S = 5;
@@ -148,22 +169,9 @@ export class Panel {
    * keep `span` seconds; `interval` is the host's sampling interval in seconds.
    */
   append(t, values, span, interval = DEFAULT_INTERVAL_S) {
-    const d = this.data;
-    const xs = d[0];
-    const b = this.mean.bucket(t);
-    const last = xs.length ? xs[xs.length - 1] : -Infinity;
-    if (b < last) return false;
-    if (b > last) {
-      xs.push(b);
-      for (let s = 1; s < d.length; s++) d[s].push(null);
-    }
-    const i = xs.length - 1;
-    values.forEach((v, s) => { if (v != null) d[s + 1][i] = this.mean.add(s, t, d[s + 1][i], v, interval); });
-    let cut = 0;
-    while (cut < xs.length && xs[cut] < t - span) cut++;
-    if (cut) for (let s = 0; s < d.length; s++) d[s].splice(0, cut);
+    if (!this.mean.merge(this.data, t, values, span, interval)) return false;
     if (this.xRange) this.xRange = [Math.max(this.xRange[0], t - span), Math.max(this.xRange[1], t)];
-    this.u.setData(d);
+    this.u.setData(this.data);
     this.mark(t);
     return true;
   }
@@ -223,18 +231,9 @@ export class Sparkline {
 
   /** Live: as Panel.append, for the one series. */
   append(t, v, span, interval = DEFAULT_INTERVAL_S) {
-    const [xs, ys] = this.data;
-    const b = this.mean.bucket(t);
-    const last = xs.length ? xs[xs.length - 1] : -Infinity;
-    if (b < last) return;
-    if (b > last) {
-      xs.push(b);
-      ys.push(null);
-    }
-    ys[ys.length - 1] = this.mean.add(0, t, ys[ys.length - 1], v, interval);
-    while (xs.length && xs[0] < t - span) { xs.shift(); ys.shift(); }
+    if (!this.mean.merge(this.data, t, [v], span, interval)) return;
     this.u.setData(this.data);
-    this.el.dataset.points = String(xs.length);
+    this.el.dataset.points = String(this.data[0].length);
   }
 
   destroy() {
