@@ -31,12 +31,23 @@ def open_channel(settings: AggregatorClientSettings) -> grpc.aio.Channel:
             options.append(("grpc.ssl_target_name_override", settings.tls_server_name))
         credentials = grpc.ssl_channel_credentials(roots, private_key=key, certificate_chain=chain)
         return grpc.aio.secure_channel(settings.aggregator, credentials, options)
-    if settings.token and not is_loopback(settings.aggregator):
+    if (settings.token or settings.token_file) and not is_loopback(settings.aggregator):
         log.warning("sending the token to %s without TLS; set SYSMON_TLS_CA or SYSMON_TLS", settings.aggregator)
     return grpc.aio.insecure_channel(settings.aggregator, options)
 
 
+def bearer_token(settings: AggregatorClientSettings) -> str | None:
+    """The token to present: the file's current content (rotated by the kubelet), else the setting."""
+    if settings.token_file is not None:
+        try:
+            return settings.token_file.read_text().strip() or None
+        except OSError as e:
+            log.error("cannot read the token file %s: %s", settings.token_file, e)
+            return None
+    return settings.token.get_secret_value() if settings.token is not None else None
+
+
 def call_metadata(settings: AggregatorClientSettings) -> tuple[tuple[str, str], ...]:
-    if settings.token is None:
-        return ()
-    return (("authorization", f"Bearer {settings.token.get_secret_value()}"),)
+    """Read at every connection, so that a rotated token file is picked up."""
+    token = bearer_token(settings)
+    return (("authorization", f"Bearer {token}"),) if token else ()

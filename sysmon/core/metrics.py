@@ -16,6 +16,9 @@ ATTR_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 HOST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
+# Sequence numbers and timestamps are stored as PostgreSQL int8: the wire's uint64 must fit.
+MAX_SEQ = 2**63 - 1
+
 GAUGE = 1
 RATE = 2
 KINDS = {GAUGE: "gauge", RATE: "rate"}
@@ -37,6 +40,9 @@ class Limits:
     max_host_id_length: int = 253
     max_session_id_length: int = 64
     max_series_per_stream: int = 20_000
+    max_series_per_host: int = 20_000
+    max_samples_per_second_per_host: int = 10_000
+    max_sample_burst_per_host: int = 200_000
     max_series_per_batch: int = 20_000
     max_frames_per_batch: int = 1_000
     max_samples_per_batch: int = 200_000
@@ -53,6 +59,8 @@ class Limits:
             "max_attribute_key_length": self.max_attribute_key_length,
             "max_attribute_value_length": self.max_attribute_value_length,
             "max_series_per_stream": self.max_series_per_stream,
+            "max_series_per_host": self.max_series_per_host,
+            "max_samples_per_second_per_host": self.max_samples_per_second_per_host,
             "max_samples_per_batch": self.max_samples_per_batch,
             "max_past": str(self.max_past),
             "max_future": str(self.max_future),

@@ -44,6 +44,19 @@ def _parse_labels(v: Any) -> Any:
 Labels = Annotated[dict[str, str], NoDecode, BeforeValidator(_parse_labels)]
 
 
+def _parse_list(v: Any) -> Any:
+    """Accept a list, JSON, or the shell-friendly form "a,b,c"."""
+    if isinstance(v, str):
+        s = v.strip()
+        if s.startswith("["):
+            return json.loads(s)
+        return [part.strip() for part in s.split(",") if part.strip()]
+    return v
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_parse_list)]
+
+
 class _Base(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SYSMON_", extra="ignore", populate_by_name=True)
 
@@ -57,6 +70,38 @@ class ConnectionSettings(_Base):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class IdentitySettings(_Base):
+    """Credentials beyond the fleet-wide token (see sysmon.core.identity), for the aggregator and gateway."""
+
+    token_secret: SecretStr | None = Field(
+        None, description="secret (at least 32 bytes) that signs per-host and scoped tokens (sysmon token issue); "
+                          "they are accepted beside the fleet-wide token"
+    )
+    token_secret_previous: SecretStr | None = Field(
+        None, description="the secret before the last rotation: tokens it signed are still accepted"
+    )
+    kube_audience: str | None = Field(
+        None, description="accept Kubernetes ServiceAccount tokens for this audience, verified with TokenReview"
+    )
+    kube_collectors: CommaList = Field(
+        default_factory=list, description="ServiceAccounts (namespace/name) of collectors; each may send only "
+                                          "for the node its pod runs on"
+    )
+    kube_readers: CommaList = Field(default_factory=list, description="ServiceAccounts (namespace/name) with read access")
+    kube_admins: CommaList = Field(
+        default_factory=list, description="ServiceAccounts (namespace/name) that may apply configuration"
+    )
+
+    def secrets(self) -> list[str]:
+        return [s.get_secret_value() for s in (self.token_secret, self.token_secret_previous)
+                if s is not None and s.get_secret_value()]
+
+    @property
+    def auth_configured(self) -> bool:
+        token = getattr(self, "token", None)
+        return bool((token is not None and token.get_secret_value()) or self.secrets() or self.kube_audience)
+
+
 class StorageSettings(_Base):
     storage_mode: Literal["auto", "plain", "timescale"] = Field(
         "auto", description="timescale when the extension exists (auto), or force one path"
@@ -67,7 +112,7 @@ class StorageSettings(_Base):
     hot_window: Duration = Field(timedelta(minutes=5), description="span of the Redis hot tier per host")
 
 
-class AggregatorSettings(ConnectionSettings, StorageSettings):
+class AggregatorSettings(ConnectionSettings, StorageSettings, IdentitySettings):
     listen: str = Field("127.0.0.1:50051", description="gRPC listen address host:port")
     tls_cert: Path | None = Field(None, description="PEM certificate chain; enables TLS with tls_key")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert")
@@ -82,7 +127,21 @@ class AggregatorSettings(ConnectionSettings, StorageSettings):
     aggregator_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
     max_attributes: int = Field(16, ge=1, le=128)
-    max_series_per_stream: int = Field(20_000, ge=1)
+    max_series_per_stream: int = Field(20_000, ge=1, description="series one Push stream may declare")
+    max_series_per_host: int = Field(
+        20_000, ge=1, description="series one host may have on this aggregator, over all its streams"
+    )
+    max_samples_per_second_per_host: int = Field(
+        10_000, ge=1, description="each host's sustained sample budget; over it, batches are sent back with "
+                                  "RESOURCE_EXHAUSTED and a time to retry"
+    )
+    max_sample_burst_per_host: int = Field(
+        200_000, ge=1, description="samples a host may send at once above its rate (a replay after an outage)"
+    )
+    client_cert_hosts: bool = Field(
+        False, description="a verified client certificate (mutual TLS) may send for the host ids in its DNS "
+                           "subject alternative names"
+    )
     max_future: Duration = Field(timedelta(minutes=5), description="accept samples this far ahead")
     writer_queue_samples: int = Field(
         1_000_000, ge=1000, description="samples waiting for PostgreSQL before Push streams are slowed"
@@ -105,6 +164,9 @@ class AggregatorSettings(ConnectionSettings, StorageSettings):
             max_message_bytes=self.max_message_bytes,
             max_attributes=self.max_attributes,
             max_series_per_stream=self.max_series_per_stream,
+            max_series_per_host=self.max_series_per_host,
+            max_samples_per_second_per_host=self.max_samples_per_second_per_host,
+            max_sample_burst_per_host=self.max_sample_burst_per_host,
             max_past=self.raw_retention,
             max_future=self.max_future,
         )
@@ -127,6 +189,10 @@ class AggregatorClientSettings(_Base):
 
     aggregator: str = Field("127.0.0.1:50051", description="aggregator address host:port")
     token: SecretStr | None = Field(None, description="bearer token sent to the aggregator")
+    token_file: Path | None = Field(
+        None, description="read the bearer token from this file at every connection (a projected ServiceAccount "
+                          "token, which the kubelet rotates); instead of token"
+    )
     tls_ca: Path | None = Field(None, description="PEM CA that signed the aggregator's certificate")
     tls: bool = Field(False, description="use TLS with the system's roots (implied by tls_ca)")
     tls_server_name: str | None = Field(None, description="override the name checked in the certificate")
@@ -190,7 +256,7 @@ class AgentSettings(AggregatorClientSettings):
     metrics_listen: str = Field("", description="host:port for the collector's own /metrics; empty: off")
 
 
-class GatewaySettings(ConnectionSettings, StorageSettings):
+class GatewaySettings(ConnectionSettings, StorageSettings, IdentitySettings):
     listen: str = Field("127.0.0.1:8080", description="HTTP listen address host:port (REST, WebSocket, dashboard)")
     insecure_no_auth: bool = Field(
         False, description="serve without a token (never in production; sysmon up does it on loopback only)"
