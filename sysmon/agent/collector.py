@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 HELLO_TIMEOUT = 10.0
+# Rates (CPU utilization, I/O) need two readings: the first sample waits this long after the
+# priming reading, so that the collector's first batch, after a restart too, carries them all.
+PRIME_S = 1.0
+NACK_LOG_EVERY_S = 30.0
 
 
 class _Restart(Exception):
@@ -76,7 +80,9 @@ class Collector:
         self._tick_now = asyncio.Event()  # wakes the sampler (interval changed)
         self._emptied = asyncio.Event()  # every batch so far acknowledged
         self._backoff = Backoff(initial=0.5, maximum=settings.max_backoff.total_seconds())
-        self._metadata = call_metadata(settings)
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        self._nacks_unlogged: dict[str, int] = {}
+        self._nack_logged_at = -NACK_LOG_EVERY_S
 
     # --- sampling -------------------------------------------------------------------------------
 
@@ -110,7 +116,10 @@ class Collector:
 
     async def _sample_loop(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        self.sampler.sample()  # the base readings of every rate; this tick yields no batch
+        next_at = loop.time() + min(self.interval, PRIME_S)
+        if await wait_or_stop(stop, next_at - loop.time()):
+            return
         while not stop.is_set():
             if not self.paused:
                 self.collect_once()
@@ -169,6 +178,8 @@ class Collector:
             await wait_or_stop(stop, delay)
 
     async def _session(self, channel: grpc.aio.Channel, stop: asyncio.Event) -> None:
+        # Read for every session: a token file (a projected ServiceAccount token) is rotated.
+        self._metadata = call_metadata(self.settings)
         control = control_pb2_grpc.ControlServiceStub(channel).Connect(metadata=self._metadata)
         await control.write(control_pb2.AgentMessage(hello=self._hello()))
         first = await asyncio.wait_for(control.read(), HELLO_TIMEOUT)
@@ -256,8 +267,7 @@ class Collector:
                     self._emptied.set()
             elif kind == "nack":
                 self.buffer.nack(msg.nack.seqs, time.monotonic() + msg.nack.retry_after_ms / 1000)
-                log.info("aggregator asks to resend %d batches in %d ms: %s", len(msg.nack.seqs),
-                         msg.nack.retry_after_ms, msg.nack.reason)
+                self._log_nack(msg.nack)
                 self._sent_more.set()
             elif kind == "reject":
                 if self.buffer.reject(msg.reject.seq):
@@ -267,6 +277,22 @@ class Collector:
                 result = self.apply_command(msg.command)
                 await control.write(control_pb2.AgentMessage(command_result=result))
         raise OSError("the aggregator closed the control stream")
+
+    def _log_nack(self, nack: control_pb2.Nack) -> None:
+        """One line per reason every half minute, not one per batch: an outage of PostgreSQL
+        sends every batch back, every few seconds, for as long as it lasts."""
+        code = _code(nack.code).name if nack.code else "UNAVAILABLE"
+        reason = f"{code}: {nack.reason}"
+        self._nacks_unlogged[reason] = self._nacks_unlogged.get(reason, 0) + len(nack.seqs)
+        now = time.monotonic()
+        if now - self._nack_logged_at < NACK_LOG_EVERY_S:
+            return
+        self._nack_logged_at = now
+        for why, n in self._nacks_unlogged.items():
+            # Storage away is the aggregator's news to tell; being over budget is this collector's.
+            level = logging.INFO if why.startswith("UNAVAILABLE") else logging.WARNING
+            log.log(level, "the aggregator sent back %d batch(es) to resend later (%s); they stay buffered", n, why)
+        self._nacks_unlogged.clear()
 
     def apply_command(self, cmd: control_pb2.Command) -> control_pb2.CommandResult:
         action = cmd.WhichOneof("action")

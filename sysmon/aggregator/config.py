@@ -16,10 +16,11 @@ from typing import Any
 
 import grpc
 
-from sysmon.aggregator import telemetry
+from sysmon.aggregator import auth, telemetry
 from sysmon.aggregator.storage import CONNECTION_ERRORS, Storage
 from sysmon.core import bus as busmod
 from sysmon.core.config_model import LabelSelector, spec_from_struct, spec_to_struct, validate_resource
+from sysmon.core.identity import Scope
 from sysmon.core.metrics import InvalidInput
 from sysmon.pb.v1 import config_pb2, config_pb2_grpc
 
@@ -179,6 +180,12 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         self, request: config_pb2.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[config_pb2.ConfigSnapshot]:
         kinds = set(request.kinds)
+        principal = auth.current()
+        # A collector's credential reads its own host's collector configuration, nothing more.
+        own = kinds == {"CollectorConfig"} and request.host_id and principal.may_speak_for(request.host_id)
+        if not principal.allows(Scope.READER) and not own:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "a collector credential may watch only kinds=[CollectorConfig] for its own host_id")
         labels = dict(request.labels) if request.host_id or request.labels else None
         await self.store.loaded.wait()
         last: config_pb2.ConfigSnapshot | None = None

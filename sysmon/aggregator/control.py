@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from sysmon.aggregator import telemetry
+from sysmon.aggregator import auth, telemetry
 from sysmon.aggregator.storage import CONNECTION_ERRORS, Storage
 from sysmon.core import bus as busmod
+from sysmon.core.identity import Principal
 from sysmon.core.metrics import InvalidInput, Limits, check_host_id, check_session_id
 from sysmon.pb.v1 import control_pb2, control_pb2_grpc, events_pb2
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 BatchKey = tuple[str, str, int]
 OUTBOX = 10_000
 HEARTBEAT_MS = 10_000
+# A session whose stream is taken over this often in a minute has two clients claiming it.
+CONTESTED_REPLACEMENTS = 3
 
 
 @dataclass
@@ -42,6 +45,9 @@ class Peer:
     )
     last_heartbeat: control_pb2.Heartbeat | None = None
     dropped: int = 0
+    # Set when a newer stream took this session over; its handler then ends the stream.
+    replaced: asyncio.Event = field(default_factory=asyncio.Event)
+    replaced_by: str = ""
 
     def send(self, msg: control_pb2.AggregatorMessage) -> None:
         try:
@@ -71,12 +77,14 @@ class ControlHub:
             if peer is not None:
                 peer.send(control_pb2.AggregatorMessage(ack=control_pb2.Ack(seqs=seqs)))
 
-    def nack(self, keys: Sequence[BatchKey], retry_after_ms: int, reason: str) -> None:
+    def nack(self, keys: Sequence[BatchKey], retry_after_ms: int, reason: str,
+             code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
         for sess, seqs in self._grouped(keys).items():
             peer = self.peers.get(sess)
             if peer is not None:
                 peer.send(control_pb2.AggregatorMessage(
-                    nack=control_pb2.Nack(seqs=seqs, retry_after_ms=retry_after_ms, reason=reason)
+                    nack=control_pb2.Nack(seqs=seqs, retry_after_ms=retry_after_ms, reason=reason,
+                                          code=code.value[0])
                 ))
 
     def reject(self, host_id: str, session_id: str, seq: int, code: grpc.StatusCode, message: str) -> None:
@@ -125,13 +133,16 @@ def new_command(**action) -> control_pb2.Command:
 
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     def __init__(self, hub: ControlHub, storage: Storage, bus: busmod.Bus | None, limits: Limits,
-                 aggregator_id: str, on_session_end: Callable[[str, str], None] | None = None):
+                 aggregator_id: str, on_session_end: Callable[[str, str], None] | None = None,
+                 on_identity: Callable[[Principal, str], None] | None = None):
         self.hub = hub
         self.storage = storage
         self.bus = bus
         self.limits = limits
         self.aggregator_id = aggregator_id
         self.on_session_end = on_session_end
+        self.on_identity = on_identity
+        self._replacements: dict[tuple[str, str], list[float]] = defaultdict(list)
 
     async def Connect(
         self, request_iterator: AsyncIterator[control_pb2.AgentMessage], context: grpc.aio.ServicerContext
@@ -151,32 +162,47 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                     raise InvalidInput("labels", f"label {k[:70]!r}: keys 1-63 and values 0-63 characters")
         except InvalidInput as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hello: {e}")
+        principal = auth.current()
+        if not principal.may_speak_for(hello.host_id):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"hello: this credential ({principal.subject}) may not speak for host {hello.host_id!r}")
+        if self.on_identity is not None:
+            self.on_identity(principal, hello.host_id)
         peer = Peer(hello.host_id, hello.session_id, hello)
         key = (hello.host_id, hello.session_id)
         previous = self.hub.peers.get(key)
         self.hub.peers[key] = peer
         telemetry.COLLECTORS.set(len(self.hub.peers))
-        log.info("collector %s connected (session %s, labels %s)", hello.host_id, hello.session_id,
-                 dict(hello.labels))
+        log.info("collector %s connected (labels %s)", hello.host_id, dict(hello.labels))
         if previous is not None:
-            log.info("collector %s reconnected; the older control stream is replaced", hello.host_id)
+            self._replace(previous, key, context.peer())
         reader = asyncio.create_task(self._read(request_iterator, peer))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._register(hello), timeout=5)
         await self._publish_host(hello, events_pb2.HOST_STATE_UP)
         get: asyncio.Task[control_pb2.AggregatorMessage] | None = None
+        replaced = asyncio.create_task(peer.replaced.wait())
         try:
             yield control_pb2.AggregatorMessage(welcome=control_pb2.Welcome(
                 aggregator_id=self.aggregator_id, heartbeat_interval_ms=HEARTBEAT_MS))
             while True:
                 get = asyncio.create_task(peer.outbox.get())
-                await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({get, reader, replaced}, return_when=asyncio.FIRST_COMPLETED)
                 if not get.done():
                     break
                 yield get.result()
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]  # a malformed message: the interceptor answers it
+            if peer.replaced.is_set():
+                # The collector holding this stream reconnects; if it is the rightful one, it takes the
+                # session back, and with a credential bound to its host an intruder cannot take it at all.
+                await context.abort(grpc.StatusCode.ABORTED,
+                                    f"this control stream was replaced by a newer one for its session "
+                                    f"(from {peer.replaced_by}); reconnect")
         finally:
             # The RPC may be cancelled while both wait (server shutdown): neither may outlive it.
-            pending = [t for t in (get, reader) if t is not None]
+            pending = [t for t in (get, reader, replaced) if t is not None]
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -188,7 +214,23 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                     self.on_session_end(*key)
             log.info("collector %s disconnected", hello.host_id)
 
+    def _replace(self, previous: Peer, key: tuple[str, str], by: str) -> None:
+        previous.replaced_by = by
+        previous.replaced.set()
+        telemetry.STREAMS_REPLACED.inc()
+        now = time.monotonic()
+        if len(self._replacements) > 10_000:
+            self._replacements = defaultdict(list, {k: v for k, v in self._replacements.items() if now - v[-1] < 60})
+        recent = [t for t in self._replacements[key] if now - t < 60.0] + [now]
+        self._replacements[key] = recent
+        if len(recent) >= CONTESTED_REPLACEMENTS:
+            log.warning("the control stream of collector %s was taken over %d times in a minute: two clients "
+                        "claim one session (a leaked fleet-wide token?); latest from %s", key[0], len(recent), by)
+        else:
+            log.info("collector %s reconnected from %s; the older control stream is closed", key[0], by)
+
     async def _read(self, it: AsyncIterator[control_pb2.AgentMessage], peer: Peer) -> None:
+        # MalformedRequest passes: Connect re-raises it for the interceptor to answer.
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
             async for msg in it:
                 kind = msg.WhichOneof("body")

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import asyncpg
+import grpc
 import redis.exceptions
 
 from sysmon.aggregator import telemetry
@@ -37,7 +38,15 @@ ANNOUNCE_EVERY_S = 600.0
 class AckSink(Protocol):
     def ack(self, keys: Sequence[BatchKey]) -> None: ...
 
-    def nack(self, keys: Sequence[BatchKey], retry_after_ms: int, reason: str) -> None: ...
+    def nack(self, keys: Sequence[BatchKey], retry_after_ms: int, reason: str,
+             code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None: ...
+
+    def reject(self, host_id: str, session_id: str, seq: int, code: grpc.StatusCode, message: str) -> None: ...
+
+
+# PostgreSQL refusing a batch for its own content (SQLSTATE classes 22 and 23): sending it again
+# cannot succeed, and it must not hold back the batches it was committed with.
+DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 def now_ms() -> int:
@@ -117,9 +126,10 @@ class Ingest:
     def forget_session(self, host_id: str, session_id: str) -> None:
         self._published.pop((host_id, session_id), None)
 
-    def _nack(self, keys: Sequence[BatchKey], reason: str) -> None:
+    def _nack(self, keys: Sequence[BatchKey], reason: str,
+              code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
         telemetry.NACKS.inc(len(keys))
-        self.acks.nack(keys, int(self.storage.retry_after() * 1000), reason)
+        self.acks.nack(keys, int(self.storage.retry_after() * 1000), reason, code)
 
     async def _release(self, n: int) -> None:
         async with self._space:
@@ -162,10 +172,34 @@ class Ingest:
                     q.task_done()
 
     async def _commit(self, group: list[NormalizedBatch]) -> None:
+        error = await self._store(group)
+        if error is None:
+            return
+        if len(group) == 1:
+            self._reject_unstorable(group[0], error)
+            return
+        # One batch spoiled the group: commit each alone, so only the one at fault is refused.
+        log.warning("a group commit of %d batches failed on its data (%s); committing them one by one",
+                    len(group), error)
+        for b in group:
+            alone = await self._store([b])
+            if alone is not None:
+                self._reject_unstorable(b, alone)
+
+    def _reject_unstorable(self, batch: NormalizedBatch, error: Exception) -> None:
+        telemetry.POISON_BATCHES.inc()
+        log.warning("batch %s/%s seq=%d refused by PostgreSQL: %s", batch.host_id, batch.session_id, batch.seq,
+                    error)
+        self.acks.reject(batch.host_id, batch.session_id, batch.seq, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"batch seq={batch.seq}: storage refused it: {error}")
+
+    async def _store(self, group: list[NormalizedBatch]) -> Exception | None:
+        """Commit the group and acknowledge it, or hand it back for a retry; a failure caused by
+        the data itself is returned instead, for the caller to find the batch at fault."""
         keys = [b.key for b in group]
         if not self.storage.ready.is_set() or self.storage.writer is None:
             self._nack(keys, "PostgreSQL is unavailable")
-            return
+            return None
         for attempt in range(2):
             t0 = time.perf_counter()
             try:
@@ -177,26 +211,30 @@ class Ingest:
                     async with self.storage.pool.acquire() as conn:
                         await self.storage.ensure_partitions(conn)
                     continue
-                log.error("commit failed: %s", e)
                 telemetry.COMMIT_FAILURES.inc()
-                self._nack(keys, f"storage rejected the batch: {e}")
-                return
+                return e
+            except DATA_ERRORS as e:
+                telemetry.COMMIT_FAILURES.inc()
+                return e
             except CONNECTION_ERRORS as e:
                 telemetry.COMMIT_FAILURES.inc()
                 self.storage.mark_down(e)
                 self._nack(keys, "PostgreSQL is unavailable")
-                return
+                return None
             except asyncpg.PostgresError as e:
                 # Deadlocks, serialization failures, a server restarting: all worth one more try later.
                 log.warning("commit failed, batches will be sent again: %s", e)
                 telemetry.COMMIT_FAILURES.inc()
-                self._nack(keys, f"commit failed: {e.__class__.__name__}")
-                return
+                self._nack(keys, f"commit failed: {e.__class__.__name__}", grpc.StatusCode.ABORTED)
+                return None
             telemetry.COMMITS.observe(time.perf_counter() - t0)
             telemetry.SAMPLES_STORED.inc(result.samples)
             telemetry.DUPLICATES.inc(len(result.duplicates))
+            if result.duplicate_samples:
+                telemetry.DUPLICATE_SAMPLES.inc(result.duplicate_samples)
             self.acks.ack(result.stored + result.duplicates)
-            return
+            return None
+        return None
 
     def _events(self, batches: list[NormalizedBatch], stamp: int) -> list[bytes]:
         """SamplesEvents that describe each series only when it is new (or every 10 minutes)."""

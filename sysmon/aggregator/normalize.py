@@ -7,14 +7,17 @@ go on (a bad batch is rejected alone; a stream that changes host cannot continue
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
 
+from sysmon.aggregator.host_limits import HostSeries
 from sysmon.core.batch import NormalizedBatch
 from sysmon.core.metrics import (
     GAUGE,
     KINDS,
+    MAX_SEQ,
     InvalidInput,
     Limits,
     Series,
@@ -52,16 +55,30 @@ def _iso(ms: int) -> str:
 @dataclass
 class StreamDecoder:
     limits: Limits
+    # The hosts the caller's credential may speak for (None: any).
+    may_send_for: Callable[[str], bool] | None = None
+    # Active series per host over every stream; None: only the per-stream limit.
+    host_series: HostSeries | None = None
     host_id: str | None = None
     session_id: str | None = None
     refs: dict[int, Series] = field(default_factory=dict)
     _defs: dict[int, tuple[str, tuple[tuple[str, str], ...], str, int]] = field(default_factory=dict)
+    _held: set[int] = field(default_factory=set)
+
+    def release(self) -> None:
+        """The stream ended: its series no longer count against its host."""
+        if self.host_series is not None and self.host_id is not None:
+            self.host_series.release(self.host_id, list(self._held))
+        self._held.clear()
 
     def decode(self, msg: metrics_pb2.MetricBatch, now_ms: int) -> NormalizedBatch:
         self._check_identity(msg)
         seq = msg.seq
         if seq == 0:
             raise _invalid(seq, "seq must be at least 1")
+        if seq > MAX_SEQ:
+            # Stored as int8 with every committed seq: one out of range would fail a whole group commit.
+            raise _invalid(seq, f"seq must be at most 2^63-1 ({MAX_SEQ})")
         declare_error = self._declare(msg)
         if declare_error is not None:
             raise declare_error
@@ -123,6 +140,9 @@ class StreamDecoder:
                 check_session_id(msg.session_id, self.limits)
             except InvalidInput as e:
                 raise BatchError(grpc.StatusCode.INVALID_ARGUMENT, str(e), fatal=True) from e
+            if self.may_send_for is not None and not self.may_send_for(msg.host_id):
+                raise BatchError(grpc.StatusCode.PERMISSION_DENIED,
+                                 f"this credential may not send for host {msg.host_id!r}", fatal=True)
             self.host_id, self.session_id = msg.host_id, msg.session_id
         elif (msg.host_id, msg.session_id) != (self.host_id, self.session_id):
             raise BatchError(
@@ -170,7 +190,16 @@ class StreamDecoder:
                     f"batch seq={seq}: more than {lim.max_series_per_stream} series on one stream",
                 )
                 continue
+            sid = series_id(self.host_id, d.name, attrs)
+            if sid not in self._held and self.host_series is not None:
+                if not self.host_series.acquire(self.host_id, sid):
+                    error = error or BatchError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"batch seq={seq}: host {self.host_id} already has {self.host_series.count(self.host_id)} "
+                        f"active series over its streams, the limit per host ({lim.max_series_per_host})",
+                    )
+                    continue
+                self._held.add(sid)
             self._defs[d.ref] = key
-            self.refs[d.ref] = Series(series_id(self.host_id, d.name, attrs), self.host_id, d.name, attrs,
-                                      d.unit, d.kind or GAUGE)
+            self.refs[d.ref] = Series(sid, self.host_id, d.name, attrs, d.unit, d.kind or GAUGE)
         return error

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sysmon.aggregator import maintenance
-from sysmon.aggregator.auth import TokenInterceptor, server_credentials
+from sysmon.aggregator.auth import AuthInterceptor, server_credentials
 from sysmon.aggregator.config import ConfigServicer, ConfigStore
 from sysmon.aggregator.control import ControlHub, ControlServicer, route_commands
 from sysmon.aggregator.ingest import Ingest
@@ -19,6 +19,7 @@ from sysmon.aggregator.push import MetricsServicer
 from sysmon.aggregator.storage import Storage
 from sysmon.core.bus import RedisBus
 from sysmon.core.hot import HotTier
+from sysmon.core.identity import Authenticator
 from sysmon.core.settings import AggregatorSettings, is_loopback
 from sysmon.core.telemetry import MetricsEndpoint, serve_metrics
 from sysmon.pb.v1 import (
@@ -43,16 +44,27 @@ class ConfigurationError(Exception):
     pass
 
 
+def _auth_summary(a: Authenticator) -> str:
+    kinds = [name for name, on in (("fleet token", a.fleet_token), ("sysmon tokens", a.secrets),
+                                   ("Kubernetes ServiceAccount tokens", a.reviewer),
+                                   ("client certificates", a.certificate_hosts)) if on]
+    return ", ".join(kinds) or "off"
+
+
 class Aggregator:
     def __init__(self, settings: AggregatorSettings, *, postgres_url: str, redis_url: str | None):
-        token = settings.token.get_secret_value() if settings.token else None
-        if not token and not is_loopback(settings.listen) and not settings.insecure_no_auth:
+        if settings.client_cert_hosts and not settings.tls_client_ca:
+            raise ConfigurationError("--client-cert-hosts needs mutual TLS: set --tls-client-ca")
+        try:
+            self.authenticator = Authenticator.from_settings(settings, certificate_hosts=settings.client_cert_hosts)
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from e
+        if not self.authenticator.enabled and not is_loopback(settings.listen) and not settings.insecure_no_auth:
             raise ConfigurationError(
-                f"refusing to listen on {settings.listen} without a token: set SYSMON_TOKEN "
-                "(or --insecure-no-auth for a trusted network)"
+                f"refusing to listen on {settings.listen} without authentication: set SYSMON_TOKEN, "
+                "SYSMON_TOKEN_SECRET or SYSMON_KUBE_AUDIENCE (or --insecure-no-auth for a trusted network)"
             )
         self.settings = settings
-        self.token = token
         self.limits = settings.limits()
         self.storage = Storage(postgres_url, settings)
         self.redis = aioredis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5) if redis_url else None
@@ -78,7 +90,9 @@ class Aggregator:
 
     async def start(self) -> None:
         s = self.settings
-        interceptors = [TokenInterceptor(self.token)] if self.token else []
+        self.auth = AuthInterceptor(self.authenticator)
+        # Always installed: with authentication off it still answers malformed messages.
+        interceptors = [self.auth]
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -87,15 +101,18 @@ class Aggregator:
                 # Find dead collectors (and let live ones keep idle connections through proxies).
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # The enforcement policy: clients may ping every 10 s (they ping every 15 s, see
+                # sysmon.core.client), with or without calls; more often is answered with GOAWAY.
                 ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                ("grpc.http2.max_ping_strikes", 2),
             ],
         )
         metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(self.ingest, self.hub, self.limits),
                                                               server)
         control_pb2_grpc.add_ControlServiceServicer_to_server(
             ControlServicer(self.hub, self.storage, self.bus, self.limits, s.aggregator_id,
-                            on_session_end=self.ingest.forget_session),
+                            on_session_end=self.ingest.forget_session, on_identity=self.auth.note_fleet_token),
             server,
         )
         config_pb2_grpc.add_ConfigServiceServicer_to_server(ConfigServicer(self.config), server)
@@ -131,7 +148,7 @@ class Aggregator:
             self._spawn(route_commands(self.hub, self.bus, self._stop), "commands")
         self.metrics = serve_metrics(s.metrics_listen)
         log.info("aggregator listening on %s (TLS %s, auth %s)", self.address,
-                 "on" if s.tls_cert else "off", "token" if self.token else "off")
+                 "on" if s.tls_cert else "off", _auth_summary(self.authenticator))
 
     @property
     def address(self) -> str:

@@ -24,3 +24,17 @@ STORAGE_UP = Gauge("sysmon_aggregator_storage_up", "1 while PostgreSQL accepts w
 ROLLUP_RUNS = Counter("sysmon_aggregator_rollup_runs_total", "Rollup job runs", ["outcome"])
 PARTITIONS_DROPPED = Counter("sysmon_aggregator_partitions_dropped_total", "Partitions dropped by retention")
 CONFIG_VERSION = Gauge("sysmon_aggregator_config_version", "Configuration version served to watchers")
+MALFORMED = Counter("sysmon_aggregator_malformed_messages_total", "Requests that were not valid protobuf", ["method"])
+OVER_BUDGET = Counter(
+    "sysmon_aggregator_over_budget_batches_total", "Batches sent back because their host exceeded its samples/s budget"
+)
+DUPLICATE_SAMPLES = Counter(
+    "sysmon_aggregator_duplicate_samples_total",
+    "Samples not stored because their series already has a sample at that time (sent again by another session)",
+)
+POISON_BATCHES = Counter(
+    "sysmon_aggregator_unstorable_batches_total", "Batches PostgreSQL refused on their own data, rejected alone"
+)
+STREAMS_REPLACED = Counter(
+    "sysmon_aggregator_control_streams_replaced_total", "Control streams ended because a newer one took their session"
+)

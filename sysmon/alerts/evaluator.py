@@ -10,6 +10,11 @@ max); "recovered" is the value back past the resolve threshold (hysteresis; the 
 none is set), so a value hovering at the line neither flaps nor restarts `for`. Besides the
 rules, each host has a no-data alert that fires when nothing has arrived from it for a while.
 
+A host's silence is counted against the newest sample of the fleet, not the clock, when the
+fleet has more than one host: when every host falls silent at once, what stopped is the pipeline
+(an aggregator hung, Redis and the bus away), not the hosts, and one SysmonFleetSilent alert says
+so instead of a no-data page for every host.
+
 Time comes in as `now` (milliseconds): the service passes the aggregator's store time of each
 batch, so that catching up a backlog after a restart replays exactly what live evaluation would
 have done, and tests step through tables of timestamps. Windows are kept per series in the
@@ -29,8 +34,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sysmon.alerts.rules import NO_DATA_ALERTNAME, NO_DATA_RULE, CompiledRule, fingerprint, label_name
-from sysmon.core import alert_template
+from sysmon.alerts.rules import (
+    FLEET_SILENT_ALERTNAME,
+    FLEET_SILENT_RULE,
+    NO_DATA_ALERTNAME,
+    NO_DATA_RULE,
+    CompiledRule,
+    fingerprint,
+    label_name,
+)
+from sysmon.core import alert_template, numeric
 from sysmon.core.batch import NormalizedBatch
 from sysmon.core.metrics import Series
 
@@ -124,6 +137,8 @@ class EvalState:
     # Alerts whose value changed since the service last wrote values down.
     dirty: dict[tuple[str, str], Alert] = field(default_factory=dict)
     next_tick: int = 0
+    # Firing while no host of the fleet has sent anything for no_data_ms.
+    fleet_silent: Alert | None = None
     # Counters the service turns into metrics.
     evaluations: int = 0
     samples: int = 0
@@ -239,6 +254,9 @@ def restore(state: EvalState, alerts: Iterable[Alert]) -> None:
     """Put back the pending and firing alerts stored before a restart."""
     for a in alerts:
         state.alerts[a.key] = a
+        if a.rule == FLEET_SILENT_RULE:
+            state.fleet_silent = a
+            continue
         h = host_seen(state, a.host_id, a.last_eval_at)
         if a.series_id == 0 and a.rule == NO_DATA_RULE:
             h.no_data = a
@@ -282,6 +300,8 @@ def step(state: EvalState, batches: Iterable[NormalizedBatch], now: int) -> tupl
         host = host_seen(state, b.host_id, now)
         if host.no_data is not None:
             _end_no_data(state, host, now, changes)
+        if state.fleet_silent is not None:
+            _end_fleet_silent(state, now, changes)
         for t, ids, values in zip(b.times_ms, b.frame_ids, b.frame_values, strict=True):
             fresh = now - t <= max_age
             if not fresh:
@@ -338,7 +358,7 @@ def aggregate(times: Sequence[int], values: Sequence[float], t: int, window_ms: 
         j -= 1
     part = values[j:i + 1]
     if how == "avg":
-        return sum(part) / len(part)
+        return numeric.mean(part)
     if how == "max":
         return max(part)
     return min(part)
@@ -475,7 +495,7 @@ def _timers(state: EvalState, now: int, changes: list[Change]) -> None:
             if r is not None and now - a.active_at >= r.for_ms and now - a.last_eval_at <= stale:
                 _fire(state, a, r, now, changes)
         elif a.actions and a.last_sent_at is not None:
-            if a.rule == NO_DATA_RULE:
+            if a.rule in (NO_DATA_RULE, FLEET_SILENT_RULE):
                 every = opts.no_data_repeat_ms
             else:
                 r = state.rules.get(a.rule)
@@ -484,14 +504,18 @@ def _timers(state: EvalState, now: int, changes: list[Change]) -> None:
                 a.last_sent_at = now
                 changes.append(Change(_snapshot(a), FIRING, FIRING, now, notify=a.actions, repeat=True))
     if opts.no_data_ms:
-        for h in list(state.hosts.values()):
-            if h.last_seen is None:
-                continue
-            silent = now - h.last_seen
+        seen = [(h, h.last_seen) for h in state.hosts.values() if h.last_seen is not None]
+        newest = max((t for _, t in seen), default=now)
+        # With one host there is no telling the host from the pipeline: its silence is the clock's.
+        reference = newest if len(seen) > 1 else now
+        for h, last in seen:
+            silent = reference - last
             if opts.forget_ms and silent >= opts.forget_ms:
                 _forget(state, h, now, changes)
             elif silent >= opts.no_data_ms and h.no_data is None:
                 _start_no_data(state, h, now, changes)
+        if len(seen) > 1 and now - newest >= opts.no_data_ms and state.fleet_silent is None:
+            _start_fleet_silent(state, now, newest, changes)
 
 
 def _no_data_actions(state: EvalState, h: HostState) -> Actions:
@@ -518,6 +542,36 @@ def _start_no_data(state: EvalState, h: HostState, now: int, changes: list[Chang
     h.no_data = a
     state.alerts[a.key] = a
     changes.append(Change(_snapshot(a), INACTIVE, FIRING, now, notify=a.actions))
+
+
+def _start_fleet_silent(state: EvalState, now: int, newest: int, changes: list[Change]) -> None:
+    labels = {"alertname": FLEET_SILENT_ALERTNAME, "severity": state.options.no_data_severity}
+    silent_s = (now - newest) / 1000
+    a = Alert(rule=FLEET_SILENT_RULE, fingerprint=fingerprint(labels), host_id="", series_id=0, state=FIRING,
+              labels=labels, severity=state.options.no_data_severity, value=silent_s,
+              annotations={"summary": f"no data from any of {len(state.hosts)} hosts for "
+                                      f"{alert_template.humanize_duration(silent_s)}: the aggregator, Redis or "
+                                      "the bus is not passing samples on"},
+              active_at=newest, last_eval_at=now, fired_at=now)
+    # Everyone watching any host hears of it.
+    out: dict[str, dict[str, Any]] = {}
+    for r in state.rules.values():
+        for key, action in r.actions:
+            out.setdefault(key, action)
+    a.actions = tuple(out.items())
+    if a.actions:
+        a.last_sent_at = now
+    state.fleet_silent = a
+    state.alerts[a.key] = a
+    changes.append(Change(_snapshot(a), INACTIVE, FIRING, now, notify=a.actions))
+
+
+def _end_fleet_silent(state: EvalState, now: int, changes: list[Change]) -> None:
+    a = state.fleet_silent
+    assert a is not None
+    state.fleet_silent = None
+    a.annotations = {**a.annotations, "summary": "data again"}
+    _finish(state, a, now, changes)
 
 
 def _end_no_data(state: EvalState, h: HostState, now: int, changes: list[Change], reason: str = "") -> None:

@@ -22,6 +22,8 @@ _LABEL_BAD = re.compile(r"[^A-Za-z0-9_]")
 # AlertRule can take it.
 NO_DATA_RULE = "sysmon:no-data"
 NO_DATA_ALERTNAME = "SysmonNoData"
+FLEET_SILENT_RULE = "sysmon:fleet-silent"
+FLEET_SILENT_ALERTNAME = "SysmonFleetSilent"
 
 
 def label_name(key: str) -> str:

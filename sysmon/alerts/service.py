@@ -57,6 +57,7 @@ GAUGES_EVERY_S = 5.0
 PRUNE_EVERY_S = 3600.0
 DELIVERED_RETENTION_DAYS = 7.0
 DESCRIBE_RETRY_MS = 60_000
+HEALTH_EVERY_S = 2.0
 
 REDIS_ERRORS = (OSError, TimeoutError, redis.exceptions.RedisError)
 
@@ -157,12 +158,27 @@ class AlertsService:
             async with asyncio.TaskGroup() as tg:
                 if self.endpoint is not None:
                     tg.create_task(self.endpoint.run(stop), name="alerts http")
+                tg.create_task(self._watch_health(stop), name="alerts health")
                 tg.create_task(self._main(stop, tg), name="alerts main")
         finally:
             if relay is not None:
                 relay.cancel()
                 await asyncio.gather(relay, return_exceptions=True)
             await self._close()
+
+    async def _watch_health(self, stop: asyncio.Event) -> None:
+        """Ask PostgreSQL now and then, so that /readyz and sysmon_alerts_ready say the truth
+        whether or not anyone asks, and whether or not there is anything to store."""
+        while not await wait_or_stop(stop, HEALTH_EVERY_S):
+            if self.pool is not None:
+                try:
+                    await self.pool.fetchval("SELECT 1", timeout=HEALTH_EVERY_S)
+                    self._db_ok = True
+                except DB_ERRORS as e:
+                    if self._db_ok:
+                        log.warning("PostgreSQL unavailable: %s", e)
+                    self._db_ok = False
+            self.readiness()
 
     async def _relay(self, outer: asyncio.Event) -> None:
         await outer.wait()

@@ -6,12 +6,16 @@ Keys (per host, so a host's data lives and expires together):
   hot:latest:{host}  hash series_id -> "time_ms value" of the newest sample of each series
   hot:series:{host}  hash series_id -> JSON {name, attributes, unit, kind}
   hot:hosts          sorted set host -> newest sample time (ms); the fleet's last-seen index
+  hot:epoch          a random token set by the first writer after Redis starts empty; a writer that
+                     finds it missing or changed knows Redis lost its data (a restart without
+                     persistence, a flush) and describes its series again at once
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +26,7 @@ from sysmon.core.batch import NormalizedBatch
 from sysmon.core.metrics import Series
 
 HOSTS_KEY = "hot:hosts"
+EPOCH_KEY = "hot:epoch"
 # Latest values outlive the window so that a host that went quiet still shows what it last said.
 LATEST_TTL_S = 7 * 86400
 DESCRIBE_EVERY_MS = 600_000
@@ -76,12 +81,17 @@ class HotTier:
         self._described: set[int] = set()
         self._described_at = 0
         self._newest: dict[str, int] = {}
+        self._epoch: bytes | None = None
 
     async def write(self, batches: Iterable[NormalizedBatch], now_ms: int) -> None:
+        batches = list(batches)
         pipe = self.redis.pipeline(transaction=False)
+        # First in the pipeline: was Redis emptied since we last wrote? Then what this pipeline
+        # writes lacks descriptions this process believes are there.
+        pipe.get(EPOCH_KEY)
         described: list[int] = []
         if now_ms - self._described_at > DESCRIBE_EVERY_MS:
-            # Describe every series again now and then, in case Redis lost its data.
+            # Describe every series again now and then, in case a description was lost otherwise.
             self._described.clear()
             self._described_at = now_ms
         for b in batches:
@@ -115,8 +125,31 @@ class HotTier:
                 pipe.hset(sk, mapping=todo)
                 pipe.expire(sk, LATEST_TTL_S)
                 described.extend(todo)
-        await pipe.execute()
+        results = await pipe.execute()
         self._described.update(described)
+        epoch = results[0]
+        if epoch is None or epoch != self._epoch:
+            await self._refill(batches, now_ms, epoch)
+
+    async def _refill(self, batches: list[NormalizedBatch], now_ms: int, epoch: bytes | None) -> None:
+        """Redis came back empty: describe these batches' series now, and every other host's with
+        its next batch (within one collection interval), so the hot tier is whole again at once.
+        Every aggregator sharing the Redis sees the new epoch and does the same for its hosts."""
+        if epoch is None:
+            await self.redis.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
+            epoch = await self.redis.get(EPOCH_KEY)
+        self._epoch = epoch
+        self._described.clear()
+        self._newest.clear()
+        self._described_at = now_ms
+        pipe = self.redis.pipeline(transaction=False)
+        for b in batches:
+            if b.series:
+                sk = series_key(b.host_id)
+                pipe.hset(sk, mapping={s.id: series_json(s) for s in b.series})
+                pipe.expire(sk, LATEST_TTL_S)
+                self._described.update(s.id for s in b.series)
+        await pipe.execute()
 
     async def frames(self, host: str, start_ms: int, end_ms: int) -> list[HotFrame]:
         """Frames with start_ms <= time < end_ms, oldest first."""

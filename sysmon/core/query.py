@@ -16,12 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 import numpy as np
 import redis.exceptions
 
+from sysmon.core import numeric
 from sysmon.core.hot import HotTier
 from sysmon.core.metrics import NAME_RE, InvalidInput
 from sysmon.core.storage.partitions import EPOCH, floor_time
@@ -132,11 +133,19 @@ def validate(req: QueryRequest, limits: QueryLimits) -> None:
 ROLLUP_MARGIN = timedelta(minutes=5)
 
 
-def _reduce(part: list[float], agg: Agg) -> float:
+def _reduce(part: list[Any], agg: Agg) -> float:
     total, count, lo, hi = part
     if agg == "avg":
-        return total / count  # every row counts at least one sample
+        # An exact numeric sum: its mean is always within float64 (every row counts a sample).
+        return numeric.saturate(float(total / count))
     return lo if agg == "min" else hi
+
+
+# Exact sums of float64 values. PostgreSQL's float8 sum (and avg) raise "value out of range:
+# overflow" past 1.8e308, so a few extreme samples would break every query over them. The cast
+# through text is exact (shortest round-trip output), where float8::numeric keeps 15 digits.
+EXACT_SUM = "sum(value::text::numeric)"
+
 
 
 # Bucket starts as Unix milliseconds, computed by PostgreSQL: decoding a timestamptz per row and
@@ -220,23 +229,28 @@ class QueryService:
                 "metric", f"the query matches more than {self.limits.max_series} series; narrow hosts or match"
             )
 
-    @staticmethod
-    def _agg_sql(agg: Agg) -> str:
-        return "avg(value)" if agg == "avg" else f"{agg}(value)"
-
     async def _fetch_raw(self, conn, ids, start, end, step, agg: Agg, points) -> None:
         # One row per series with its buckets as two arrays: asyncpg decodes arrays in C, where a
         # row per bucket (8,640 for a day at 10 s) costs more in Python than the query in PostgreSQL.
-        rows = await conn.fetch(
-            f"""
+        sql = """
             SELECT series_id, array_agg(t ORDER BY t), array_agg(v ORDER BY t) FROM (
-                SELECT series_id, {_BUCKET_MS.format(col="ts")} AS t, {self._agg_sql(agg)} AS v
+                SELECT series_id, {bucket} AS t, {agg} AS v
                 FROM samples_raw WHERE series_id = ANY($2::int8[]) AND ts >= $3 AND ts < $4
                 GROUP BY 1, 2
             ) b GROUP BY series_id
-            """,
-            step, ids, start, end,
-        )
+            """
+        if agg == "avg":
+            try:
+                # float8 avg is several times cheaper than the exact sum, and right but at the extremes.
+                rows = await conn.fetch(sql.format(bucket=_BUCKET_MS.format(col="ts"), agg="avg(value)"),
+                                        step, ids, start, end)
+            except asyncpg.NumericValueOutOfRangeError:
+                rows = await conn.fetch(
+                    sql.format(bucket=_BUCKET_MS.format(col="ts"), agg=f"({EXACT_SUM} / count(*))::float8"),
+                    step, ids, start, end)
+        else:
+            rows = await conn.fetch(sql.format(bucket=_BUCKET_MS.format(col="ts"), agg=f"{agg}(value)"),
+                                    step, ids, start, end)
         for sid, ts, vs in rows:
             points[sid].extend(zip(ts, vs, strict=True))
 
@@ -245,7 +259,7 @@ class QueryService:
         if start >= end:
             return
         if tier is Tier.RAW:
-            table, time_col, select = "samples_raw", "ts", "sum(value), count(*), min(value), max(value)"
+            table, time_col, select = "samples_raw", "ts", f"{EXACT_SUM}, count(*), min(value), max(value)"
         else:
             table = "rollup_1m" if tier is Tier.ROLLUP_1M else "rollup_1h"
             time_col, select = "bucket", "sum(sum), sum(count), min(min), max(max)"
@@ -291,7 +305,7 @@ class QueryService:
                 b = f.time_ms - f.time_ms % step_ms
                 for sid, v in zip(f.ids[sel].tolist(), f.values[sel].tolist(), strict=True):
                     buckets[sid][b].append(v)
-            reduce = {"avg": lambda xs: sum(xs) / len(xs), "min": min, "max": max}[req.agg]
+            reduce = {"avg": numeric.mean, "min": min, "max": max}[req.agg]
             for sid, d in sorted(wanted.items(), key=lambda kv: json.dumps(kv[1]["attributes"], sort_keys=True)):
                 pts = sorted((t, reduce(vs)) for t, vs in buckets.get(sid, {}).items())
                 out.append(SeriesResult(sid, host, d["name"], d["attributes"], d["unit"], pts))

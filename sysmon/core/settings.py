@@ -87,7 +87,9 @@ class IdentitySettings(_Base):
         default_factory=list, description="ServiceAccounts (namespace/name) of collectors; each may send only "
                                           "for the node its pod runs on"
     )
-    kube_readers: CommaList = Field(default_factory=list, description="ServiceAccounts (namespace/name) with read access")
+    kube_readers: CommaList = Field(
+        default_factory=list, description="ServiceAccounts (namespace/name) with read access"
+    )
     kube_admins: CommaList = Field(
         default_factory=list, description="ServiceAccounts (namespace/name) that may apply configuration"
     )

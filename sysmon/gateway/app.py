@@ -19,11 +19,12 @@ from fastapi.responses import HTMLResponse
 
 from sysmon.core.bus import Bus, RedisBus
 from sysmon.core.hot import HotTier
+from sysmon.core.identity import Authenticator
 from sysmon.core.query import QueryLimits, QueryService, TierPolicy
 from sysmon.core.settings import GatewaySettings, is_loopback
 from sysmon.core.storage.schema import create_pool
 from sysmon.gateway import problems
-from sysmon.gateway.deps import require_token
+from sysmon.gateway.deps import require_reader
 from sysmon.gateway.fleet import Fleet
 from sysmon.gateway.live import protocol
 from sysmon.gateway.live.hub import LiveHub
@@ -39,17 +40,19 @@ class ConfigurationError(Exception):
     pass
 
 
-def resolve_token(settings: GatewaySettings, *, loopback_exempt: bool = False) -> str | None:
-    """The token clients must present, or None for no authentication, which is allowed only on
-    loopback in `sysmon up` (loopback_exempt) or when asked for in so many words."""
-    if settings.token is not None and settings.token.get_secret_value():
-        return settings.token.get_secret_value()
-    if settings.insecure_no_auth or (loopback_exempt and is_loopback(settings.listen)):
-        return None
+def resolve_authenticator(settings: GatewaySettings, *, loopback_exempt: bool = False) -> Authenticator:
+    """How clients are verified. No credential configured means no authentication, which is
+    allowed only on loopback in `sysmon up` (loopback_exempt) or when asked for in so many words."""
+    try:
+        authenticator = Authenticator.from_settings(settings)
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from e
+    if authenticator.enabled or settings.insecure_no_auth or (loopback_exempt and is_loopback(settings.listen)):
+        return authenticator
     where = "" if loopback_exempt else " (only `sysmon up` on loopback runs without one)"
     raise ConfigurationError(
-        f"refusing to serve on {settings.listen} without a token{where}: set SYSMON_TOKEN, "
-        "or --insecure-no-auth for a trusted network"
+        f"refusing to serve on {settings.listen} without authentication{where}: set SYSMON_TOKEN or "
+        "SYSMON_TOKEN_SECRET, or --insecure-no-auth for a trusted network"
     )
 
 
@@ -61,7 +64,7 @@ def create_app(
     bus: Bus | None = None,
     loopback_exempt: bool = False,
 ) -> FastAPI:
-    token = resolve_token(settings, loopback_exempt=loopback_exempt)
+    authenticator = resolve_authenticator(settings, loopback_exempt=loopback_exempt)
     if pool is None and not settings.postgres_url:
         raise ConfigurationError("the gateway needs SYSMON_POSTGRES_URL")
 
@@ -82,7 +85,7 @@ def create_app(
         hub = LiveHub(b, hot, queue_frames=settings.ws_queue_frames,
                       heartbeat_s=settings.ws_heartbeat.total_seconds(), max_clients=settings.ws_max_clients)
         fleet = Fleet(p, hot, StatusPolicy(settings.stale_after, settings.down_after))
-        app.state.gateway = GatewayState(settings, token, p, r, hot, b, service, fleet, hub)
+        app.state.gateway = GatewayState(settings, authenticator, p, r, hot, b, service, fleet, hub)
         stop = asyncio.Event()
         running = asyncio.create_task(hub.run(stop), name="live-hub")
         try:
@@ -102,7 +105,8 @@ def create_app(
         version="1",
         summary="Queries, live push and the dashboard of a sysmon fleet",
         description=(
-            "REST under /api/v1 (bearer token unless running on loopback in `sysmon up`); live push on "
+            "REST under /api/v1 (a bearer token of scope reader, or the fleet token, unless running on "
+            "loopback in `sysmon up`); live push on "
             "/ws/live; errors are application/problem+json (RFC 9457)."
         ),
         lifespan=lifespan,
@@ -111,7 +115,7 @@ def create_app(
     )
     problems.install(app)
     app.add_middleware(RequestMetrics)
-    auth = [] if token is None else [Depends(require_token)]
+    auth = [Depends(require_reader)] if authenticator.enabled else []
     for r in (hosts.router, query.router, alerts.router):
         app.include_router(r, dependencies=auth)
     app.include_router(health.router)

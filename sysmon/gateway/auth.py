@@ -1,4 +1,4 @@
-"""Bearer tokens on REST and WebSocket, compared in constant time.
+"""Where a WebSocket's bearer token is found (verification is sysmon.core.identity's).
 
 Browsers cannot set headers on a WebSocket, so the token may also come as a subprotocol,
 `base64url.bearer.sysmon.dev.<token, base64url without padding>` next to `sysmon.v1` (the
@@ -10,20 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 from collections.abc import Iterable, Mapping
 
 PROTOCOL = "sysmon.v1"
 TOKEN_PROTOCOL_PREFIX = "base64url.bearer.sysmon.dev."
-
-
-def bearer_from_header(value: str | None) -> str | None:
-    if not value:
-        return None
-    scheme, _, token = value.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
 
 
 def bearer_from_subprotocols(protocols: Iterable[str]) -> str | None:
@@ -38,11 +28,9 @@ def bearer_from_subprotocols(protocols: Iterable[str]) -> str | None:
     return None
 
 
-def token_matches(given: str | None, expected: str) -> bool:
-    if given is None:
-        return False
-    return hmac.compare_digest(given.encode(), expected.encode())
-
-
-def websocket_token(headers: Mapping[str, str], subprotocols: Iterable[str]) -> str | None:
-    return bearer_from_header(headers.get("authorization")) or bearer_from_subprotocols(subprotocols)
+def websocket_authorization(headers: Mapping[str, str], subprotocols: Iterable[str]) -> str | None:
+    """An Authorization header's value: the header itself, or one made from the token subprotocol."""
+    if headers.get("authorization"):
+        return headers["authorization"]
+    token = bearer_from_subprotocols(subprotocols)
+    return f"Bearer {token}" if token else None

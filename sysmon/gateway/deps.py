@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from sysmon.core.identity import InvalidCredential, Principal, Scope
 from sysmon.core.query import QueryService
-from sysmon.gateway.auth import bearer_from_header, token_matches
 from sysmon.gateway.fleet import Fleet
 from sysmon.gateway.problems import Problem
 from sysmon.gateway.state import GatewayState
@@ -32,9 +32,15 @@ FleetDep = Annotated[Fleet, Depends(get_fleet)]
 QueryDep = Annotated[QueryService, Depends(get_query)]
 
 
-def require_token(request: Request, state: StateDep) -> None:
-    if state.token is None:
-        return
-    if not token_matches(bearer_from_header(request.headers.get("authorization")), state.token):
-        raise Problem(401, "a valid bearer token is required: Authorization: Bearer <token>",
-                      kind="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="sysmon"'})
+async def require_reader(request: Request, state: StateDep) -> Principal:
+    """The caller's principal, which must have scope reader: 401 without a valid credential, 403
+    with one that may not read (a collector's)."""
+    try:
+        principal = await state.auth.authenticate(request.headers.get("authorization"))
+    except InvalidCredential as e:
+        raise Problem(401, f"a valid bearer token is required: Authorization: Bearer <token> ({e})",
+                      kind="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="sysmon"'}) from e
+    if not principal.allows(Scope.READER):
+        raise Problem(403, f"this credential ({principal.subject}, scope {', '.join(sorted(principal.scopes))}) "
+                           "may not read; the API needs scope reader", kind="forbidden")
+    return principal

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from sysmon.core.hot import HotTier
+from sysmon.core.storage.writer import LAST_SEEN_EVERY_S
 from sysmon.gateway.problems import UNAVAILABLE, Problem
 from sysmon.gateway.status import StatusPolicy, host_status
 
@@ -40,8 +41,11 @@ def host_json(row: dict[str, Any] | None, hot_seen_ms: int | None, now_ms: int, 
               host: str) -> dict[str, Any]:
     row = row or {}
     # The hot tier has the time of the newest sample; PostgreSQL's last_seen is when the aggregator
-    # last wrote for the host (replayed history included, and only once a minute): a fallback.
-    seen = hot_seen_ms if hot_seen_ms is not None else _ms(row.get("last_seen"))
+    # last wrote for the host (replayed history included, and only once a minute): a fallback,
+    # trusted to within that minute, so that a Redis outage does not make the whole fleet stale.
+    from_hot = hot_seen_ms is not None
+    seen = hot_seen_ms if from_hot else _ms(row.get("last_seen"))
+    precision = 0 if from_hot else int((LAST_SEEN_EVERY_S + 5) * 1000)
     interval = row.get("interval_ms")
     return {
         "host": host,
@@ -56,7 +60,8 @@ def host_json(row: dict[str, Any] | None, hot_seen_ms: int | None, now_ms: int, 
         "last_seen": _iso_ms(seen),
         "last_seen_ms": seen,
         "age_s": round((now_ms - seen) / 1000, 3) if seen is not None else None,
-        "status": host_status(seen, now_ms, interval, policy),
+        "status": host_status(seen, now_ms, interval, policy, precision_ms=precision),
+        "last_seen_source": "hot" if from_hot else "postgresql",
     }
 
 

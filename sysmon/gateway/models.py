@@ -21,6 +21,9 @@ class Host(BaseModel):
     last_seen_ms: int | None
     age_s: float | None = Field(description="seconds since the newest sample")
     status: Literal["up", "stale", "down"]
+    last_seen_source: Literal["hot", "postgresql"] = Field(
+        description="where last_seen comes from: the hot tier (exact), or PostgreSQL while Redis is away "
+                    "(refreshed once a minute, and status allows for that)")
 
 
 class HostList(BaseModel):

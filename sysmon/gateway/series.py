@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from sysmon.core import numeric
 from sysmon.core.durations import format_duration
 from sysmon.core.query import QueryResult, SeriesResult
 
@@ -14,7 +15,8 @@ from sysmon.core.query import QueryResult, SeriesResult
 def sum_by_host(series: Sequence[SeriesResult]) -> list[SeriesResult]:
     """One series per (host, metric): values at the same bucket added (disk or network totals).
 
-    The attributes kept are those every summed series shares.
+    The attributes kept are those every summed series shares. A total beyond float64's range
+    saturates at the largest finite value (JSON has no infinity).
     """
     groups: dict[tuple[str, str], list[SeriesResult]] = {}
     for s in series:
@@ -24,7 +26,7 @@ def sum_by_host(series: Sequence[SeriesResult]) -> list[SeriesResult]:
         totals: dict[int, float] = {}
         for s in members:
             for t, v in s.points:
-                totals[t] = totals.get(t, 0.0) + v
+                totals[t] = numeric.add(totals.get(t, 0.0), v)
         common = dict(members[0].attributes)
         for s in members[1:]:
             common = {k: v for k, v in common.items() if s.attributes.get(k) == v}

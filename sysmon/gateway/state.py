@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from sysmon.core.bus import Bus
 from sysmon.core.hot import HotTier
+from sysmon.core.identity import Authenticator
 from sysmon.core.query import QueryService
 from sysmon.core.settings import GatewaySettings
 from sysmon.gateway.fleet import Fleet
@@ -18,7 +19,8 @@ from sysmon.gateway.live.hub import LiveHub
 @dataclass
 class GatewayState:
     settings: GatewaySettings
-    token: str | None  # None: no authentication (loopback in `sysmon up`, or --insecure-no-auth)
+    # Not enabled: no authentication (loopback in `sysmon up`, or --insecure-no-auth).
+    auth: Authenticator
     pool: asyncpg.Pool
     redis: aioredis.Redis | None
     hot: HotTier | None

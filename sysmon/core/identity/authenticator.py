@@ -10,6 +10,7 @@ import jwt
 from sysmon.core.identity import tokens
 from sysmon.core.identity.kubernetes import TokenReviewer
 from sysmon.core.identity.principal import ANONYMOUS, InvalidCredential, Principal, Scope
+from sysmon.core.settings import IdentitySettings
 
 FLEET = Principal("fleet-token", frozenset(Scope), None, "fleet-token")
 
@@ -45,6 +46,16 @@ class Authenticator:
         self.secrets = [s for s in secrets if s]
         self.reviewer = reviewer
         self.certificate_hosts = certificate_hosts
+
+    @classmethod
+    def from_settings(cls, settings: IdentitySettings, *, certificate_hosts: bool = False) -> Authenticator:
+        token = settings.token.get_secret_value() if getattr(settings, "token", None) else None
+        reviewer = None
+        if settings.kube_audience:
+            reviewer = TokenReviewer.in_cluster(settings.kube_audience, collectors=settings.kube_collectors,
+                                                readers=settings.kube_readers, admins=settings.kube_admins)
+        return cls(fleet_token=token, secrets=settings.secrets(), reviewer=reviewer,
+                   certificate_hosts=certificate_hosts)
 
     @property
     def enabled(self) -> bool:

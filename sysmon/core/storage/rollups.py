@@ -32,14 +32,18 @@ class RollupTier:
     time_column: str
 
 
+# Sums are exact numerics: a float8 sum of a few samples near 1.8e308 overflows, and PostgreSQL
+# raises rather than returning infinity (see sysmon.core.query.EXACT_SUM).
 TIER_1M = RollupTier(
-    "1m", "rollup_1m", "samples_raw", timedelta(minutes=1), "min(value), max(value), sum(value), count(*)", "ts"
+    "1m", "rollup_1m", "samples_raw", timedelta(minutes=1),
+    "min(value), max(value), sum(value::text::numeric), count(*)", "ts",
 )
 TIER_1H = RollupTier(
     "1h", "rollup_1h", "rollup_1m", timedelta(hours=1), "min(min), max(max), sum(sum), sum(count)", "bucket"
 )
 # Recompute in slices so that one transaction never aggregates more than this span at once.
 SLICE = timedelta(hours=1)
+INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1
 
 
 def merge(ranges: list[Range]) -> list[Range]:
@@ -86,12 +90,53 @@ def slices(r: Range, size: timedelta = SLICE) -> list[Range]:
 class RollupRun:
     buckets_ranges: dict[str, list[Range]] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
+    # Series whose buckets could not be computed (and were skipped), per tier.
+    skipped: dict[str, list[int]] = field(default_factory=dict)
+
+
+async def _recompute(conn: asyncpg.Connection, tier: RollupTier, lo: datetime, hi: datetime,
+                     ids: tuple[int, int] = (INT8_MIN, INT8_MAX)) -> tuple[int, list[int]]:
+    """Recompute the buckets of [lo, hi) for series ids in `ids`; returns (rows, series skipped).
+
+    A statement that fails on the data (SQLSTATE class 22) is retried on each half of the series
+    ids until the series at fault is found: one series that cannot be rolled up is skipped, with a
+    warning, and never holds back the others.
+    """
+    # The whole id range is the usual case: no id condition to mislead the planner.
+    narrowed = ids != (INT8_MIN, INT8_MAX)
+    try:
+        async with conn.transaction():
+            status = await conn.execute(
+                f"""
+                INSERT INTO {tier.table} (series_id, bucket, min, max, sum, count)
+                SELECT series_id, date_bin($3::interval, {tier.time_column}, 'epoch'), {tier.select}
+                FROM {tier.source}
+                WHERE {tier.time_column} >= $1 AND {tier.time_column} < $2
+                      {"AND series_id BETWEEN $4 AND $5" if narrowed else ""}
+                GROUP BY 1, 2
+                ON CONFLICT (series_id, bucket) DO UPDATE
+                SET min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum, count = EXCLUDED.count
+                """,
+                lo, hi, tier.bucket, *(ids if narrowed else ()),
+            )
+        return int(status.split()[-1]), []
+    except asyncpg.DataError as e:
+        a, b = ids
+        if a == b:
+            log.warning("rollup %s of series %d over [%s, %s) skipped: %s", tier.name, a, lo.isoformat(),
+                        hi.isoformat(), e)
+            return 0, [a]
+        mid = a + (b - a) // 2
+        left = await _recompute(conn, tier, lo, hi, (a, mid))
+        right = await _recompute(conn, tier, lo, hi, (mid + 1, b))
+        return left[0] + right[0], left[1] + right[1]
 
 
 async def _run_tier(conn: asyncpg.Connection, tier: RollupTier, now: datetime, next_tier: str | None) -> tuple[
-    list[Range], int
+    list[Range], int, list[int]
 ]:
     rows_written = 0
+    skipped: list[int] = []
     async with conn.transaction():
         logged = await conn.fetch("DELETE FROM rollup_invalidations WHERE tier = $1 RETURNING lo, hi", tier.name)
         ready, later = plan([(r["lo"], r["hi"]) for r in logged], tier.bucket, now)
@@ -99,33 +144,22 @@ async def _run_tier(conn: asyncpg.Connection, tier: RollupTier, now: datetime, n
             await conn.execute("INSERT INTO rollup_invalidations VALUES ($1, $2, $3)", tier.name, lo, hi)
         for r in ready:
             for lo, hi in slices(r):
-                status = await conn.execute(
-                    f"""
-                    INSERT INTO {tier.table} (series_id, bucket, min, max, sum, count)
-                    SELECT series_id, date_bin($3::interval, {tier.time_column}, 'epoch'), {tier.select}
-                    FROM {tier.source}
-                    WHERE {tier.time_column} >= $1 AND {tier.time_column} < $2
-                    GROUP BY 1, 2
-                    ON CONFLICT (series_id, bucket) DO UPDATE
-                    SET min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum, count = EXCLUDED.count
-                    """,
-                    lo,
-                    hi,
-                    tier.bucket,
-                )
-                rows_written += int(status.split()[-1])
+                n, bad = await _recompute(conn, tier, lo, hi)
+                rows_written += n
+                skipped += bad
             if next_tier is not None:
                 await conn.execute("INSERT INTO rollup_invalidations VALUES ($1, $2, $3)", next_tier, *r)
-    return ready, rows_written
+    return ready, rows_written, skipped
 
 
 async def run_rollups(conn: asyncpg.Connection, now: datetime) -> RollupRun:
     """Bring rollup_1m and then rollup_1h up to date with everything committed so far."""
     run = RollupRun()
     for tier, nxt in ((TIER_1M, "1h"), (TIER_1H, None)):
-        ready, rows = await _run_tier(conn, tier, now, nxt)
+        ready, rows, skipped = await _run_tier(conn, tier, now, nxt)
         run.buckets_ranges[tier.name] = ready
         run.rows[tier.name] = rows
+        run.skipped[tier.name] = skipped
     return run
 
 

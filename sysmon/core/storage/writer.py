@@ -4,6 +4,11 @@ One transaction per group: lock the sessions' rows, skip batches already committ
 new series, COPY the samples (binary, built with numpy rather than a Python object per row),
 record the committed sequence numbers, log the touched time range for the rollups. The caller
 acknowledges only what this returns as stored or duplicate, after the commit.
+
+A series holds one sample per time (a unique index). A sample already stored for its series and
+time, sent again under another session, makes COPY fail; the group is then written again with
+INSERT ... ON CONFLICT DO NOTHING, which keeps the first and counts the rest. That slower path is
+taken only by groups that carry such a sample.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from sysmon.core.storage.schema import Mode
 
 log = logging.getLogger(__name__)
 
+# hosts.last_seen is refreshed at most this often per host: the hot tier has the exact time.
+LAST_SEEN_EVERY_S = 60.0
 _PG_EPOCH_MS = 946_684_800_000  # 2000-01-01, PostgreSQL's timestamp origin
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 _COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
@@ -38,8 +45,8 @@ _ROW = np.dtype(
 )
 
 
-def copy_payload(batches: Sequence[NormalizedBatch]) -> tuple[bytes, int]:
-    """PostgreSQL binary COPY data for (series_id, ts, value) of every sample; and the row count."""
+def sample_columns(batches: Sequence[NormalizedBatch]) -> tuple[list[int], list[int], list[float]]:
+    """(series ids, times in ms, values) of every sample of the batches."""
     ids: list[int] = []
     times: list[int] = []
     values: list[float] = []
@@ -48,6 +55,12 @@ def copy_payload(batches: Sequence[NormalizedBatch]) -> tuple[bytes, int]:
             ids.extend(fids)
             values.extend(fvals)
             times.extend([t] * len(fids))
+    return ids, times, values
+
+
+def copy_payload(batches: Sequence[NormalizedBatch]) -> tuple[bytes, int]:
+    """PostgreSQL binary COPY data for (series_id, ts, value) of every sample; and the row count."""
+    ids, times, values = sample_columns(batches)
     n = len(ids)
     rows = np.empty(n, dtype=_ROW)
     rows["ncols"] = 3
@@ -81,10 +94,27 @@ class StoreResult:
     stored: list[tuple[str, str, int]] = field(default_factory=list)
     duplicates: list[tuple[str, str, int]] = field(default_factory=list)
     samples: int = 0
+    # Samples not stored because their series already had a sample at that time.
+    duplicate_samples: int = 0
 
 
 def _committed(ranges: list[asyncpg.Range], seq: int) -> bool:
     return any((r.lower is None or r.lower <= seq) and (r.upper is None or seq < r.upper) for r in ranges)
+
+
+async def _insert_deduplicated(conn: asyncpg.Connection, batches: Sequence[NormalizedBatch]) -> tuple[int, int]:
+    """Insert the samples, skipping those whose (series, time) is stored; (samples, skipped)."""
+    ids, times, values = sample_columns(batches)
+    status = await conn.execute(
+        """
+        INSERT INTO samples_raw (series_id, ts, value)
+        SELECT i, 'epoch'::timestamptz + t * INTERVAL '1 millisecond', v
+        FROM unnest($1::int8[], $2::int8[], $3::float8[]) AS u(i, t, v)
+        ON CONFLICT (series_id, ts) DO NOTHING
+        """,
+        ids, times, values,
+    )
+    return len(ids), len(ids) - int(status.split()[-1])
 
 
 class SampleWriter:
@@ -101,16 +131,20 @@ class SampleWriter:
     def _stale_hosts(self, batches: Sequence[NormalizedBatch]) -> list[str]:
         """Hosts whose last_seen in PostgreSQL is older than a minute; the hot tier has the exact time."""
         now = time.monotonic()
-        out = sorted({b.host_id for b in batches if now - self._host_touched.get(b.host_id, -1e9) > 60})
+        out = sorted({b.host_id for b in batches if now - self._host_touched.get(b.host_id, -1e9) > LAST_SEEN_EVERY_S})
         for h in out:
             self._host_touched[h] = now
         return out
 
     async def store(self, batches: Sequence[NormalizedBatch]) -> StoreResult:
         async with self.pool.acquire() as conn:
-            return await self.store_with(conn, batches)
+            try:
+                return await self.store_with(conn, batches)
+            except asyncpg.UniqueViolationError:
+                return await self.store_with(conn, batches, dedupe=True)
 
-    async def store_with(self, conn: asyncpg.Connection, batches: Sequence[NormalizedBatch]) -> StoreResult:
+    async def store_with(self, conn: asyncpg.Connection, batches: Sequence[NormalizedBatch], *,
+                         dedupe: bool = False) -> StoreResult:
         result = StoreResult()
         if not batches:
             return result
@@ -171,22 +205,25 @@ class SampleWriter:
                     *[list(c) for c in cols],
                 )
             if fresh:
-                payload, n = copy_payload(fresh)
-                if n:
-                    # A buffer, not a file object: asyncpg reads files through the thread pool.
-                    await conn.copy_to_table(
-                        "samples_raw", source=memoryview(payload), columns=["series_id", "ts", "value"],
-                        format="binary",
-                    )
-                    if self.mode == "plain":
-                        spans = touched_spans(fresh)
-                        await conn.execute(
-                            "INSERT INTO rollup_invalidations SELECT '1m', to_timestamp(lo / 1000.0), "
-                            "to_timestamp(hi / 1000.0) FROM unnest($1::int8[], $2::int8[]) AS t(lo, hi)",
-                            [lo for lo, _ in spans],
-                            [hi for _, hi in spans],
+                if dedupe:
+                    n, result.duplicate_samples = await _insert_deduplicated(conn, fresh)
+                else:
+                    payload, n = copy_payload(fresh)
+                    if n:
+                        # A buffer, not a file object: asyncpg reads files through the thread pool.
+                        await conn.copy_to_table(
+                            "samples_raw", source=memoryview(payload), columns=["series_id", "ts", "value"],
+                            format="binary",
                         )
-                result.samples = n
+                if n and self.mode == "plain":
+                    spans = touched_spans(fresh)
+                    await conn.execute(
+                        "INSERT INTO rollup_invalidations SELECT '1m', to_timestamp(lo / 1000.0), "
+                        "to_timestamp(hi / 1000.0) FROM unnest($1::int8[], $2::int8[]) AS t(lo, hi)",
+                        [lo for lo, _ in spans],
+                        [hi for _, hi in spans],
+                    )
+                result.samples = n - result.duplicate_samples
                 await conn.execute(
                     """
                     UPDATE ingest_sessions s SET committed = s.committed + u.add, updated_at = now()

@@ -9,8 +9,9 @@ import logging
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from sysmon.core.identity import InvalidCredential, Scope
 from sysmon.gateway import telemetry
-from sysmon.gateway.auth import PROTOCOL, token_matches, websocket_token
+from sysmon.gateway.auth import PROTOCOL, websocket_authorization
 from sysmon.gateway.live import protocol
 from sysmon.gateway.live.hub import LiveClient
 from sysmon.gateway.problems import UNAVAILABLE
@@ -32,9 +33,14 @@ async def live(ws: WebSocket) -> None:
     offered = ws.scope.get("subprotocols") or []
     # Browsers fail the handshake unless the server picks one of the protocols they offered.
     await ws.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
-    if state.token is not None and not token_matches(websocket_token(ws.headers, offered), state.token):
-        await _close(ws, protocol.CLOSE_UNAUTHORIZED, "a valid bearer token is required")
-        return
+    if state.auth.enabled:
+        try:
+            principal = await state.auth.authenticate(websocket_authorization(ws.headers, offered))
+        except InvalidCredential:
+            principal = None
+        if principal is None or not principal.allows(Scope.READER):
+            await _close(ws, protocol.CLOSE_UNAUTHORIZED, "a valid bearer token of scope reader is required")
+            return
     hub = state.hub
     if hub.full:
         await _close(ws, protocol.CLOSE_TRY_AGAIN_LATER, "too many live clients; try again later")

@@ -8,6 +8,34 @@ A stream declares each series once (name + attributes -> a small integer ref, th
 Prometheus remote-write 2.0 uses a symbol table) and then sends refs with packed values.
 Refs are scoped to one Push stream: a collector re-declares the series a batch uses
 whenever it opens a new stream, so replayed batches decode on any aggregator.
+
+Authentication: every call carries `authorization: Bearer <token>` metadata (the scheme is
+case-insensitive) unless the aggregator runs without authentication (loopback development).
+A token is the fleet-wide token, a sysmon token (`sysmon token issue --host H --scope
+collector`, which may speak only for host H), or on Kubernetes the collector's projected
+ServiceAccount token (which may speak only for its pod's node). A mutual-TLS client
+certificate may stand in for it where the aggregator is told to trust certificates' DNS names.
+Missing or invalid: UNAUTHENTICATED. A batch or Hello for a host the credential may not speak
+for: PERMISSION_DENIED, and the stream ends.
+
+Limits (the defaults; an aggregator may be configured otherwise). A batch that breaks one is
+rejected alone, with a Reject on ControlService.Connect and in the PushSummary, and the stream
+goes on; a violation that leaves the stream unusable ends it with the status named.
+  - message size 4 MiB (RESOURCE_EXHAUSTED from gRPC itself);
+  - host_id: 1-253 characters of [A-Za-z0-9._-], starting with a letter or digit; session_id:
+    1-64 characters of [A-Za-z0-9._-]; both fixed for the stream (INVALID_ARGUMENT, ends it);
+  - seq: 1 .. 2^63-1 (INVALID_ARGUMENT);
+  - metric names: [A-Za-z_][A-Za-z0-9_.]*, at most 255 characters; units at most 32 printable
+    characters; at most 16 attributes, keys [A-Za-z_][A-Za-z0-9_.]* of at most 64 characters,
+    values at most 256 characters without control characters (INVALID_ARGUMENT);
+  - 20,000 series per stream and per host over all its streams; 20,000 series declared, 1,000
+    frames and 200,000 samples per batch (RESOURCE_EXHAUSTED);
+  - values: finite float64 (no NaN, no infinity; every finite value is stored exactly, and
+    aggregates over the extremes never overflow) (INVALID_ARGUMENT);
+  - frame times: Unix milliseconds no older than the raw retention (24 h) and no more than
+    5 minutes ahead of the aggregator's clock (OUT_OF_RANGE);
+  - 10,000 samples per second per host sustained, bursts of 200,000: a batch over the budget is
+    not stored and comes back in a Nack with code RESOURCE_EXHAUSTED and when to retry.
 """
 
 from collections import abc as _abc
@@ -114,10 +142,15 @@ class Frame(_message.Message):
     REFS_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
     time_unix_ms: _builtins.int
+    """Unix milliseconds (see the accepted window above)."""
     @_builtins.property
-    def refs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def refs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Refs declared on this stream, each at most once per frame, one per value."""
+
     @_builtins.property
-    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Finite float64 values, in the order of refs."""
+
     def __init__(
         self,
         *,
@@ -143,10 +176,13 @@ class MetricBatch(_message.Message):
     SERIES_FIELD_NUMBER: _builtins.int
     FRAMES_FIELD_NUMBER: _builtins.int
     host_id: _builtins.str
+    """The machine the samples describe; on Kubernetes the node name. See the limits above."""
     session_id: _builtins.str
-    """Random per collector process; (host_id, session_id, seq) identifies a batch forever."""
+    """Random per collector process; (host_id, session_id, seq) identifies a batch forever, and the
+    aggregator stores a (host_id, session_id, seq) it has committed once only.
+    """
     seq: _builtins.int
-    """Strictly increasing within a session, starting at 1."""
+    """Strictly increasing within a session, starting at 1; at most 2^63-1."""
     @_builtins.property
     def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeriesDef]:
         """Series first used on this stream by this batch."""

@@ -1,0 +1,44 @@
+"""Aggregates over finite float64 that stay finite at the extremes.
+
+Every stored value is a finite float64 (the wire contract), but the sum of a few values near
+1.8e308 is not one. A mean always is (it lies between the smallest and largest value), so it is
+computed without ever forming a sum out of range; a sum that truly exceeds float64 saturates at
+the largest finite value rather than becoming infinity, which JSON cannot carry.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+
+MAX = sys.float_info.max
+
+
+def mean(values: Sequence[float]) -> float:
+    """The correctly rounded mean (math.fsum), scaled by a power of two when the sum would overflow."""
+    n = len(values)
+    if n == 1:
+        return values[0]
+    try:
+        return math.fsum(values) / n
+    except OverflowError:
+        pass
+    # Scaling by 2^-e is exact (up to values too small to matter beside the largest), and the
+    # scaled mean, clamped to the scaled extremes, scales back without overflow.
+    lo, hi = min(values), max(values)
+    e = math.frexp(max(abs(lo), abs(hi)))[1]
+    m = math.fsum(math.ldexp(v, -e) for v in values) / n
+    m = min(max(m, math.ldexp(lo, -e)), math.ldexp(hi, -e))
+    return math.ldexp(m, e)
+
+
+def saturate(x: float) -> float:
+    """A sum that left the float64 range, at the range's edge."""
+    if math.isinf(x):
+        return math.copysign(MAX, x)
+    return x
+
+
+def add(a: float, b: float) -> float:
+    return saturate(a + b)
