@@ -14,8 +14,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, CliApp, CliSubCommand, SettingsConfigDict
 
 from sysmon.core.durations import Duration
@@ -297,7 +298,8 @@ class GatewayCommand(GatewaySettings):
             except (ConfigurationError, OSError) as e:
                 sys.exit(str(e))
             await server.start()
-            log.info("gateway serving on %s (auth %s)", server.url, "token" if self.token else "off")
+            log.info("gateway serving on %s (auth %s)", server.url,
+                     "on" if self.auth_configured else "off (--insecure-no-auth)")
             await stop.wait()
             await server.stop()
 
@@ -330,6 +332,43 @@ class OperatorCommand(OperatorSettings):
             sys.exit(str(e))
 
 
+class TokenIssueCommand(BaseSettings):
+    """Print a sysmon token signed with SYSMON_TOKEN_SECRET: a collector's may speak only for its
+    --host; a reader's may read (gateway REST and WebSocket); an admin's may also apply configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="SYSMON_", extra="ignore")
+
+    scope: Literal["collector", "reader", "admin"] = Field(description="what the token may do")
+    host: str | None = Field(None, description="the host id a collector token speaks for")
+    name: str | None = Field(None, description="who a reader or admin token is for (its subject)")
+    ttl: Duration | None = Field(
+        timedelta(days=365), description="how long the token is valid; rotate the secret to revoke all at once"
+    )
+    token_secret: SecretStr | None = Field(None, description="the fleet secret (at least 32 bytes)")
+
+    def cli_cmd(self) -> None:
+        from sysmon.core.identity import Scope, tokens
+
+        if self.token_secret is None or not self.token_secret.get_secret_value():
+            sys.exit("set SYSMON_TOKEN_SECRET (the aggregator's and gateway's --token-secret) to sign tokens")
+        try:
+            print(tokens.issue(self.token_secret.get_secret_value(), Scope(self.scope), host=self.host,
+                               name=self.name, ttl=self.ttl))
+        except ValueError as e:
+            sys.exit(str(e))
+
+
+class TokenCommand(BaseSettings):
+    """Credentials for collectors, readers and admins."""
+
+    model_config = SettingsConfigDict(cli_kebab_case=True)
+
+    issue: CliSubCommand[TokenIssueCommand]
+
+    def cli_cmd(self) -> None:
+        CliApp.run_subcommand(self)
+
+
 class Sysmon(BaseSettings):
     """sysmon: system monitoring for fleets of machines."""
 
@@ -341,6 +380,7 @@ class Sysmon(BaseSettings):
     gateway: CliSubCommand[GatewayCommand]
     alerts: CliSubCommand[AlertsCommand]
     operator: CliSubCommand[OperatorCommand]
+    token: CliSubCommand[TokenCommand]
 
     def cli_cmd(self) -> None:
         CliApp.run_subcommand(self)

@@ -257,9 +257,9 @@ def test_no_token_is_refused_off_loopback() -> None:
     from sysmon.core.settings import GatewaySettings
     from sysmon.gateway.app import ConfigurationError, create_app
 
-    with pytest.raises(ConfigurationError, match="without a token"):
+    with pytest.raises(ConfigurationError, match="without authentication"):
         create_app(GatewaySettings(postgres_url="postgresql://x/y", listen="0.0.0.0:8080"))
-    with pytest.raises(ConfigurationError, match="without a token"):
+    with pytest.raises(ConfigurationError, match="without authentication"):
         create_app(GatewaySettings(postgres_url="postgresql://x/y", listen="127.0.0.1:8080"))
     # Only `sysmon up` on loopback runs without one.
     create_app(GatewaySettings(postgres_url="postgresql://x/y", listen="127.0.0.1:8080"), loopback_exempt=True)

@@ -63,14 +63,16 @@ def test_up_refuses_a_public_gateway_without_a_token(tmp_path: Path) -> None:
 
     # Checked before any server starts, so this is quick.
     from sysmon.core.settings import GatewaySettings
-    from sysmon.gateway.app import ConfigurationError, resolve_token
+    from sysmon.gateway.app import ConfigurationError, resolve_authenticator
 
-    with pytest.raises(ConfigurationError, match="without a token"):
-        resolve_token(GatewaySettings(listen="0.0.0.0:8080"), loopback_exempt=True)
-    assert resolve_token(GatewaySettings(listen="127.0.0.1:8080"), loopback_exempt=True) is None
-    assert resolve_token(GatewaySettings(listen="0.0.0.0:8080", token="t"), loopback_exempt=True) == "t"
+    with pytest.raises(ConfigurationError, match="without authentication"):
+        resolve_authenticator(GatewaySettings(listen="0.0.0.0:8080"), loopback_exempt=True)
+    assert not resolve_authenticator(GatewaySettings(listen="127.0.0.1:8080"), loopback_exempt=True).enabled
+    assert resolve_authenticator(GatewaySettings(listen="0.0.0.0:8080", token="t"), loopback_exempt=True).enabled
+    assert resolve_authenticator(GatewaySettings(listen="0.0.0.0:8080", token_secret="s" * 32),
+                                 loopback_exempt=True).enabled
     out = subprocess.run([sys.executable, "-m", "sysmon", "gateway", "--postgres-url", "postgresql://x/y",
                           "--redis-url", "redis://127.0.0.1:1", "--listen", "0.0.0.0:0"],
                          capture_output=True, text=True, env=_env(), timeout=60, check=False)
     assert out.returncode != 0
-    assert "without a token" in out.stderr
+    assert "without authentication" in out.stderr

@@ -48,7 +48,8 @@ async def test_each_bad_batch_is_rejected_alone_with_its_status(
         client.send(make_batch(h, s, 1))
         for batch, _, _ in bad.values():
             client.send(batch)
-        client.send(make_batch(h, s, 10, declare=False))
+        # Another instant: a series holds one sample per time.
+        client.send(make_batch(h, s, 10, declare=False, time_ms=now_ms() + 1000))
         await wait_for(lambda: {1, 10} <= client.acked, message="good batches acknowledged")
         await wait_for(lambda: len(client.rejects) == len(bad), message="every bad batch rejected")
         summary = await client.finish()
@@ -139,7 +140,7 @@ async def test_token_is_required_except_for_health(start_aggregator: AggregatorF
 
 
 def test_refuses_a_public_listener_without_a_token() -> None:
-    with pytest.raises(ConfigurationError, match="without a token"):
+    with pytest.raises(ConfigurationError, match="without authentication"):
         Aggregator(AggregatorSettings(listen="0.0.0.0:0"), postgres_url="postgresql://x/y", redis_url=None)
     # A token, or an explicit opt-out, lifts the refusal.
     Aggregator(AggregatorSettings(listen="0.0.0.0:0", token="t"), postgres_url="postgresql://x/y", redis_url=None)

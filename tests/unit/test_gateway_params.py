@@ -172,15 +172,14 @@ def test_sum_by_host() -> None:
     assert out["g"].points == [(0, 9.0)]
 
 
-def test_tokens() -> None:
-    assert auth.bearer_from_header("Bearer abc") == "abc"
-    assert auth.bearer_from_header("bearer  abc ") == "abc"
-    assert auth.bearer_from_header("Basic abc") is None
+def test_websocket_tokens() -> None:
     assert auth.bearer_from_subprotocols(["sysmon.v1", "base64url.bearer.sysmon.dev.czNjcmV0"]) == "s3cret"
     assert auth.bearer_from_subprotocols(["base64url.bearer.sysmon.dev.!!"]) is None
-    assert auth.token_matches("s3cret", "s3cret")
-    assert not auth.token_matches("s3cre", "s3cret")
-    assert not auth.token_matches(None, "s3cret")
+    # The header wins; else the subprotocol's token becomes one.
+    assert auth.websocket_authorization({"authorization": "Bearer h"}, ["base64url.bearer.sysmon.dev.czNjcmV0"]) \
+        == "Bearer h"
+    assert auth.websocket_authorization({}, ["sysmon.v1", "base64url.bearer.sysmon.dev.czNjcmV0"]) == "Bearer s3cret"
+    assert auth.websocket_authorization({}, ["sysmon.v1"]) is None
 
 
 def test_validation_errors_name_the_parameter() -> None:
