@@ -28,6 +28,13 @@ def _server_defaults(obj: dict[str, Any]) -> None:
         pod.setdefault("restartPolicy", "Always")
         pod.setdefault("schedulerName", "default-scheduler")
         pod.setdefault("dnsPolicy", "ClusterFirst")
+        # The deprecated twin of serviceAccountName, which the API server still fills in.
+        if "serviceAccountName" in pod:
+            pod.setdefault("serviceAccount", pod["serviceAccountName"])
+        for volume in pod.get("volumes", []):
+            for source in ("projected", "secret"):
+                if source in volume:
+                    volume[source].setdefault("defaultMode", 0o644)
         # The API server drops empty maps and lists.
         for k in ("nodeSelector", "tolerations"):
             if pod.get(k) in ({}, []):

@@ -121,6 +121,39 @@ class Tls(Spec):
     mutual: bool = False
 
 
+# The Kubernetes API server's own audience (its default service-account issuer): a token minted for
+# it opens the API, so a sysmon audience must never be it (nor accept tokens that are).
+API_SERVER_AUDIENCE = "https://kubernetes.default.svc"
+
+
+class Identity(Spec):
+    """How collectors and the alerts service prove who they are to the aggregator.
+
+    serviceAccountToken (the default): each pod presents a projected ServiceAccount token minted
+    for `audience`, which the kubelet rotates and the aggregator verifies with TokenReview; a
+    collector's token speaks only for its own node, and the fleet token never reaches the nodes.
+    fleetToken: every component presents the fleet-wide token from spec.token, as before.
+    """
+
+    mode: Literal["serviceAccountToken", "fleetToken"] = "serviceAccountToken"
+    audience: str = Field("sysmon.dev", min_length=1, max_length=253, pattern=r"^\S+$")
+    # At least 10 minutes (the API server's floor for projected tokens); at most a day, so that a
+    # token copied off a node soon stops working. The kubelet renews it at 80 % of its lifetime.
+    # Strict: "3600" is not a number to the API server either.
+    token_expiration_seconds: int = Field(3600, alias="tokenExpirationSeconds", ge=600, le=86400, strict=True)
+
+    @field_validator("audience")
+    @classmethod
+    def _not_the_api_servers(cls, v: str) -> str:
+        if v.startswith(API_SERVER_AUDIENCE):
+            raise ValueError("the audience must not be the Kubernetes API server's")
+        return v
+
+    @property
+    def service_account_tokens(self) -> bool:
+        return self.mode == "serviceAccountToken"
+
+
 class Retention(Spec):
     raw: Duration = timedelta(hours=24)
     one_minute: Duration = Field(timedelta(days=7), alias="oneMinute")
@@ -143,6 +176,8 @@ class FleetSpec(Spec):
     retention: Retention = Field(default_factory=Retention)
     postgres: SecretSource
     redis: SecretSource
+    # The fleet-wide token: the aggregator and gateway accept it (people, scripts, the dashboard);
+    # collectors and the alerts service present it only in identity mode fleetToken.
     token: SecretSource
     # Tilt's live update writes the synced code into running containers; everywhere else the
     # root filesystem stays read-only.
@@ -152,6 +187,7 @@ class FleetSpec(Spec):
     gateway: Gateway = Field(default_factory=Gateway)
     alerts: Alerts = Field(default_factory=Alerts)
     tls: Tls | None = None
+    identity: Identity = Field(default_factory=Identity)
 
     @field_validator("host_labels")
     @classmethod

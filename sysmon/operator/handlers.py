@@ -23,6 +23,7 @@ from sysmon.operator.compare import Step, plan
 from sysmon.operator.config_client import ConfigClient, Refused, Unreachable
 from sysmon.operator.fleet_spec import FleetSpec
 from sysmon.operator.kube import Kube, KubeError
+from sysmon.operator.settings import DEFAULT_SERVICE_ACCOUNT, OperatorIdentity
 from sysmon.operator.status import Rollout, daemonset_rollout, deployment_rollout, fleet_status, now_rfc3339
 from sysmon.pb.v1 import config_pb2
 
@@ -40,6 +41,9 @@ class OperatorContext:
     kube: Kube
     config: ConfigClient
     now: Callable[[], str] = field(default=now_rfc3339)
+    # Who the operator is to the fleets' aggregators (run() reads it from SYSMON_SERVICE_ACCOUNT).
+    identity: OperatorIdentity = field(
+        default_factory=lambda: OperatorIdentity(service_account=DEFAULT_SERVICE_ACCOUNT))
 
 
 def _ctx(memo: Any) -> OperatorContext:
@@ -68,8 +72,11 @@ def _first_error(e: ValidationError) -> str:
 
 def reconcile_fleet(kube: Kube, *, name: str, namespace: str, uid: str, generation: int,
                     spec: Mapping[str, Any], previous_status: Mapping[str, Any] | None, default_image: str,
-                    now: str) -> FleetResult:
-    """Bring the fleet's children to what its spec says; return the status that results."""
+                    now: str, operator_account: str | None = None) -> FleetResult:
+    """Bring the fleet's children to what its spec says; return the status that results.
+
+    `operator_account` (namespace/name) is the ServiceAccount the fleet's aggregator takes as admin.
+    """
     error: tuple[str, str, bool] | None = None
     steps: list[Step] = []
     try:
@@ -78,7 +85,8 @@ def reconcile_fleet(kube: Kube, *, name: str, namespace: str, uid: str, generati
         parsed, error = None, ("InvalidSpec", _first_error(e), False)
 
     # The children's names do not depend on the spec, so status can be reported even for a bad spec.
-    fleet = manifests.Fleet(name, namespace, uid, parsed or FleetSpec.model_construct(), default_image)
+    fleet = manifests.Fleet(name, namespace, uid, parsed or FleetSpec.model_construct(), default_image,
+                            operator_account)
     live: dict[tuple[str, str], dict[str, Any] | None] = {}
     try:
         for kind, child in manifests.possible_children(fleet):
@@ -116,7 +124,8 @@ def fleet_reconcile(name: str, namespace: str, uid: str, meta: Mapping[str, Any]
     ctx = _ctx(memo)
     result = reconcile_fleet(ctx.kube, name=name, namespace=namespace, uid=uid,
                              generation=int(meta.get("generation") or 1), spec=spec,
-                             previous_status=status, default_image=ctx.settings.image, now=ctx.now())
+                             previous_status=status, default_image=ctx.settings.image, now=ctx.now(),
+                             operator_account=ctx.identity.principal(ctx.settings.served_namespace()))
     patch.status.update(result.status)
     for step in result.changes:
         logger.info("%s %s %s: %s", step.op, step.kind, step.name, step.reason)

@@ -31,6 +31,7 @@ class Kube(Protocol):
 
 # kind -> (API class, method suffix)
 KINDS = {
+    "ServiceAccount": ("CoreV1Api", "namespaced_service_account"),
     "ConfigMap": ("CoreV1Api", "namespaced_config_map"),
     "Service": ("CoreV1Api", "namespaced_service"),
     "Deployment": ("AppsV1Api", "namespaced_deployment"),

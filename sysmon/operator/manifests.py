@@ -6,6 +6,13 @@ referenced (secretKeyRef, or a Secret volume for TLS), never copied. Every objec
 controller owner reference to the fleet, so deleting the fleet deletes them (garbage collection),
 and a spec-hash annotation, so the reconciler can tell a stale object from a current one without
 guessing at server defaults.
+
+Identity (spec.identity): the collector, the aggregator and the alerts service each run as a
+ServiceAccount of their own. In serviceAccountToken mode the collector and the alerts service
+present a projected token of it (audience-bound, rotated by the kubelet, read through
+SYSMON_TOKEN_FILE) instead of the fleet token, and the aggregator, the one pod here with a
+Kubernetes API token, verifies them with TokenReview: collectors for their own node, the alerts
+service as reader, the operator's ServiceAccount as admin.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sysmon.core.durations import format_duration
-from sysmon.operator.fleet_spec import FleetSpec, Resources, SecretSource, Tls
+from sysmon.operator.fleet_spec import FleetSpec, Identity, Resources, SecretSource, Tls
 
 GROUP = "sysmon.dev"
 VERSION = "v1alpha1"
@@ -39,6 +46,11 @@ HOST_ROOT = "/host"
 TLS_DIR = "/etc/sysmon/tls"
 TLS_VOLUME = "tls"
 TLS_CERT, TLS_KEY, TLS_CA = "tls.crt", "tls.key", "ca.crt"
+# Where a client's projected ServiceAccount token for the aggregator is mounted (not the API
+# server's /var/run/secrets/kubernetes.io/serviceaccount, which these pods do not get).
+TOKEN_DIR = "/var/run/secrets/sysmon.dev/serviceaccount"
+TOKEN_VOLUME = "aggregator-token"
+TOKEN_FILE = "token"
 # The image's user (Dockerfile); any non-root id works, this one owns nothing on the node.
 RUN_AS = 10001
 
@@ -47,6 +59,9 @@ CONFIG_HASH = "sysmon.dev/config-hash"
 FLEET_LABEL = "sysmon.dev/fleet"
 
 COMPONENTS = ("collector", "aggregator", "gateway", "alerts")
+# Components with a ServiceAccount of their own: those that call the aggregator, and the aggregator
+# (which calls TokenReview). The gateway calls neither and keeps the namespace's default one.
+SERVICE_ACCOUNTS = ("collector", "aggregator", "alerts")
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,9 @@ class Fleet:
     uid: str
     spec: FleetSpec
     default_image: str = "sysmon:latest"
+    # "namespace/name" of the operator's ServiceAccount: the aggregator takes its token as admin
+    # (ConfigService.Apply of AlertRules). None: no ServiceAccount is admin.
+    operator_account: str | None = None
 
 
 def key(manifest: Mapping[str, Any]) -> tuple[str, str]:
@@ -144,6 +162,29 @@ def _retention_env(spec: FleetSpec) -> dict[str, str]:
     }
 
 
+def _token_path() -> str:
+    return f"{TOKEN_DIR}/{TOKEN_FILE}"
+
+
+def _client_identity_env(identity: Identity) -> dict[str, str]:
+    return {"SYSMON_TOKEN_FILE": _token_path()} if identity.service_account_tokens else {}
+
+
+def _server_identity_env(fleet: Fleet) -> dict[str, str]:
+    identity = fleet.spec.identity
+    if not identity.service_account_tokens:
+        return {}
+    env = {
+        "SYSMON_KUBE_AUDIENCE": identity.audience,
+        "SYSMON_KUBE_COLLECTORS": service_account_ref(fleet, "collector"),
+    }
+    if fleet.spec.alerts.enabled:
+        env["SYSMON_KUBE_READERS"] = service_account_ref(fleet, "alerts")
+    if fleet.operator_account:
+        env["SYSMON_KUBE_ADMINS"] = fleet.operator_account
+    return env
+
+
 def _tls_path(key: str) -> str:
     return f"{TLS_DIR}/{key}"
 
@@ -197,6 +238,7 @@ def config_data(fleet: Fleet, component: str) -> dict[str, str]:
             "SYSMON_HOST_ROOT": HOST_ROOT,
             "SYSMON_METRICS_LISTEN": f"0.0.0.0:{COLLECTOR_METRICS_PORT}",
             **_client_tls_env(spec.tls),
+            **_client_identity_env(spec.identity),
         }
     if component == "aggregator":
         return {
@@ -204,6 +246,7 @@ def config_data(fleet: Fleet, component: str) -> dict[str, str]:
             "SYSMON_METRICS_LISTEN": f"0.0.0.0:{AGGREGATOR_METRICS_PORT}",
             **_retention_env(spec),
             **_server_tls_env(spec.tls),
+            **_server_identity_env(fleet),
         }
     if component == "gateway":
         return {"SYSMON_LISTEN": f"0.0.0.0:{GATEWAY_PORT}", **_retention_env(spec)}
@@ -212,6 +255,7 @@ def config_data(fleet: Fleet, component: str) -> dict[str, str]:
             "SYSMON_LISTEN": f"0.0.0.0:{ALERTS_PORT}",
             "SYSMON_AGGREGATOR": aggregator_address(fleet),
             **_client_tls_env(spec.tls),
+            **_client_identity_env(spec.identity),
         }
         if spec.gateway.external_url:
             data["SYSMON_EXTERNAL_URL"] = spec.gateway.external_url
@@ -229,6 +273,43 @@ def _tls_volume(tls: Tls | None, *, server: bool) -> tuple[list[dict[str, Any]],
     volume = {"name": TLS_VOLUME, "secret": {"secretName": tls.secret_name, "defaultMode": 0o440,
                                              "items": [{"key": k, "path": k} for k in keys]}}
     return [volume], [{"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True}]
+
+
+def _token_volume(identity: Identity) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts) of a client's ServiceAccount token for the aggregator, in serviceAccountToken mode.
+
+    Projected and audience-bound: the kubelet requests it for the pod's ServiceAccount and this pod
+    only (TokenReview names the pod and its node), replaces it before it expires, and the API
+    server refuses it, being for another audience. The kubelet writes it 0600 for the pod's
+    runAsUser (0640 with the fsGroup a TLS Secret brings), so no defaultMode is needed.
+    """
+    if not identity.service_account_tokens:
+        return [], []
+    volume = {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+        "audience": identity.audience,
+        "expirationSeconds": identity.token_expiration_seconds,
+        "path": TOKEN_FILE,
+    }}]}}
+    return [volume], [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}]
+
+
+def service_account_name(fleet: Fleet, component: str) -> str:
+    return child_name(fleet, component)
+
+
+def service_account_ref(fleet: Fleet, component: str) -> str:
+    """namespace/name, as the aggregator's SYSMON_KUBE_* settings name ServiceAccounts."""
+    return f"{fleet.namespace}/{service_account_name(fleet, component)}"
+
+
+def service_account(fleet: Fleet, component: str) -> dict[str, Any]:
+    return _finish({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(fleet, component, service_account_name(fleet, component)),
+        # No API token unless a pod asks for one itself (only the aggregator's does, to call TokenReview).
+        "automountServiceAccountToken": False,
+    })
 
 
 def config_map(fleet: Fleet, component: str) -> dict[str, Any]:
@@ -265,7 +346,7 @@ def _container(fleet: Fleet, component: str, image: str, resources: Resources,
 
 
 def _pod_spec(fleet: Fleet, containers: list[dict[str, Any]], volumes: list[dict[str, Any]] | None = None,
-              **extra: Any) -> dict[str, Any]:
+              *, service_account: str | None = None, api_token: bool = False, **extra: Any) -> dict[str, Any]:
     security: dict[str, Any] = {
         "runAsNonRoot": True,
         "runAsUser": RUN_AS,
@@ -276,9 +357,11 @@ def _pod_spec(fleet: Fleet, containers: list[dict[str, Any]], volumes: list[dict
         # Secret files are mode 0440 (the key is nobody else's): the group is how our user reads
         # them. Only then, so that pods without Secret volumes keep the template they had.
         security["fsGroup"] = RUN_AS
+    account = {"serviceAccountName": service_account} if service_account else {}
     return {
-        # The components never call the Kubernetes API.
-        "automountServiceAccountToken": False,
+        **account,
+        # Only an aggregator that reviews ServiceAccount tokens calls the Kubernetes API.
+        "automountServiceAccountToken": api_token,
         # Service links would inject variables such as SYSMON_AGGREGATOR_PORT into every pod.
         "enableServiceLinks": False,
         "securityContext": security,
@@ -318,23 +401,26 @@ def collector_daemonset(fleet: Fleet) -> dict[str, Any]:
                 "failureThreshold": failures}
 
     tls_volumes, tls_mounts = _tls_volume(spec.tls, server=False)
+    token_volumes, token_mounts = _token_volume(spec.identity)
+    env = [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+    if not spec.identity.service_account_tokens:
+        env.append(_secret_env("SYSMON_TOKEN", spec.token))
     container = _container(
         fleet, "collector", _image(fleet, c.image), c.resources,
-        env=[
-            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-            _secret_env("SYSMON_TOKEN", spec.token),
-        ],
+        env=env,
         ports=[{"name": "metrics", "containerPort": COLLECTOR_METRICS_PORT, "protocol": "TCP"}],
         probes={
             "livenessProbe": metrics_probe(10, 3),
             "readinessProbe": metrics_probe(5, 2),
         },
         mounts=[{"name": "host-root", "mountPath": HOST_ROOT, "readOnly": True,
-                 "mountPropagation": "HostToContainer"}, *tls_mounts],
+                 "mountPropagation": "HostToContainer"}, *tls_mounts, *token_mounts],
     )
     pod = _pod_spec(
         fleet, [container],
-        volumes=[{"name": "host-root", "hostPath": {"path": "/", "type": "Directory"}}, *tls_volumes],
+        volumes=[{"name": "host-root", "hostPath": {"path": "/", "type": "Directory"}}, *tls_volumes,
+                 *token_volumes],
+        service_account=service_account_name(fleet, "collector"),
         # The node's processes and interfaces are what is measured, so the pod shares them.
         hostPID=True,
         hostNetwork=True,
@@ -356,7 +442,8 @@ def collector_daemonset(fleet: Fleet) -> dict[str, Any]:
 
 
 def _deployment(fleet: Fleet, component: str, replicas: int, container: dict[str, Any], *,
-                volumes: list[dict[str, Any]] | None = None, singleton: bool = False) -> dict[str, Any]:
+                volumes: list[dict[str, Any]] | None = None, singleton: bool = False,
+                api_token: bool = False) -> dict[str, Any]:
     # Surge first: a rollout never takes a serving replica away before its successor is ready.
     # A singleton instead stops the old pod before the new one starts, so two never run at once.
     strategy = ({"type": "Recreate"} if singleton
@@ -369,18 +456,21 @@ def _deployment(fleet: Fleet, component: str, replicas: int, container: dict[str
             "replicas": replicas,
             "selector": {"matchLabels": selector_labels(fleet, component)},
             "strategy": strategy,
-            "template": _template(fleet, component, _pod_spec(fleet, [container], volumes,
-                                                              terminationGracePeriodSeconds=30)),
+            "template": _template(fleet, component, _pod_spec(
+                fleet, [container], volumes, api_token=api_token, terminationGracePeriodSeconds=30,
+                service_account=service_account_name(fleet, component) if component in SERVICE_ACCOUNTS else None)),
         },
     })
 
 
-def _service_env(spec: FleetSpec) -> list[dict[str, Any]]:
-    return [
+def _service_env(spec: FleetSpec, *, fleet_token: bool = True) -> list[dict[str, Any]]:
+    env = [
         _secret_env("SYSMON_POSTGRES_URL", spec.postgres),
         _secret_env("SYSMON_REDIS_URL", spec.redis),
-        _secret_env("SYSMON_TOKEN", spec.token),
     ]
+    if fleet_token:
+        env.append(_secret_env("SYSMON_TOKEN", spec.token))
+    return env
 
 
 def aggregator_deployment(fleet: Fleet) -> dict[str, Any]:
@@ -413,7 +503,9 @@ def aggregator_deployment(fleet: Fleet) -> dict[str, Any]:
         },
         mounts=tls_mounts,
     )
-    return _deployment(fleet, "aggregator", a.replicas, container, volumes=tls_volumes)
+    # It keeps the fleet token whatever the mode: people, scripts and the gateway's users hold it.
+    return _deployment(fleet, "aggregator", a.replicas, container, volumes=tls_volumes,
+                       api_token=spec.identity.service_account_tokens)
 
 
 def gateway_deployment(fleet: Fleet) -> dict[str, Any]:
@@ -433,14 +525,16 @@ def alerts_deployment(fleet: Fleet) -> dict[str, Any]:
     spec = fleet.spec
     al = spec.alerts
     tls_volumes, tls_mounts = _tls_volume(spec.tls, server=False)
+    token_volumes, token_mounts = _token_volume(spec.identity)
     container = _container(
         fleet, "alerts", _image(fleet, al.image), al.resources,
-        env=_service_env(spec),
+        # The fleet token is only how it reaches the aggregator: with its own token it needs none.
+        env=_service_env(spec, fleet_token=not spec.identity.service_account_tokens),
         ports=[{"name": "http", "containerPort": ALERTS_PORT, "protocol": "TCP"}],
         probes=_http_probes(ALERTS_PORT),
-        mounts=tls_mounts,
+        mounts=[*tls_mounts, *token_mounts],
     )
-    return _deployment(fleet, "alerts", 1, container, volumes=tls_volumes, singleton=True)
+    return _deployment(fleet, "alerts", 1, container, volumes=[*tls_volumes, *token_volumes], singleton=True)
 
 
 def service(fleet: Fleet, component: str) -> dict[str, Any]:
@@ -472,9 +566,10 @@ def enabled_components(spec: FleetSpec) -> list[str]:
 
 
 def desired_children(fleet: Fleet) -> list[dict[str, Any]]:
-    """Every object the fleet should own, ConfigMaps first so pods never start without them."""
+    """Every object the fleet should own, ServiceAccounts and ConfigMaps first so pods never start without them."""
     components = enabled_components(fleet.spec)
-    out = [config_map(fleet, c) for c in components]
+    out = [service_account(fleet, c) for c in components if c in SERVICE_ACCOUNTS]
+    out += [config_map(fleet, c) for c in components]
     out.append(collector_daemonset(fleet))
     out.append(aggregator_deployment(fleet))
     out.append(service(fleet, "aggregator"))
@@ -487,7 +582,8 @@ def desired_children(fleet: Fleet) -> list[dict[str, Any]]:
 
 def possible_children(fleet: Fleet) -> list[tuple[str, str]]:
     """(kind, name) of everything a fleet may own, enabled or not: what to delete when disabled."""
-    out = [("ConfigMap", child_name(fleet, c)) for c in COMPONENTS]
+    out = [("ServiceAccount", service_account_name(fleet, c)) for c in SERVICE_ACCOUNTS]
+    out += [("ConfigMap", child_name(fleet, c)) for c in COMPONENTS]
     out.append(("DaemonSet", child_name(fleet, "collector")))
     for c in ("aggregator", "gateway", "alerts"):
         out += [("Deployment", child_name(fleet, c)), ("Service", child_name(fleet, c))]

@@ -11,6 +11,7 @@ from sysmon.core.settings import OperatorSettings
 from sysmon.operator.config_client import ConfigClient
 from sysmon.operator.handlers import OperatorContext, register
 from sysmon.operator.kube import ClientKube
+from sysmon.operator.settings import OperatorIdentity
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,12 @@ def liveness_url(listen: str) -> str | None:
 async def run(settings: OperatorSettings, stop: asyncio.Event) -> None:
     namespace = settings.served_namespace()
     config = ConfigClient(settings)
-    ctx = OperatorContext(settings=settings, kube=ClientKube(), config=config)
+    identity = OperatorIdentity()
+    ctx = OperatorContext(settings=settings, kube=ClientKube(), config=config, identity=identity)
     registry = register(kopf.OperatorRegistry(), settings)
-    log.info("serving namespace %s; AlertRules go to %s; peering %s", namespace, settings.aggregator,
-             "off (standalone)" if settings.standalone else settings.peering)
+    log.info("serving namespace %s; AlertRules go to %s as %s; peering %s", namespace, settings.aggregator,
+             config.credentials_description(), "off (standalone)" if settings.standalone else settings.peering)
+    log.info("fleets' aggregators take ServiceAccount %s as admin", identity.principal(namespace))
     try:
         await kopf.operator(
             registry=registry,

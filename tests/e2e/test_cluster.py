@@ -1,6 +1,7 @@
 """sysmon on a real cluster (kind via Tilt): the dev overlay applied, the operator up, collectors on
-every node reporting through the aggregator to the gateway, an AlertRule pushed and firing, and the
-operator undoing a deleted child. Runs only when KUBECONFIG points at a reachable cluster.
+every node reporting through the aggregator to the gateway with their own ServiceAccount tokens
+(reviewed by the aggregator, the only account that may), an AlertRule pushed by the operator as
+admin and firing, and the operator undoing a deleted child. Runs only when KUBECONFIG points at a reachable cluster.
 
     kind create cluster --name sysmon && tilt up      # or: docker build -t sysmon:dev . &&
     KUBECONFIG=~/.kube/config make test ARGS=tests/e2e/test_cluster.py   # kind load docker-image sysmon:dev
@@ -143,6 +144,35 @@ def test_the_fleet_reports_every_component_and_node(k: Callable[..., str], ready
     # The children are owned by the fleet (deleting it deletes them).
     ds = get(k, "daemonset", f"{FLEET}-collector")
     assert ds["metadata"]["ownerReferences"][0]["uid"] == ready_fleet["metadata"]["uid"]
+
+
+def test_collectors_hold_their_own_token_and_not_the_fleets(k: Callable[..., str], ready_fleet: dict[str, Any]) -> None:
+    """identity mode serviceAccountToken (the default): a collector's pod has a projected token for
+    sysmon.dev and no fleet token, so the next test's hosts reporting means TokenReview let them in."""
+    assert ready_fleet["spec"]["identity"]["mode"] == "serviceAccountToken"
+    pods = json.loads(k("get", "pods", "-n", NS, "-l", "app.kubernetes.io/component=collector,"
+                        f"app.kubernetes.io/instance={FLEET}", "-o", "json"))["items"]
+    assert pods
+    for pod in pods:
+        spec = pod["spec"]
+        assert spec["serviceAccountName"] == f"{FLEET}-collector"
+        (container,) = spec["containers"]
+        assert "SYSMON_TOKEN" not in {e["name"] for e in container.get("env", [])}
+        sources = [s["serviceAccountToken"] for v in spec["volumes"] for s in v.get("projected", {}).get("sources", [])
+                   if "serviceAccountToken" in s]
+        assert [s["audience"] for s in sources] == ["sysmon.dev"]
+        # Only the audience-bound token: the API server's own is not mounted.
+        assert not [m for m in container["volumeMounts"] if m["mountPath"].startswith("/var/run/secrets/kubernetes.io")]
+
+
+def test_only_the_aggregator_may_review_tokens(k: Callable[..., str], ready_fleet: dict[str, Any]) -> None:
+    def can_review(account: str) -> str:
+        return k("auth", "can-i", "create", "tokenreviews.authentication.k8s.io",
+                 f"--as=system:serviceaccount:{NS}:{account}", check=False).strip()
+
+    assert can_review(f"{FLEET}-aggregator") == "yes"
+    for account in (f"{FLEET}-collector", f"{FLEET}-alerts", "sysmon-operator"):
+        assert can_review(account) == "no", account
 
 
 def test_collectors_on_every_node_report_through_to_the_gateway(

@@ -107,7 +107,8 @@ def test_get_apply_delete_reach_the_right_paths_with_server_side_apply(server: F
     assert body == ds
     assert kube.get("DaemonSet", "mon", "prod-collector") == live
 
-    for kind, prefix in (("ConfigMap", "/api/v1/namespaces/mon/configmaps/"),
+    for kind, prefix in (("ServiceAccount", "/api/v1/namespaces/mon/serviceaccounts/"),
+                         ("ConfigMap", "/api/v1/namespaces/mon/configmaps/"),
                          ("Service", "/api/v1/namespaces/mon/services/"),
                          ("Deployment", "/apis/apps/v1/namespaces/mon/deployments/")):
         kube.get(kind, "mon", "x")
@@ -142,3 +143,18 @@ def test_an_unreachable_api_server_is_retryable() -> None:
     with pytest.raises(KubeError) as e:
         kube.get("ConfigMap", "mon", "x")
     assert e.value.retryable
+
+
+def test_a_fleets_service_account_is_server_side_applied_and_read_back(server: FakeApiServer,
+                                                                       kube: ClientKube) -> None:
+    fleet = manifests.Fleet("prod", "mon", "uid", FleetSpec.model_validate({"postgres": REF, "redis": REF,
+                                                                            "token": REF}))
+    sa = manifests.service_account(fleet, "collector")
+    live = kube.apply(sa)
+    method, path, query, content_type, body = server.requests[-1]
+    assert (method, path) == ("PATCH", "/api/v1/namespaces/mon/serviceaccounts/prod-collector")
+    assert content_type == "application/apply-patch+yaml"
+    assert query == {"fieldManager": ["sysmon-operator"], "force": ["true"]}
+    assert body == sa
+    assert live["automountServiceAccountToken"] is False
+    assert kube.get("ServiceAccount", "mon", "prod-collector") == live

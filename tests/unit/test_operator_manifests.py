@@ -21,9 +21,13 @@ BASE = {"postgres": REF, "redis": {"secretKeyRef": {"name": "sysmon-redis", "key
         "token": {"secretKeyRef": {"name": "sysmon-token", "key": "token"}}}
 
 
-def fleet(spec: dict[str, Any] | None = None, name: str = "prod") -> m.Fleet:
+OPERATOR = "monitoring/sysmon-operator"
+FLEET_TOKEN = {"identity": {"mode": "fleetToken"}}
+
+
+def fleet(spec: dict[str, Any] | None = None, name: str = "prod", operator_account: str | None = OPERATOR) -> m.Fleet:
     return m.Fleet(name, "monitoring", "0b5e-uid", FleetSpec.model_validate({**BASE, **(spec or {})}),
-                   default_image="sysmon:default")
+                   default_image="sysmon:default", operator_account=operator_account)
 
 
 def by_key(children: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -38,9 +42,11 @@ def containers(children: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any],
                 yield pod, container
 
 
-def test_a_fleet_owns_exactly_its_workloads_services_and_configmaps() -> None:
-    children = m.desired_children(fleet())
+@pytest.mark.parametrize("identity", [{}, FLEET_TOKEN], ids=["serviceAccountToken", "fleetToken"])
+def test_a_fleet_owns_exactly_its_workloads_services_configmaps_and_service_accounts(identity: dict[str, Any]) -> None:
+    children = m.desired_children(fleet(identity))
     assert sorted(m.key(c) for c in children) == sorted([
+        ("ServiceAccount", "prod-collector"), ("ServiceAccount", "prod-aggregator"), ("ServiceAccount", "prod-alerts"),
         ("ConfigMap", "prod-collector"), ("ConfigMap", "prod-aggregator"), ("ConfigMap", "prod-gateway"),
         ("ConfigMap", "prod-alerts"),
         ("DaemonSet", "prod-collector"),
@@ -64,7 +70,8 @@ def test_disabled_gateway_and_alerts_are_not_built() -> None:
     assert ("Deployment", "prod-aggregator") in keys
     # ... yet they are among what a fleet may own, so the reconciler deletes leftovers.
     possible = set(m.possible_children(fleet()))
-    assert {("Deployment", "prod-gateway"), ("Service", "prod-alerts"), ("ConfigMap", "prod-gateway")} <= possible
+    assert {("Deployment", "prod-gateway"), ("Service", "prod-alerts"), ("ConfigMap", "prod-gateway"),
+            ("ServiceAccount", "prod-alerts")} <= possible
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES.glob("monitoredfleet*.yaml")), ids=lambda p: p.name)
@@ -75,12 +82,14 @@ def test_every_built_manifest_validates_against_the_kubernetes_schemas(example: 
         assert manifest_errors(child) == [], m.key(child)
 
 
-def test_pods_are_locked_down() -> None:
-    for pod, c in containers(m.desired_children(fleet())):
+@pytest.mark.parametrize("identity", [{}, FLEET_TOKEN], ids=["serviceAccountToken", "fleetToken"])
+def test_pods_are_locked_down(identity: dict[str, Any]) -> None:
+    for pod, c in containers(m.desired_children(fleet(identity))):
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert pod["automountServiceAccountToken"] is False
+        # No Kubernetes API token, but for the aggregator that reviews ServiceAccount tokens.
+        assert pod["automountServiceAccountToken"] is (c["name"] == "aggregator" and not identity)
         assert pod["enableServiceLinks"] is False
         sc = c["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False
@@ -100,8 +109,15 @@ def test_secrets_are_referenced_never_copied() -> None:
         if c["kind"] == "ConfigMap":
             assert not {"SYSMON_TOKEN", "SYSMON_POSTGRES_URL", "SYSMON_REDIS_URL"} & set(c["data"])
     services = {c["name"]: {e["name"] for e in c["env"]} for _, c in containers(children)}
-    assert services["collector"] == {"NODE_NAME", "SYSMON_TOKEN"}
+    # Collectors and the alerts service present their own ServiceAccount tokens: no fleet token.
+    assert services["collector"] == {"NODE_NAME"}
+    assert services["alerts"] == {"SYSMON_POSTGRES_URL", "SYSMON_REDIS_URL"}
+    # People and scripts (the dashboard's users) still hold the fleet token.
     assert services["aggregator"] == {"SYSMON_POSTGRES_URL", "SYSMON_REDIS_URL", "SYSMON_TOKEN"}
+    assert services["gateway"] == {"SYSMON_POSTGRES_URL", "SYSMON_REDIS_URL", "SYSMON_TOKEN"}
+    services = {c["name"]: {e["name"] for e in c["env"]} for _, c in containers(m.desired_children(fleet(FLEET_TOKEN)))}
+    assert services["collector"] == {"NODE_NAME", "SYSMON_TOKEN"}
+    assert services["alerts"] == {"SYSMON_POSTGRES_URL", "SYSMON_REDIS_URL", "SYSMON_TOKEN"}
 
 
 def test_every_container_has_probes_grpc_for_the_aggregator_http_for_the_rest() -> None:
@@ -424,3 +440,194 @@ def test_a_tls_setting_read_from_the_configmap_changes_the_config_hash() -> None
     assert config_hash(plain, "DaemonSet", "prod-collector") != config_hash(named, "DaemonSet", "prod-collector")
     assert config_hash(plain, "Deployment", "prod-alerts") != config_hash(named, "Deployment", "prod-alerts")
     assert config_hash(plain, "Deployment", "prod-aggregator") == config_hash(named, "Deployment", "prod-aggregator")
+
+
+# --- identity ------------------------------------------------------------------------------------
+
+
+def token_files(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """path in the container -> the projected serviceAccountToken source that writes it."""
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    out = {}
+    for mount in container["volumeMounts"]:
+        for source in volumes[mount["name"]].get("projected", {}).get("sources", []):
+            if "serviceAccountToken" in source:
+                assert mount["readOnly"] is True
+                assert "subPath" not in mount, "a subPath mount never sees the kubelet's renewed token"
+                out[f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"] = source["serviceAccountToken"]
+    return out
+
+
+CLIENTS = ((AgentSettings, "DaemonSet", "prod-collector"), (AlertsSettings, "Deployment", "prod-alerts"))
+
+
+def test_service_account_tokens_are_the_default_and_each_client_reads_its_projected_token(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    children = m.desired_children(fleet())
+    configmaps = {c["metadata"]["name"]: c["data"] for c in children if c["kind"] == "ConfigMap"}
+    for settings_type, kind, name in CLIENTS:
+        pod = pod_of(children, kind, name)
+        assert pod["serviceAccountName"] == name
+        # Only the audience-bound token for the aggregator; no Kubernetes API token.
+        assert pod["automountServiceAccountToken"] is False
+        files = token_files(pod)
+        assert files == {"/var/run/secrets/sysmon.dev/serviceaccount/token": {
+            "audience": "sysmon.dev", "expirationSeconds": 3600, "path": "token"}}, name
+        load_env(clean_env, configmaps[name])
+        settings = settings_type()
+        # The client reads the token from the mounted file at every connection, and has no other.
+        assert str(settings.token_file) in files
+        assert settings.token is None
+        (container,) = pod["containers"]
+        assert "SYSMON_TOKEN" not in {e["name"] for e in container["env"]}
+
+
+def test_a_client_presents_what_the_kubelet_last_wrote(tmp_path: Any, clean_env: pytest.MonkeyPatch) -> None:
+    """The settings the collector's ConfigMap gives, pointed at a file that is rotated under it."""
+    from sysmon.core.client import call_metadata
+
+    data = by_key(m.desired_children(fleet()))["ConfigMap", "prod-collector"]["data"]
+    load_env(clean_env, {**data, "SYSMON_TOKEN_FILE": str(tmp_path / "token")})
+    settings = AgentSettings()
+    (tmp_path / "token").write_text("first.jwt.token\n")
+    assert call_metadata(settings) == (("authorization", "Bearer first.jwt.token"),)
+    (tmp_path / "token").write_text("rotated.jwt.token")
+    assert call_metadata(settings) == (("authorization", "Bearer rotated.jwt.token"),)
+
+
+def test_the_aggregator_reviews_tokens_with_its_own_api_token_and_keeps_the_fleet_token(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    children = m.desired_children(fleet())
+    pod = pod_of(children, "Deployment", "prod-aggregator")
+    assert pod["serviceAccountName"] == "prod-aggregator"
+    assert pod["automountServiceAccountToken"] is True
+    assert token_files(pod) == {}
+    (container,) = pod["containers"]
+    token = next(e for e in container["env"] if e["name"] == "SYSMON_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == BASE["token"]["secretKeyRef"]
+
+    load_env(clean_env, by_key(children)["ConfigMap", "prod-aggregator"]["data"])
+    agg = AggregatorSettings()
+    assert agg.kube_audience == "sysmon.dev"
+    assert agg.kube_collectors == ["monitoring/prod-collector"]
+    assert agg.kube_readers == ["monitoring/prod-alerts"]
+    assert agg.kube_admins == [OPERATOR]
+    # The gateway neither calls the aggregator nor reviews tokens: the fleet token, as before.
+    gateway = pod_of(children, "Deployment", "prod-gateway")
+    assert "serviceAccountName" not in gateway
+    assert gateway["automountServiceAccountToken"] is False
+    assert not [k for k in by_key(children)["ConfigMap", "prod-gateway"]["data"] if "KUBE" in k or "TOKEN" in k]
+
+
+async def test_the_aggregator_so_configured_takes_each_service_account_for_what_it_is(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """The review's answer for each pod's token, through the TokenReviewer the aggregator builds from
+    the settings the operator wrote: collectors for their node only, alerts as reader, the operator as
+    admin, and any other ServiceAccount of the namespace (the gateway's default one) refused."""
+    from kubernetes import client
+
+    from sysmon.core.identity import InvalidCredential, Scope
+    from sysmon.core.identity.kubernetes import NODE_NAME, Review, TokenReviewer
+
+    load_env(clean_env, by_key(m.desired_children(fleet()))["ConfigMap", "prod-aggregator"]["data"])
+    agg = AggregatorSettings()
+    assert agg.kube_audience is not None
+    reviewer = TokenReviewer(client.ApiClient(), agg.kube_audience, collectors=agg.kube_collectors,
+                             readers=agg.kube_readers, admins=agg.kube_admins)
+    reviews = {
+        "collector": Review(True, "system:serviceaccount:monitoring:prod-collector", ("sysmon.dev",),
+                            {NODE_NAME: ["node-7"]}),
+        "alerts": Review(True, "system:serviceaccount:monitoring:prod-alerts", ("sysmon.dev",), {}),
+        "operator": Review(True, "system:serviceaccount:monitoring:sysmon-operator", ("sysmon.dev",), {}),
+        "default": Review(True, "system:serviceaccount:monitoring:default", ("sysmon.dev",), {}),
+    }
+
+    async def review(token: str) -> Review:
+        return reviews[token]
+
+    reviewer.review = review  # type: ignore[method-assign]
+    collector = await reviewer.principal("collector")
+    assert collector.scopes == {Scope.COLLECTOR}
+    assert collector.may_speak_for("node-7")
+    assert not collector.may_speak_for("node-8")
+    assert (await reviewer.principal("alerts")).scopes == {Scope.READER}
+    assert (await reviewer.principal("operator")).scopes == {Scope.ADMIN}
+    with pytest.raises(InvalidCredential):
+        await reviewer.principal("default")
+
+
+def test_service_accounts_are_the_fleets_and_carry_no_api_token() -> None:
+    children = by_key(m.desired_children(fleet()))
+    for component in m.SERVICE_ACCOUNTS:
+        sa = children["ServiceAccount", f"prod-{component}"]
+        assert sa["automountServiceAccountToken"] is False
+        assert sa["metadata"]["ownerReferences"][0]["uid"] == "0b5e-uid"
+        assert sa["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    # First, with the ConfigMaps: no pod is created for a ServiceAccount that does not exist yet.
+    kinds = [c["kind"] for c in m.desired_children(fleet())]
+    first_workload = min(kinds.index(k) for k in ("DaemonSet", "Deployment"))
+    assert kinds.index("ServiceAccount") < first_workload
+    assert max(i for i, k in enumerate(kinds) if k == "ServiceAccount") < first_workload
+
+
+def test_fleet_token_mode_is_the_fleet_token_everywhere_and_no_kubernetes_identity(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    children = m.desired_children(fleet(FLEET_TOKEN))
+    configmaps = {c["metadata"]["name"]: c["data"] for c in children if c["kind"] == "ConfigMap"}
+    for pod, c in containers(children):
+        assert token_files(pod) == {}, c["name"]
+        assert pod["automountServiceAccountToken"] is False, c["name"]
+        token = next(e for e in c["env"] if e["name"] == "SYSMON_TOKEN")
+        assert token["valueFrom"]["secretKeyRef"] == BASE["token"]["secretKeyRef"]
+    for data in configmaps.values():
+        assert not [k for k in data if k.startswith("SYSMON_KUBE_") or k == "SYSMON_TOKEN_FILE"]
+    load_env(clean_env, configmaps["prod-aggregator"])
+    assert AggregatorSettings().kube_audience is None
+    for settings_type, _, name in CLIENTS:
+        load_env(clean_env, configmaps[name])
+        assert settings_type().token_file is None
+
+
+def test_the_aggregator_lists_only_the_service_accounts_that_exist() -> None:
+    def data(f: m.Fleet) -> dict[str, str]:
+        return by_key(m.desired_children(f))["ConfigMap", "prod-aggregator"]["data"]  # type: ignore[no-any-return]
+
+    no_alerts = fleet({"alerts": {"enabled": False}})
+    assert "SYSMON_KUBE_READERS" not in data(no_alerts)
+    assert ("ServiceAccount", "prod-alerts") not in {m.key(c) for c in m.desired_children(no_alerts)}
+    # An operator that does not know its ServiceAccount makes no admin (it falls back to the fleet token).
+    assert "SYSMON_KUBE_ADMINS" not in data(fleet(operator_account=None))
+    assert data(fleet(operator_account="ops/sysmon-operator"))["SYSMON_KUBE_ADMINS"] == "ops/sysmon-operator"
+
+
+def test_the_audience_and_lifetime_reach_the_tokens_and_the_aggregator() -> None:
+    f = fleet({"identity": {"audience": "https://sysmon.example.com", "tokenExpirationSeconds": 1800}})
+    children = m.desired_children(f)
+    for _, kind, name in CLIENTS:
+        (source,) = token_files(pod_of(children, kind, name)).values()
+        assert (source["audience"], source["expirationSeconds"]) == ("https://sysmon.example.com", 1800)
+    assert by_key(children)["ConfigMap", "prod-aggregator"]["data"]["SYSMON_KUBE_AUDIENCE"] == \
+        "https://sysmon.example.com"
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "rolled"),
+    [
+        ({}, FLEET_TOKEN, ["prod-aggregator", "prod-alerts", "prod-collector"]),
+        (FLEET_TOKEN, {}, ["prod-aggregator", "prod-alerts", "prod-collector"]),
+        ({}, {"identity": {"audience": "sysmon.example.com"}}, ["prod-aggregator", "prod-alerts", "prod-collector"]),
+        # Only the clients' tokens live longer; the aggregator reads the expiry from each token.
+        ({}, {"identity": {"tokenExpirationSeconds": 7200}}, ["prod-alerts", "prod-collector"]),
+        ({}, {"identity": {"mode": "serviceAccountToken"}}, []),
+        (FLEET_TOKEN, {"identity": {"mode": "fleetToken", "audience": "other"}}, []),
+    ],
+)
+def test_an_identity_change_rolls_exactly_the_pods_that_use_it(
+    before: dict[str, Any], after: dict[str, Any], rolled: list[str]
+) -> None:
+    assert _rolled(fleet(before), fleet(after)) == rolled

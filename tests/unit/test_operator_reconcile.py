@@ -16,6 +16,7 @@ from sysmon.operator.config_client import ConfigClient
 from sysmon.operator.handlers import OperatorContext, fleet_reconcile
 from sysmon.operator.kube import KubeError
 from sysmon.operator.manifests import SPEC_HASH
+from sysmon.operator.settings import OperatorIdentity
 from tests.fake_kube import FakeKube
 from tests.k8s_schemas import schema_of, to_json_schema
 
@@ -25,20 +26,23 @@ SECRETS = {
     "redis": {"secretKeyRef": {"name": "sysmon-redis", "key": "url"}},
     "token": {"secretKeyRef": {"name": "sysmon-token", "key": "token"}},
 }
-ALL = 11  # 4 ConfigMaps, DaemonSet, 3 Deployments, 3 Services
+ALL = 14  # 3 ServiceAccounts, 4 ConfigMaps, DaemonSet, 3 Deployments, 3 Services
 
 
 class Fleet:
     """One MonitoredFleet object as kopf hands it to handlers; status is kept as kopf would patch it."""
 
-    def __init__(self, kube: FakeKube, spec: dict[str, Any] | None = None):
+    def __init__(self, kube: FakeKube, spec: dict[str, Any] | None = None,
+                 identity: OperatorIdentity | None = None):
         self.kube = kube
         self.spec = {**SECRETS, **(spec or {})}
         self.generation = 1
         self.status: dict[str, Any] = {}
         settings = OperatorSettings(namespace=NS, image="sysmon:test")
-        self.memo = kopf.Memo(ctx=OperatorContext(settings, kube, ConfigClient(settings),
-                                                  now=lambda: self.clock))
+        ctx = OperatorContext(settings, kube, ConfigClient(settings), now=lambda: self.clock)
+        if identity is not None:
+            ctx.identity = identity
+        self.memo = kopf.Memo(ctx=ctx)
         self.clock = "2025-01-01T00:00:00Z"
 
     def change(self, **spec: Any) -> None:
@@ -75,8 +79,8 @@ def test_a_new_fleet_gets_every_child_and_reports_progress_until_ready(kube: Fak
     writes = fleet.reconcile()
     assert len(writes) == ALL
     assert all(verb == "apply" for verb, _, _ in writes)
-    # ConfigMaps first: pods never start without the variables they read.
-    assert [kind for _, kind, _ in writes[:4]] == ["ConfigMap"] * 4
+    # ServiceAccounts and ConfigMaps first: pods never start without the identity and variables they need.
+    assert [kind for _, kind, _ in writes[:7]] == ["ServiceAccount"] * 3 + ["ConfigMap"] * 4
     assert fleet.status["observedGeneration"] == 1
     assert fleet.condition("Ready")["status"] == "False"
     assert fleet.condition("Progressing")["status"] == "True"
@@ -245,3 +249,87 @@ def test_handlers_are_registered_for_every_cause() -> None:
     assert len(by_fn["fleet_reconcile"]) == 3  # create, update, resume
     timers = registry._spawning.get_all_handlers()
     assert [(t.fn.__name__, t.interval) for t in timers] == [("fleet_reconcile", 20.0)]
+
+
+# --- identity ------------------------------------------------------------------------------------
+
+
+def _env(kube: FakeKube, configmap: str) -> dict[str, str]:
+    return kube.get("ConfigMap", NS, configmap)["data"]  # type: ignore[no-any-return]
+
+
+def _pod(kube: FakeKube, kind: str, name: str) -> dict[str, Any]:
+    return kube.get(kind, NS, name)["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def test_the_aggregator_takes_the_operators_own_service_account_as_admin(kube: FakeKube) -> None:
+    fleet = Fleet(kube, identity=OperatorIdentity(service_account="ops-operator"))
+    fleet.reconcile()
+    env = _env(kube, "prod-aggregator")
+    assert env["SYSMON_KUBE_ADMINS"] == f"{NS}/ops-operator"
+    assert env["SYSMON_KUBE_COLLECTORS"] == f"{NS}/prod-collector"
+    assert env["SYSMON_KUBE_READERS"] == f"{NS}/prod-alerts"
+    # Every pod runs as a ServiceAccount the reconcile created (and the fleet owns).
+    for kind, name in (("DaemonSet", "prod-collector"), ("Deployment", "prod-aggregator"),
+                       ("Deployment", "prod-alerts")):
+        sa = kube.get("ServiceAccount", NS, _pod(kube, kind, name)["serviceAccountName"])
+        assert sa is not None, name
+        assert sa["metadata"]["ownerReferences"][0]["uid"] == "fleet-uid"
+
+
+def test_the_operators_service_account_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYSMON_SERVICE_ACCOUNT", "sysmon-operator-2")
+    assert OperatorIdentity().principal(NS) == f"{NS}/sysmon-operator-2"
+    monkeypatch.delenv("SYSMON_SERVICE_ACCOUNT")
+    assert OperatorIdentity().principal(NS) == f"{NS}/sysmon-operator"
+    monkeypatch.setenv("SYSMON_SERVICE_ACCOUNT", "Not A Name")
+    with pytest.raises(ValueError, match="service_account"):
+        OperatorIdentity()
+
+
+def test_switching_to_the_fleet_token_rewrites_the_clients_and_the_aggregator_and_nothing_else(kube: FakeKube) -> None:
+    fleet = Fleet(kube)
+    fleet.reconcile()
+    kube.roll_out(NS)
+    assert fleet.reconcile() == [], "projected volumes and ServiceAccounts read back as written"
+    assert "SYSMON_TOKEN_FILE" in _env(kube, "prod-collector")
+
+    fleet.change(identity={"mode": "fleetToken"})
+    assert sorted(fleet.reconcile()) == [
+        ("apply", "ConfigMap", "prod-aggregator"), ("apply", "ConfigMap", "prod-alerts"),
+        ("apply", "ConfigMap", "prod-collector"), ("apply", "DaemonSet", "prod-collector"),
+        ("apply", "Deployment", "prod-aggregator"), ("apply", "Deployment", "prod-alerts"),
+    ]
+    assert "SYSMON_TOKEN_FILE" not in _env(kube, "prod-collector")
+    assert not [k for k in _env(kube, "prod-aggregator") if k.startswith("SYSMON_KUBE_")]
+    (collector,) = _pod(kube, "DaemonSet", "prod-collector")["containers"]
+    assert "SYSMON_TOKEN" in {e["name"] for e in collector["env"]}
+    assert not [v for v in _pod(kube, "DaemonSet", "prod-collector")["volumes"] if "projected" in v]
+    assert _pod(kube, "Deployment", "prod-aggregator")["automountServiceAccountToken"] is False
+    # The ServiceAccounts stay: the pods still run as them.
+    assert kube.get("ServiceAccount", NS, "prod-collector") is not None
+    assert fleet.reconcile() == []
+
+
+def test_disabling_alerts_drops_its_service_account_and_its_reader_grant(kube: FakeKube) -> None:
+    fleet = Fleet(kube)
+    fleet.reconcile()
+    fleet.change(alerts={"enabled": False})
+    assert sorted(fleet.reconcile()) == [
+        ("apply", "ConfigMap", "prod-aggregator"), ("apply", "Deployment", "prod-aggregator"),
+        ("delete", "ConfigMap", "prod-alerts"), ("delete", "Deployment", "prod-alerts"),
+        ("delete", "Service", "prod-alerts"), ("delete", "ServiceAccount", "prod-alerts"),
+    ]
+    assert "SYSMON_KUBE_READERS" not in _env(kube, "prod-aggregator")
+
+
+def test_a_service_account_someone_else_made_is_not_taken_over(kube: FakeKube) -> None:
+    """A ServiceAccount of that name (perhaps bound to roles) stays as it is, and the fleet says why."""
+    kube.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "prod-aggregator", "namespace": NS}})
+    fleet = Fleet(kube)
+    with pytest.raises(kopf.TemporaryError):
+        fleet.reconcile()
+    assert "ownerReferences" not in kube.get("ServiceAccount", NS, "prod-aggregator")["metadata"]
+    degraded = fleet.condition("Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "Conflict")
+    assert "ServiceAccount prod-aggregator exists and is not owned by this fleet" in degraded["message"]
