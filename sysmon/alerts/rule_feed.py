@@ -75,7 +75,8 @@ class RuleFeed:
             except grpc.aio.AioRpcError as e:
                 self.last_error = f"{e.code().name}: {e.details()}"
                 if e.code() == grpc.StatusCode.UNAUTHENTICATED:
-                    log.error("the aggregator refused our token (%s); set SYSMON_TOKEN", e.details())
+                    log.error("the aggregator refused our credential (%s); set SYSMON_TOKEN or SYSMON_TOKEN_FILE "
+                              "(a token of scope reader)", e.details())
             finally:
                 self.connected = False
                 await channel.close(grace=None)
