@@ -74,12 +74,13 @@ class StreamDecoder:
     def decode(self, msg: metrics_pb2.MetricBatch, now_ms: int) -> NormalizedBatch:
         self._check_identity(msg)
         seq = msg.seq
+        # Declarations first: they stay even when the batch is refused (see _declare).
+        declare_error = self._declare(msg)
         if seq == 0:
             raise _invalid(seq, "seq must be at least 1")
         if seq > MAX_SEQ:
             # Stored as int8 with every committed seq: one out of range would fail a whole group commit.
             raise _invalid(seq, f"seq must be at most 2^63-1 ({MAX_SEQ})")
-        declare_error = self._declare(msg)
         if declare_error is not None:
             raise declare_error
         frames = msg.frames

@@ -139,6 +139,8 @@ class EvalState:
     next_tick: int = 0
     # Firing while no host of the fleet has sent anything for no_data_ms.
     fleet_silent: Alert | None = None
+    # The `now` of the fleet's newest batch.
+    newest_seen: int | None = None
     # Counters the service turns into metrics.
     evaluations: int = 0
     samples: int = 0
@@ -268,12 +270,26 @@ def restore(state: EvalState, alerts: Iterable[Alert]) -> None:
             state.orphans.setdefault(a.series_id, {})[a.rule] = a
 
 
+def _after_fleet_gap(state: EvalState, now: int) -> None:
+    """Data flows again after the whole fleet was silent for a while: that gap was the pipeline's,
+    so it is taken off every host's silence. Otherwise the hosts that have not sent yet since (they
+    will, within an interval) would count the outage as their own and page at once."""
+    gap = now - state.newest_seen if state.newest_seen is not None else 0
+    if state.options.no_data_ms and gap >= state.options.no_data_ms // 2:
+        for h in state.hosts.values():
+            if h.last_seen is not None:
+                h.last_seen = min(now, h.last_seen + gap)
+        state.newest_seen = now
+
+
 def host_seen(state: EvalState, host_id: str, at: int) -> HostState:
     """A host known at start-up (the hot tier lists it, or a stored alert names it), counted as
     seen at `at` unless it was seen later."""
     h = _host(state, host_id)
     if h.last_seen is None or at > h.last_seen:
         h.last_seen = at
+    if state.newest_seen is None or at > state.newest_seen:
+        state.newest_seen = at
     return h
 
 
@@ -296,6 +312,9 @@ def step(state: EvalState, batches: Iterable[NormalizedBatch], now: int) -> tupl
     changes: list[Change] = []
     max_age = state.options.max_sample_age_ms
     series = state.series
+    batches = list(batches)
+    if batches:
+        _after_fleet_gap(state, now)
     for b in batches:
         host = host_seen(state, b.host_id, now)
         if host.no_data is not None:

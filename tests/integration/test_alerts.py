@@ -559,3 +559,36 @@ async def test_rules_come_from_an_aggregator_that_requires_a_token(
     await refused.stop()
     accepted = await start_alerts(agg, token="s3cret")
     assert accepted.service.readiness() == (True, [])
+
+
+async def test_readiness_follows_postgresql_without_anyone_asking(
+    rules: tuple[Aggregator, Rules], start_alerts: AlertsFactory, pg_server: Any, pg_dsn: str
+) -> None:
+    """/readyz and sysmon_alerts_ready say PostgreSQL is gone while it is, whether or not anyone
+    calls /readyz and whether or not there is anything to store."""
+    from prometheus_client import REGISTRY
+
+    agg, _, alerts = await with_rule(rules, start_alerts, rule_spec())
+
+    def ready_gauge() -> float | None:
+        return REGISTRY.get_sample_value("sysmon_alerts_ready")
+
+    await wait_for(lambda: ready_gauge() == 1.0, message="ready")
+    from urllib.parse import urlsplit
+
+    db = urlsplit(pg_dsn).path.lstrip("/")
+    assert db.startswith("t")  # the test's own database, never one the session shares
+    admin = await asyncpg.connect(pg_server.dsn("postgres"))
+    try:
+        # Nobody may connect to the test's database (superusers neither), and those connected are thrown out.
+        await admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", db)
+        await wait_for(lambda: ready_gauge() == 0.0, message="not ready while PostgreSQL refuses")
+        ok, missing = alerts.service.readiness()
+        assert not ok
+        assert "postgresql" in missing
+    finally:
+        await admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+        await admin.close()
+    await wait_for(lambda: ready_gauge() == 1.0, within=30, message="ready again")
+    assert agg.address

@@ -53,7 +53,7 @@ class CA:
         self.path = directory / f"{name}.pem"
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, *, server: bool) -> Issued:
+    def issue(self, name: str, *, server: bool, hosts: tuple[str, ...] = ()) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
         builder = (
@@ -68,6 +68,9 @@ class CA:
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName([
                 x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        elif hosts:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]),
+                                            critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         issued = Issued(self.dir / f"{name}.crt", self.dir / f"{name}.key")
         issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -160,3 +163,24 @@ async def test_collector_with_a_client_certificate_connects_under_mutual_tls(
         # Either it connects, or it fails (and keeps failing): whichever comes first.
         await wait_for(lambda: c.buffer.acked >= 1 or c.stats.failures >= 2, message="connected or refused")
         assert c.buffer.acked >= 1, f"refused ({c.stats.failures} failed connection attempts)"
+
+
+async def test_a_client_certificate_speaks_for_the_hosts_it_names_and_no_other(
+    start_aggregator: AggregatorFactory, ca: CA, server_cert: Issued
+) -> None:
+    """Mutual TLS as the collector's identity: the host ids in its DNS names, nothing else."""
+    agg = await start_aggregator(tls_cert=server_cert.cert, tls_key=server_cert.key, tls_client_ca=ca.path,
+                                 client_cert_hosts=True)
+    client = ca.issue("web-7", server=False, hosts=("web-7",))
+    async with running_collector(agg.address, host_id="web-7", tls_ca=ca.path, tls_client_cert=client.cert,
+                                 tls_client_key=client.key) as c:
+        await wait_for(lambda: c.buffer.acked >= 1, message="web-7 acknowledged with its certificate alone")
+    creds = grpc.ssl_channel_credentials(ca.path.read_bytes(), private_key=client.key.read_bytes(),
+                                         certificate_chain=client.cert.read_bytes())
+    async with grpc.aio.secure_channel(agg.address, creds) as channel:
+        control = control_pb2_grpc.ControlServiceStub(channel).Connect()
+        await control.write(control_pb2.AgentMessage(hello=control_pb2.Hello(host_id="web-8", session_id="s")))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await control.read()
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "may not speak for host 'web-8'" in err.value.details()

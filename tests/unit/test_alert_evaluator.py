@@ -314,6 +314,60 @@ def test_a_host_silent_past_forget_is_forgotten_and_its_alerts_resolve() -> None
     assert state.alerts == {}
 
 
+def two_hosts(**opts: Any) -> EvalState:
+    state = new_state(rule(), **opts)
+    evaluator.set_host_labels(state, "web-2", {}, 0)
+    evaluator.add_series(state, Series(202, "web-2", "system.cpu.utilization", {"state": "user"}), 0)
+    return state
+
+
+def test_one_host_silent_while_the_fleet_speaks_raises_its_no_data_alert() -> None:
+    state = two_hosts(no_data_ms=30_000, forget_ms=0)
+    evaluator.step(state, [batch(0, 10.0), batch(0, 10.0, sid=202, host="web-2")], 0)
+    changes: list[Change] = []
+    for t in range(5_000, 40_001, 5_000):  # web-2 goes on, web-1 is silent
+        changes += evaluator.step(state, [batch(t, 10.0, sid=202, host="web-2")], t)[1]
+    assert [(c.alert.labels["alertname"], c.alert.host_id) for c in changes] == [("SysmonNoData", HOST)]
+
+
+def test_the_whole_fleet_falling_silent_is_one_fleet_alert_not_a_page_per_host() -> None:
+    """An aggregator hung, Redis and the bus away: every host stops at once. That is the pipeline's
+    silence, said once, and it clears when data flows again."""
+    state = two_hosts(no_data_ms=30_000, forget_ms=60_000)
+    evaluator.step(state, [batch(0, 10.0), batch(0, 10.0, sid=202, host="web-2")], 0)
+    _, changes = evaluator.step(state, [], 29_000)
+    assert changes == []
+    _, changes = evaluator.step(state, [], 30_000)
+    assert [c.alert.labels["alertname"] for c in changes] == ["SysmonFleetSilent"]
+    assert transitions(changes) == ["inactive->firing"]
+    assert [key for key, _ in changes[0].notify] == ["webhook:http://receiver:9000/hook"]
+    assert "no data from any of 2 hosts" in changes[0].alert.annotations["summary"]
+    # Hours of pipeline outage forget no host and page no host.
+    _, changes = evaluator.step(state, [], 3_600_000)
+    assert changes == []
+    assert set(state.hosts) == {HOST, "web-2"}
+    _, changes = evaluator.step(state, [batch(3_600_000, 10.0)], 3_600_000)
+    assert [(c.alert.labels["alertname"], c.previous, c.state) for c in changes] == [
+        ("SysmonFleetSilent", FIRING, RESOLVED)]
+    # web-2 has not sent since the pipeline came back: the outage is not counted as its silence.
+    _, changes = evaluator.step(state, [], 3_610_000)
+    assert changes == []
+    _, changes = evaluator.step(state, [batch(3_615_000, 10.0, sid=202, host="web-2")], 3_615_000)
+    assert changes == []
+
+
+def test_a_fleet_silent_alert_survives_a_restart() -> None:
+    state = two_hosts(no_data_ms=30_000)
+    evaluator.step(state, [batch(0, 10.0), batch(0, 10.0, sid=202, host="web-2")], 0)
+    _, changes = evaluator.step(state, [], 30_000)
+    fresh = two_hosts(no_data_ms=30_000)
+    evaluator.restore(fresh, [changes[0].alert])
+    assert fresh.fleet_silent is not None
+    assert "" not in fresh.hosts
+    _, changes = evaluator.step(fresh, [batch(40_000, 10.0)], 40_000)
+    assert transitions(changes) == ["firing->resolved"]
+
+
 # --- repeat ---------------------------------------------------------------------------------------
 
 

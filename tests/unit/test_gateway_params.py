@@ -187,3 +187,14 @@ def test_validation_errors_name_the_parameter() -> None:
               {"loc": ("query", "metric", 0), "msg": "x"}]
     assert validation_problems(errors) == [{"name": "step", "reason": "too small"},
                                            {"name": "metric[0]", "reason": "x"}]
+
+
+def test_status_from_postgresql_allows_for_its_once_a_minute_record() -> None:
+    """While Redis is away, a host's last_seen comes from PostgreSQL, written once a minute: a host
+    seen 70 s ago there is up, not stale."""
+    from sysmon.gateway.status import StatusPolicy, host_status
+
+    policy = StatusPolicy()
+    assert host_status(0, 70_000, 5000, policy) == "stale"
+    assert host_status(0, 70_000, 5000, policy, precision_ms=65_000) == "up"
+    assert host_status(0, 65_000 + 121_000, 5000, policy, precision_ms=65_000) == "down"

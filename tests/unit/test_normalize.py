@@ -434,3 +434,47 @@ def test_first_declaration_error_is_reported(decoder: StreamDecoder) -> None:
     e = reject(decoder, make_batch(series=[(1, "9bad", {}), (0, CPU, {})]))
     assert "name: '9bad'" in e.message
     assert "ref 0" not in e.message
+
+
+# --- bounds stored as int8, per-host limits, the caller's host ----------------------------------
+
+
+@pytest.mark.parametrize("seq", [2**63, 2**64 - 1])
+def test_seq_beyond_int8_is_rejected_alone(decoder: StreamDecoder, seq: int) -> None:
+    e = reject(decoder, make_batch(seq, [(1, CPU, USER0)], [(NOW_MS, [1], [0.5])]))
+    assert e.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert not e.fatal
+    assert "at most 2^63-1" in e.message
+    # The stream goes on: the next batch decodes.
+    assert decoder.decode(make_batch(2**63 - 1, frames=[(NOW_MS, [1], [0.5])]), NOW_MS).seq == 2**63 - 1
+
+
+def test_series_limit_counts_every_stream_of_a_host() -> None:
+    from sysmon.aggregator.host_limits import HostSeries
+
+    registry = HostSeries(limit=4)
+    limits = Limits(max_series_per_host=4)
+    first, second = StreamDecoder(limits, host_series=registry), StreamDecoder(limits, host_series=registry)
+    first.decode(make_batch(1, [(i, CPU, {"cpu": str(i)}) for i in (1, 2, 3)], session="s1"), NOW_MS)
+    # The same series on another stream counts once; a fourth is allowed, a fifth is not.
+    second.decode(make_batch(1, [(1, CPU, {"cpu": "1"}), (2, CPU, {"cpu": "4"})], session="s2"), NOW_MS)
+    e = reject(second, make_batch(2, [(3, CPU, {"cpu": "5"})], session="s2"))
+    assert e.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "already has 4 active series" in e.message
+    assert "limit per host (4)" in e.message
+    # Another host has its own count.
+    other = StreamDecoder(limits, host_series=registry)
+    other.decode(make_batch(1, [(1, CPU, {"cpu": "5"})], host="node-2"), NOW_MS)
+    # A stream that ends gives its series back.
+    first.release()
+    second.decode(make_batch(3, [(3, CPU, {"cpu": "5"})], session="s2"), NOW_MS)
+    assert registry.count(HOST) == 3
+
+
+def test_a_credential_for_another_host_ends_the_stream() -> None:
+    decoder = StreamDecoder(Limits(), may_send_for=lambda h: h == "web-1")
+    e = reject(decoder, make_batch(1, host="web-2"))
+    assert (e.code, e.fatal) == (grpc.StatusCode.PERMISSION_DENIED, True)
+    assert "'web-2'" in e.message
+    assert StreamDecoder(Limits(), may_send_for=lambda h: h == "web-1").decode(
+        make_batch(1, host="web-1"), NOW_MS).host_id == "web-1"

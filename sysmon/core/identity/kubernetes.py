@@ -142,12 +142,13 @@ class TokenReviewer:
 
     async def review(self, token: str) -> Review:
         c = self._client
-        body = c.V1TokenReview(spec=c.V1TokenReviewSpec(token=token, audiences=[self.audience]))
+        body = c.V1TokenReview(api_version="authentication.k8s.io/v1", kind="TokenReview",
+                               spec=c.V1TokenReviewSpec(token=token, audiences=[self.audience]))
         try:
             resp = await asyncio.to_thread(self._auth.create_token_review, body)
         except c.ApiException as e:
-            log.warning("TokenReview failed: %s %s (does the aggregator's ServiceAccount may create "
-                        "tokenreviews?)", e.status, e.reason)
+            log.warning("TokenReview failed: %s %s (may the aggregator's ServiceAccount create tokenreviews? "
+                        "see the README's Kubernetes section)", e.status, e.reason)
             raise InvalidCredential("the ServiceAccount token could not be reviewed by the Kubernetes API") from e
         st = resp.status
         user = st.user
