@@ -101,6 +101,7 @@ class Aggregator:
                 # Find dead collectors (and let live ones keep idle connections through proxies).
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.ping_timeout_ms", 10_000),
                 # The enforcement policy: clients may ping every 10 s (they ping every 15 s, see
                 # sysmon.core.client), with or without calls; more often is answered with GOAWAY.
                 ("grpc.keepalive_permit_without_calls", 1),
