@@ -20,13 +20,14 @@ def mean(values: Sequence[float]) -> float:
     n = len(values)
     if n == 1:
         return values[0]
+    lo, hi = min(values), max(values)
     try:
-        return math.fsum(values) / n
+        # Rounded twice (the sum, the division), so clamped: a mean never leaves [min, max].
+        return min(max(math.fsum(values) / n, lo), hi)
     except OverflowError:
         pass
     # Scaling by 2^-e is exact (up to values too small to matter beside the largest), and the
     # scaled mean, clamped to the scaled extremes, scales back without overflow.
-    lo, hi = min(values), max(values)
     e = math.frexp(max(abs(lo), abs(hi)))[1]
     m = math.fsum(math.ldexp(v, -e) for v in values) / n
     m = min(max(m, math.ldexp(lo, -e)), math.ldexp(hi, -e))
