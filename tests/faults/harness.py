@@ -12,7 +12,9 @@ What is counted, and how:
 - Duplicated: rows of `samples_raw` beyond the first with the same (series_id, ts).
 - Notifications: every alert of every webhook POST, identified by (fingerprint, status, startsAt);
   the same identity twice is a notification delivered twice. Every SysmonNoData that fires is false:
-  the hosts sample throughout, only the platform's parts fail.
+  the hosts sample throughout, only the platform's parts fail. Where samples stop for the whole fleet
+  for longer than no-data-after (the aggregator frozen, Redis away), one SysmonFleetSilent page and its
+  resolve are due instead.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ PROBE_METRIC = "fault.probe"
 PROBE_RULE = "fault-probe-high"
 UPTIME_RULE = "fault-host-up"
 NO_DATA = "SysmonNoData"
+# One page for a silence of the whole fleet (the pipeline stopped), instead of a no-data page per host.
+FLEET_SILENT = "SysmonFleetSilent"
 INTERVAL_S = 1.0
 # Shorter than every outage but the aggregator's kill: a platform that blamed hosts for its own
 # silence would page during those.
@@ -646,6 +650,7 @@ class Result:
     figures: dict[str, str] = field(default_factory=dict)
     sent_twice: list[Note] = field(default_factory=list)
     false_no_data: list[Note] = field(default_factory=list)
+    fleet_silent: list[Note] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -657,7 +662,8 @@ class Result:
         return (f"FAULT {self.scenario}: outage {self.outage_s:.1f}s, lost {n(self.lost_batches)} batches / "
                 f"{n(self.lost_samples)} samples, duplicated {n(self.duplicated)}, recovery {rec} "
                 f"({self.recovery_what}){extra}, notified twice {len(self.sent_twice)}, "
-                f"false no-data {len(self.false_no_data)}")
+                f"false no-data {len(self.false_no_data)}, fleet-silent "
+                f"{'/'.join(n.status for n in self.fleet_silent) or 'none'}")
 
     def timing(self, key: str, seconds: float | None) -> float | None:
         self.figures[key] = "never" if seconds is None else f"{seconds:.1f}s"
@@ -697,8 +703,17 @@ class Scenario:
         if await seconds_until(arrived, self.t0, within) is None:
             self.problem(f"the probe's {status} notification did not arrive within {within:g}s")
 
-    async def finish(self, *, drain_within: float = 90.0) -> Result:
+    async def finish(self, *, drain_within: float = 90.0, fleet_silent: bool = False) -> Result:
+        """`fleet_silent`: samples stopped for the whole fleet longer than no-data-after, so one
+        SysmonFleetSilent page and its resolve are due (and no per-host page); otherwise none."""
         r = self.result
+        if fleet_silent:
+            def resolved() -> bool:
+                return any(n.alertname == FLEET_SILENT and n.status == "resolved" and n.at >= self.t0
+                           for n in notes(self.p.receiver))
+
+            if await seconds_until(resolved, self.t0, 60) is None:
+                self.problem("no SysmonFleetSilent resolve within 60s")
         if await seconds_until(self.p.outbox_empty, self.t0, 30) is None:
             self.problem("the alerts outbox still holds undelivered notifications after 30s")
         try:
@@ -727,6 +742,8 @@ class Scenario:
             seen.add(n.identity)
             if n.at >= self.t0 and n.alertname == NO_DATA and n.status == "firing":
                 r.false_no_data.append(n)
+            if n.at >= self.t0 and n.alertname == FLEET_SILENT:
+                r.fleet_silent.append(n)
         probe = [n for n in notes(self.p.receiver) if n.alertname == PROBE_RULE and n.at >= self.t0]
         if len(probe) > 1:
             self.problem("the probe was notified more than once: " + "; ".join(map(str, probe)))
@@ -735,6 +752,9 @@ class Scenario:
         if r.false_no_data:
             self.problem(f"false no-data pages for {sorted(n.host for n in r.false_no_data)} (first: "
                          f"{r.false_no_data[0].summary!r}, {r.false_no_data[0].at - self.t0:.1f}s into the scenario)")
+        want = ["firing", "resolved"] if fleet_silent else []
+        if [n.status for n in r.fleet_silent] != want:
+            self.problem(f"SysmonFleetSilent notifications {[n.status for n in r.fleet_silent]}, expected {want}")
         if r.recovery_s is None and r.recovery_what:
             self.problem(f"no recovery ({r.recovery_what})")
         print(r.line(), flush=True)

@@ -5,10 +5,10 @@ judges what the difference in counts and notifications says: nothing lost, nothi
 no notification twice, no false SysmonNoData; and prints one line with its figures
 (`.venv/bin/python -m pytest tests/faults -s`; RELIABILITY.md has the table).
 
-The order is chosen so that a scenario's own damage does not fall on the next: Redis restarted empty
-comes last, because what it leaves behind today (a hot tier without series descriptions until the
-aggregator describes them again, every 10 minutes) also starves an alerts service restarted after it:
-its windows and its descriptions of series come from the hot tier.
+The order is chosen so that a scenario's own damage would not fall on the next: Redis restarted empty
+comes last, because what it left behind before it was fixed (a hot tier without series descriptions
+until the aggregator described them again, every 10 minutes) also starved an alerts service restarted
+after it: its windows and its descriptions of series come from the hot tier.
 Every scenario flips the probe's value once, so exactly one probe notification must follow it.
 """
 
@@ -215,7 +215,7 @@ async def test_aggregator_frozen(platform: Platform) -> None:
         sc.result.recovery_s = None if committed is None or connected is None else max(committed, connected)
         sc.result.timing("drained", await seconds_until(p.drained, back, 90))
         await sc.expect_probe(expected)
-        await sc.finish()
+        await sc.finish(fleet_silent=True)
     sc.verdict("aggregator", "alerts", *AGENT_HOSTS)
 
 
@@ -242,7 +242,7 @@ async def test_redis_killed_and_restarted_empty(platform: Platform) -> None:
                        f"({'not even after 20s' if whole is None else f'{whole:.1f}s'}): "
                        f"{await _hot_tier_view(p)}; Redis keys {await p.redis_keys()}")
         await sc.expect_probe(expected)
-        await sc.finish()
+        await sc.finish(fleet_silent=True)
     sc.verdict("aggregator", "alerts", "gateway")
 
 
