@@ -56,7 +56,9 @@ VALUE_FLUSH_S = 15.0
 GAUGES_EVERY_S = 5.0
 PRUNE_EVERY_S = 3600.0
 DELIVERED_RETENTION_DAYS = 7.0
-DESCRIBE_RETRY_MS = 60_000
+# Series unknown to us (announced before we listened): ask the hot tier again at most this often per
+# host. Redis restarted empty is described again within a collector interval (sysmon.core.hot).
+DESCRIBE_RETRY_MS = 5_000
 HEALTH_EVERY_S = 2.0
 
 REDIS_ERRORS = (OSError, TimeoutError, redis.exceptions.RedisError)

@@ -13,8 +13,8 @@ log = logging.getLogger(__name__)
 
 CHANNEL_OPTIONS = [
     # A hung aggregator (frozen, or a half-open connection) is noticed within 25 s (measured: 24.7 s
-    # after SIGSTOP): a ping every 15 s that must be answered within 10 s, also while nothing else is sent. The aggregator's
-    # enforcement policy allows it (sysmon.aggregator.server).
+    # after SIGSTOP): a ping every 15 s that must be answered within 10 s, also while nothing else is
+    # sent. The aggregator's enforcement policy allows it (sysmon.aggregator.server).
     ("grpc.keepalive_time_ms", 15_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     # gRPC core waits this long for any ping's ack (1 minute by default, whatever keepalive_timeout says).
