@@ -116,3 +116,14 @@ async def test_a_client_certificate_speaks_for_the_hosts_it_names() -> None:
     assert not p.allows(Scope.READER)
     with pytest.raises(MissingCredential):
         await auth.authenticate(None, [])
+
+
+def test_kubernetes_review_without_an_api_is_a_clear_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    from sysmon.core.identity.kubernetes import TokenReviewer
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", f"{tmp_path}/none")
+    with pytest.raises(ValueError, match="SYSMON_KUBE_AUDIENCE is set, but there is no Kubernetes API"):
+        TokenReviewer.in_cluster("sysmon.dev")

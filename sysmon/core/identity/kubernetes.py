@@ -97,7 +97,11 @@ class TokenReviewer:
         try:
             config.load_incluster_config()
         except config.ConfigException:
-            config.load_kube_config()
+            try:
+                config.load_kube_config()
+            except (config.ConfigException, OSError) as e:
+                raise ValueError(f"SYSMON_KUBE_AUDIENCE is set, but there is no Kubernetes API to review tokens "
+                                 f"with (not in a cluster, no kubeconfig): {e}") from e
         return cls(client.ApiClient(), audience, **accounts)
 
     async def principal(self, token: str) -> Principal:
