@@ -36,6 +36,7 @@ def partition_plan(settings: AggregatorSettings) -> list[tuple[partitions.Partit
     """Each partitioned table with how far back its partitions must reach."""
     return [
         (partitions.RAW, settings.raw_retention),
+        (partitions.SEALED, settings.raw_retention),
         (partitions.ROLLUP_1M, max(settings.rollup_1m_retention, settings.raw_retention)),
         (partitions.ROLLUP_1H, max(settings.rollup_1h_retention, settings.raw_retention)),
     ]

@@ -21,7 +21,6 @@ HOT_SKIPPED = Counter(
 )
 COLLECTORS = Gauge("sysmon_aggregator_connected_collectors", "Collectors with an open control stream")
 STORAGE_UP = Gauge("sysmon_aggregator_storage_up", "1 while PostgreSQL accepts writes")
-ROLLUP_RUNS = Counter("sysmon_aggregator_rollup_runs_total", "Rollup job runs", ["outcome"])
 PARTITIONS_DROPPED = Counter("sysmon_aggregator_partitions_dropped_total", "Partitions dropped by retention")
 CONFIG_VERSION = Gauge("sysmon_aggregator_config_version", "Configuration version served to watchers")
 MALFORMED = Counter("sysmon_aggregator_malformed_messages_total", "Requests that were not valid protobuf", ["method"])
@@ -38,3 +37,14 @@ POISON_BATCHES = Counter(
 STREAMS_REPLACED = Counter(
     "sysmon_aggregator_control_streams_replaced_total", "Control streams ended because a newer one took their session"
 )
+JOB_RUNS = Counter("sysmon_aggregator_storage_job_runs_total", "Runs of the storage jobs", ["job", "outcome"])
+JOB_FAILING = Gauge("sysmon_aggregator_storage_job_failing", "1 while a storage job's last run failed", ["job"])
+JOB_LAST_SUCCESS = Gauge(
+    "sysmon_aggregator_storage_job_last_success_timestamp_seconds", "When a storage job last ran well", ["job"]
+)
+TIMESCALE_JOB_FAILING = Gauge(
+    "sysmon_aggregator_timescaledb_job_failing", "1 while a TimescaleDB job's last run failed", ["proc", "hypertable"]
+)
+SEALED_SAMPLES = Counter("sysmon_aggregator_sealed_samples_total", "Raw samples sealed into blocks (and merged)")
+SEALED_BYTES = Counter("sysmon_aggregator_sealed_bytes_total", "Encoded bytes of the blocks sealed")
+SEAL_SECONDS = Counter("sysmon_aggregator_seal_seconds_total", "Time spent sealing")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 import asyncpg
 import redis.exceptions
@@ -18,6 +19,7 @@ from sysmon.alerts import evaluator
 from sysmon.alerts.evaluator import EvalState
 from sysmon.core.hot import HotTier
 from sysmon.core.metrics import Series
+from sysmon.core.storage import raw
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +83,14 @@ async def from_postgres(pool: asyncpg.Pool, state: EvalState, now: int) -> tuple
     bound = [sid for sid, s in state.series.items() if s.rules]
     if not bound:
         return 0, changes
-    samples = await pool.fetch(
-        """
-        SELECT series_id, (extract(epoch FROM ts) * 1000)::int8 AS t, value FROM samples_raw
-        WHERE series_id = ANY($1::int8[]) AND ts > to_timestamp($2 / 1000.0)
-        ORDER BY ts
-        """,
-        bound, now - span - SLACK_MS,
-    )
-    for s in samples:
-        evaluator.preload(state, s["series_id"], (s["t"],), (s["value"],))
-    return len(samples), changes
+    since = datetime.fromtimestamp((now - span - SLACK_MS) / 1000, UTC)
+    async with pool.acquire() as conn:
+        samples = await raw.read(conn, bound, since, datetime.fromtimestamp(now / 1000 + 600, UTC))
+    loaded = 0
+    for sid, (ts, values) in samples.items():
+        evaluator.preload(state, sid, ts.tolist(), values.tolist())
+        loaded += len(ts)
+    return loaded, changes
 
 
 async def last_seen(hot: HotTier) -> dict[str, int]:

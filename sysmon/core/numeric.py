@@ -34,6 +34,19 @@ def mean(values: Sequence[float]) -> float:
     return math.ldexp(m, e)
 
 
+def total(values: Sequence[float]) -> float:
+    """The correctly rounded sum (math.fsum), saturating at the float64 range when it leaves it."""
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        # An intermediate partial overflowed: sum at a scale where nothing can (2^-64 is exact).
+        s = math.fsum(math.ldexp(v, -64) for v in values)
+        try:
+            return math.ldexp(s, 64)
+        except OverflowError:
+            return math.copysign(MAX, s)
+
+
 def saturate(x: float) -> float:
     """A sum that left the float64 range, at the range's edge."""
     if math.isinf(x):

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ import redis.exceptions
 from sysmon.core import numeric
 from sysmon.core.hot import HotTier
 from sysmon.core.metrics import NAME_RE, InvalidInput
+from sysmon.core.storage import raw
 from sysmon.core.storage.partitions import EPOCH, floor_time
 
 log = logging.getLogger(__name__)
@@ -141,10 +143,59 @@ def _reduce(part: list[Any], agg: Agg) -> float:
     return lo if agg == "min" else hi
 
 
-# Exact sums of float64 values. PostgreSQL's float8 sum (and avg) raise "value out of range:
-# overflow" past 1.8e308, so a few extreme samples would break every query over them. The cast
-# through text is exact (shortest round-trip output), where float8::numeric keeps 15 digits.
-EXACT_SUM = "sum(value::text::numeric)"
+def _add_part(buckets: dict[int, list[Any]], t: int, part: list[Any]) -> None:
+    have = buckets.get(t)
+    if have is None:
+        buckets[t] = part
+    else:
+        have[0] += part[0]
+        have[1] += part[1]
+        have[2] = min(have[2], part[2])
+        have[3] = max(have[3], part[3])
+
+
+def _segments(ts: np.ndarray, step_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket start of each segment, index where it starts) of samples sorted by time; buckets are
+    aligned to the Unix epoch, as PostgreSQL's date_bin(step, ts, 'epoch')."""
+    keys = ts - ts % step_ms
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[starts], starts
+
+
+def bucket(ts: np.ndarray, values: np.ndarray, step_ms: int, agg: Agg) -> tuple[np.ndarray, np.ndarray]:
+    """One value per step bucket: the samples' mean, min or max. Pure, and the same for sealed
+    blocks and open rows, since both come here as the same arrays."""
+    if not len(ts):
+        return ts, values
+    keys, starts = _segments(ts, step_ms)
+    if agg == "min":
+        return keys, np.minimum.reduceat(values, starts)
+    if agg == "max":
+        return keys, np.maximum.reduceat(values, starts)
+    counts = np.diff(np.r_[starts, len(values)])
+    with np.errstate(over="ignore", invalid="ignore"):
+        means = np.add.reduceat(values, starts) / counts
+    # A mean lies between its bucket's extremes: clamp the rounding, and compute again without
+    # overflow where a sum left the float64 range.
+    means = np.clip(means, np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts))
+    for i in np.flatnonzero(~np.isfinite(means)):
+        lo = starts[i]
+        means[i] = numeric.mean(values[lo:lo + counts[i]].tolist())
+    return keys, means
+
+
+def bucket_parts(ts: np.ndarray, values: np.ndarray, step_ms: int) -> list[tuple[int, list[Any]]]:
+    """(bucket start, [exact sum, count, min, max]) per step bucket, to be merged with rollup rows.
+    The sum is the exact sum of each value's shortest decimal form, as the rollup tiers store it."""
+    if not len(ts):
+        return []
+    keys, starts = _segments(ts, step_ms)
+    ends = np.r_[starts[1:], len(values)]
+    vals = values.tolist()
+    return [
+        (int(k), [sum(Decimal(repr(v)) for v in vals[a:b]), int(b - a), min(vals[a:b]), max(vals[a:b])])
+        for k, a, b in zip(keys.tolist(), starts.tolist(), ends.tolist(), strict=True)
+    ]
 
 
 
@@ -230,57 +281,32 @@ class QueryService:
             )
 
     async def _fetch_raw(self, conn, ids, start, end, step, agg: Agg, points) -> None:
-        # One row per series with its buckets as two arrays: asyncpg decodes arrays in C, where a
-        # row per bucket (8,640 for a day at 10 s) costs more in Python than the query in PostgreSQL.
-        sql = """
-            SELECT series_id, array_agg(t ORDER BY t), array_agg(v ORDER BY t) FROM (
-                SELECT series_id, {bucket} AS t, {agg} AS v
-                FROM samples_raw WHERE series_id = ANY($2::int8[]) AND ts >= $3 AND ts < $4
-                GROUP BY 1, 2
-            ) b GROUP BY series_id
-            """
-        if agg == "avg":
-            try:
-                # float8 avg is several times cheaper than the exact sum, and right but at the extremes.
-                rows = await conn.fetch(sql.format(bucket=_BUCKET_MS.format(col="ts"), agg="avg(value)"),
-                                        step, ids, start, end)
-            except asyncpg.NumericValueOutOfRangeError:
-                rows = await conn.fetch(
-                    sql.format(bucket=_BUCKET_MS.format(col="ts"), agg=f"({EXACT_SUM} / count(*))::float8"),
-                    step, ids, start, end)
-        else:
-            rows = await conn.fetch(sql.format(bucket=_BUCKET_MS.format(col="ts"), agg=f"{agg}(value)"),
-                                    step, ids, start, end)
-        for sid, ts, vs in rows:
-            points[sid].extend(zip(ts, vs, strict=True))
+        step_ms = int(step.total_seconds() * 1000)
+        for sid, (ts, values) in (await raw.read(conn, ids, start, end)).items():
+            keys, reduced = bucket(ts, values, step_ms, agg)
+            points[sid].extend(zip(keys.tolist(), reduced.tolist(), strict=True))
 
     async def _fetch_parts(self, conn, tier: Tier, ids, start, end, step, parts) -> None:
-        """Add each step bucket's [sum, count, min, max] over [start, end) from one tier."""
+        """Add each step bucket's [sum, count, min, max] over [start, end) from one tier; sums exact."""
         if start >= end:
             return
         if tier is Tier.RAW:
-            table, time_col, select = "samples_raw", "ts", f"{EXACT_SUM}, count(*), min(value), max(value)"
-        else:
-            table = "rollup_1m" if tier is Tier.ROLLUP_1M else "rollup_1h"
-            time_col, select = "bucket", "sum(sum), sum(count), min(min), max(max)"
+            step_ms = int(step.total_seconds() * 1000)
+            for sid, (ts, values) in (await raw.read(conn, ids, start, end)).items():
+                for t, part in bucket_parts(ts, values, step_ms):
+                    _add_part(parts[sid], t, part)
+            return
+        table = "rollup_1m" if tier is Tier.ROLLUP_1M else "rollup_1h"
         rows = await conn.fetch(
             f"""
-            SELECT series_id, {_BUCKET_MS.format(col=time_col)} AS t, {select}
-            FROM {table} WHERE series_id = ANY($2::int8[]) AND {time_col} >= $3 AND {time_col} < $4
+            SELECT series_id, {_BUCKET_MS.format(col="bucket")} AS t, sum(sum), sum(count), min(min), max(max)
+            FROM {table} WHERE series_id = ANY($2::int8[]) AND bucket >= $3 AND bucket < $4
             GROUP BY 1, 2
             """,
             step, ids, start, end,
         )
         for sid, t, total, count, lo, hi in rows:
-            b = parts[sid]
-            have = b.get(t)
-            if have is None:
-                b[t] = [total, count, lo, hi]
-            else:
-                have[0] += total
-                have[1] += count
-                have[2] = min(have[2], lo)
-                have[3] = max(have[3], hi)
+            _add_part(parts[sid], t, [total, count, lo, hi])
 
     async def _query_hot(self, req: QueryRequest, now: datetime) -> QueryResult:
         assert self.hot is not None

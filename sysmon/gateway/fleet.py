@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from sysmon.core.hot import HotTier
+from sysmon.core.storage import raw
 from sysmon.core.storage.writer import LAST_SEEN_EVERY_S
 from sysmon.gateway.problems import UNAVAILABLE, Problem
 from sysmon.gateway.status import StatusPolicy, host_status
@@ -146,21 +147,10 @@ class Fleet:
             ]
             if values:
                 return "hot", sorted(values, key=lambda v: (v["metric"], sorted(v["attributes"].items())))
-        rows = await self.pool.fetch(
-            """
-            SELECT s.name, s.attributes, s.unit, l.ts, l.value FROM series s
-            CROSS JOIN LATERAL (
-                SELECT ts, value FROM samples_raw r WHERE r.series_id = s.series_id
-                ORDER BY ts DESC LIMIT 1
-            ) l
-            WHERE s.host_id = $1
-            ORDER BY s.name, s.attributes::text
-            """,
-            host,
-        )
+        async with self.pool.acquire() as conn:
+            rows = await raw.latest(conn, host)
         return "raw", [
-            {"metric": r["name"], "attributes": r["attributes"], "unit": r["unit"], "t": _ms(r["ts"]),
-             "value": r["value"]}
+            {"metric": r["name"], "attributes": r["attributes"], "unit": r["unit"], "t": r["t"], "value": r["value"]}
             for r in rows
         ]
 

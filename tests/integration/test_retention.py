@@ -25,8 +25,9 @@ SERIES = Series(SID, HOST, "system.cpu.utilization", {"cpu": "total"}, "1")
 
 
 def _maintenance_runs() -> float:
-    return sum(REGISTRY.get_sample_value("sysmon_aggregator_rollup_runs_total", {"outcome": o}) or 0.0
-               for o in ("ok", "error"))
+    # Sealing is each round's last job.
+    return sum(REGISTRY.get_sample_value("sysmon_aggregator_storage_job_runs_total",
+                                         {"job": "sealing", "outcome": o}) or 0.0 for o in ("ok", "error"))
 
 
 async def start_idle_aggregator(start_aggregator: AggregatorFactory) -> Aggregator:

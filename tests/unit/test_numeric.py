@@ -32,3 +32,10 @@ def test_sum_saturates_instead_of_becoming_infinite() -> None:
     assert numeric.add(MAX, MAX) == MAX
     assert numeric.add(-MAX, -MAX) == -MAX
     assert numeric.add(1.0, 2.0) == 3.0
+
+
+def test_total_is_exact_where_it_fits_and_saturates_where_it_does_not() -> None:
+    assert numeric.total([MAX, MAX, -MAX]) == MAX  # fsum alone overflows in between
+    assert numeric.total([MAX] * 3) == MAX
+    assert numeric.total([-MAX] * 3) == -MAX
+    assert numeric.total([0.1] * 10) == 1.0

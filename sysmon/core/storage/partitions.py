@@ -16,13 +16,20 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class PartitionedTable:
     table: str
     interval: timedelta
+    # Run on each new partition (older PostgreSQL versions do not copy a column's storage).
+    after_create: str = ""
 
 
-# An hour per raw partition keeps retention within an hour of exact; coarser tiers hold longer.
+# An hour per raw partition keeps retention within an hour of exact, and is the unit of sealing:
+# a raw partition's samples become one block per series in the sealed partition of the same hour.
 RAW = PartitionedTable("samples_raw", timedelta(hours=1))
+SEALED = PartitionedTable(
+    "samples_sealed", timedelta(hours=1),
+    "ALTER TABLE {name} ALTER COLUMN ts_data SET STORAGE EXTERNAL, ALTER COLUMN val_data SET STORAGE EXTERNAL",
+)
 ROLLUP_1M = PartitionedTable("rollup_1m", timedelta(days=1))
 ROLLUP_1H = PartitionedTable("rollup_1h", timedelta(days=30))
-TABLES = (RAW, ROLLUP_1M, ROLLUP_1H)
+TABLES = (RAW, SEALED, ROLLUP_1M, ROLLUP_1H)
 
 
 @dataclass(frozen=True, order=True)

@@ -140,6 +140,16 @@ async def _run_tier(conn: asyncpg.Connection, tier: RollupTier, now: datetime, n
     async with conn.transaction():
         logged = await conn.fetch("DELETE FROM rollup_invalidations WHERE tier = $1 RETURNING lo, hi", tier.name)
         ready, later = plan([(r["lo"], r["hi"]) for r in logged], tier.bucket, now)
+        if tier.source == "samples_raw" and ready:
+            # A sealed hour's raw partition holds only late samples: its rollups are recomputed by
+            # the merge that seals them in (sysmon.core.storage.sealing), from all of its samples.
+            hours = {r["hour"] for r in await conn.fetch(
+                "SELECT hour FROM raw_sealed_hours WHERE hour >= $1 AND hour < $2",
+                floor_time(ready[0][0], partitions.RAW.interval), ready[-1][1])}
+            if hours:
+                from sysmon.core.storage.sealing import sealed_hours_of
+
+                ready, _ = sealed_hours_of(ready, hours)
         for lo, hi in later:
             await conn.execute("INSERT INTO rollup_invalidations VALUES ($1, $2, $3)", tier.name, lo, hi)
         for r in ready:
@@ -176,26 +186,34 @@ async def existing_partitions(conn: asyncpg.Connection, table: str) -> list[Part
     return sorted(p for p in parsed if p is not None)
 
 
+async def _create(conn: asyncpg.Connection, table: PartitionedTable, p: Partition) -> bool:
+    try:
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {p.name} PARTITION OF {table.table} "
+            f"FOR VALUES FROM ('{p.lo.isoformat()}') TO ('{p.hi.isoformat()}')"
+        )
+        if table.after_create:
+            await conn.execute(table.after_create.format(name=p.name))
+    except asyncpg.InvalidObjectDefinitionError as e:
+        # Another aggregator created an overlapping partition first; it covers the range.
+        log.info("partition %s not created: %s", p.name, e)
+        return False
+    return True
+
+
 async def ensure_partitions(
     conn: asyncpg.Connection, table: PartitionedTable, now: datetime, keep: timedelta, ahead: timedelta
 ) -> list[Partition]:
     """Create missing partitions so that [now - keep, now + ahead) is covered; returns those created."""
     have = {(p.lo, p.hi) for p in await existing_partitions(conn, table.table)}
-    created = []
-    for p in partitions.wanted(table, now, keep, ahead):
-        if (p.lo, p.hi) in have:
-            continue
-        try:
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {p.name} PARTITION OF {table.table} "
-                f"FOR VALUES FROM ('{p.lo.isoformat()}') TO ('{p.hi.isoformat()}')"
-            )
-        except asyncpg.InvalidObjectDefinitionError as e:
-            # Another aggregator created an overlapping partition first; it covers the range.
-            log.info("partition %s not created: %s", p.name, e)
-            continue
-        created.append(p)
-    return created
+    return [p for p in partitions.wanted(table, now, keep, ahead)
+            if (p.lo, p.hi) not in have and await _create(conn, table, p)]
+
+
+async def ensure_partition(conn: asyncpg.Connection, table: PartitionedTable, at: datetime) -> None:
+    """The partition holding `at`, made if missing (an hour sealed, or merged, past the usual window)."""
+    if not any(q.lo <= at < q.hi for q in await existing_partitions(conn, table.table)):
+        await _create(conn, table, partitions.partition_for(table, floor_time(at, table.interval)))
 
 
 async def drop_expired(conn: asyncpg.Connection, table: PartitionedTable, now: datetime, retention: timedelta) -> list[

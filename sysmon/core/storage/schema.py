@@ -7,6 +7,7 @@ database never changes path under its data.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from datetime import timedelta
@@ -69,8 +70,47 @@ async def _timescale_available(conn: asyncpg.Connection) -> bool:
     return bool(await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"))
 
 
+PRELOAD_HINT = ("add timescaledb to shared_preload_libraries in postgresql.conf (or run the TimescaleDB image) "
+                "and restart PostgreSQL")
+
+
+async def _create_timescale(conn: asyncpg.Connection) -> str | None:
+    """Create the extension (inside the caller's transaction, in a savepoint); None when it is there,
+    else why not, naming what to do."""
+    try:
+        async with conn.transaction():
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except asyncpg.PostgresError as e:
+        if not await _timescale_available(conn):
+            return f"the timescaledb extension is not installed ({e})"
+        return f"the timescaledb extension is installed but cannot be created: {e}; {PRELOAD_HINT}"
+    return None
+
+
+async def _decide(conn: asyncpg.Connection, requested: Literal["auto", "plain", "timescale"]) -> Mode:
+    """The storage path for a new database, decided only once the extension really was created."""
+    if requested == "plain":
+        return "plain"
+    why = await _create_timescale(conn) if requested == "timescale" or await _timescale_available(conn) else \
+        "the timescaledb extension is not installed"
+    if why is None:
+        return "timescale"
+    if requested == "timescale":
+        raise RuntimeError(f"--storage-mode timescale: {why}")
+    if "cannot be created" in why:
+        log.warning("storage: plain PostgreSQL, since %s", why)
+    else:
+        log.info("storage: plain PostgreSQL (%s)", why)
+    return "plain"
+
+
 async def migrate(conn: asyncpg.Connection, requested: Literal["auto", "plain", "timescale"] = "auto") -> Mode:
-    """Bring the schema up to date and return the storage path in use."""
+    """Bring the schema up to date and return the storage path in use.
+
+    A new database's path is decided in the same transaction as its first migrations, and only
+    after the extension was created: a TimescaleDB that is installed but cannot load (not in
+    shared_preload_libraries) means plain PostgreSQL, never a database stuck half way.
+    """
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
         await conn.execute(
@@ -84,29 +124,47 @@ async def migrate(conn: asyncpg.Connection, requested: Literal["auto", "plain", 
             """
         )
         stored = await conn.fetchval("SELECT value FROM sysmon_meta WHERE key = 'storage_mode'")
+        applied = {r["version"]: r["name"] for r in await conn.fetch("SELECT version, name FROM schema_migrations")}
+        if stored is not None and not _path_specific_applied(stored, applied):
+            # Recorded by an older sysmon before its path's first migration failed: decide again.
+            log.warning("storage path %s was recorded but never set up; deciding again", stored)
+            stored = None
         if stored is None:
-            if requested == "auto":
-                mode: Mode = "timescale" if await _timescale_available(conn) else "plain"
-            else:
-                mode = requested
-            await conn.execute("INSERT INTO sysmon_meta VALUES ('storage_mode', $1)", mode)
-        else:
-            mode = stored
-            if requested not in ("auto", stored):
-                raise RuntimeError(
-                    f"this database uses the {stored} storage path; it cannot switch to {requested}"
-                )
-        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for version, name, sql in migration_files(mode):
-            if version in applied:
-                continue
-            log.info("applying migration %04d_%s (%s)", version, name, mode)
             async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+                mode = await _decide(conn, requested)
+                await conn.execute(
+                    "INSERT INTO sysmon_meta VALUES ('storage_mode', $1) ON CONFLICT (key) DO UPDATE "
+                    "SET value = EXCLUDED.value", mode)
+                await _apply(conn, mode, applied)
+            return mode
+        mode = stored
+        if requested not in ("auto", stored):
+            raise RuntimeError(f"this database uses the {stored} storage path; it cannot switch to {requested}")
+        await _apply(conn, mode, applied, each_in_a_transaction=True)
         return mode
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+
+
+def _path_specific_applied(mode: str, applied: dict[int, str]) -> bool:
+    """Whether any migration written for this path alone (NNNN_name.<mode>.sql) was applied."""
+    specific = set()
+    for entry in resources.files("sysmon.core.migrations").iterdir():
+        m = _FILE.match(entry.name)
+        if m and m.group(3) == mode:
+            specific.add(int(m.group(1)))
+    return bool(specific & applied.keys()) or not specific
+
+
+async def _apply(conn: asyncpg.Connection, mode: Mode, applied: dict[int, str], *,
+                 each_in_a_transaction: bool = False) -> None:
+    for version, name, sql in migration_files(mode):
+        if version in applied:
+            continue
+        log.info("applying migration %04d_%s (%s)", version, name, mode)
+        async with conn.transaction() if each_in_a_transaction else contextlib.nullcontext():
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
 
 
 async def storage_mode(conn: asyncpg.Connection) -> Mode:
@@ -116,31 +174,27 @@ async def storage_mode(conn: asyncpg.Connection) -> Mode:
 async def apply_timescale_policies(
     conn: asyncpg.Connection, *, raw: timedelta, rollup_1m: timedelta, rollup_1h: timedelta
 ) -> None:
-    """Refresh, compression and retention policies from the configured retentions.
+    """Retention policies from the configured retentions; rollups and sealing are sysmon's own jobs
+    on both paths (migration 0007).
 
     Not run here (no TimescaleDB on this machine); written against the documented API:
-    add_continuous_aggregate_policy, add_compression_policy, add_retention_policy, each with
-    if_not_exists, removed first so that changed retentions take effect.
+    add_retention_policy with drop_after, removed first so that changed retentions take effect.
     """
-    statements: list[tuple[str, tuple[Any, ...]]] = [
-        ("SELECT remove_continuous_aggregate_policy('rollup_1m', if_exists => true)", ()),
-        (
-            "SELECT add_continuous_aggregate_policy('rollup_1m', start_offset => $1::interval, "
-            "end_offset => INTERVAL '1 minute', schedule_interval => INTERVAL '30 seconds')",
-            (raw,),
-        ),
-        ("SELECT remove_continuous_aggregate_policy('rollup_1h', if_exists => true)", ()),
-        (
-            "SELECT add_continuous_aggregate_policy('rollup_1h', start_offset => $1::interval, "
-            "end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '5 minutes')",
-            (rollup_1m,),
-        ),
-        ("SELECT remove_compression_policy('samples_raw', if_exists => true)", ()),
-        ("SELECT add_compression_policy('samples_raw', compress_after => INTERVAL '2 hours')", ()),
-    ]
-    for table, keep in (("samples_raw", raw), ("rollup_1m", rollup_1m), ("rollup_1h", rollup_1h)):
+    statements: list[tuple[str, tuple[Any, ...]]] = []
+    for table, keep in (("samples_raw", raw), ("samples_sealed", raw), ("rollup_1m", rollup_1m),
+                        ("rollup_1h", rollup_1h)):
         statements.append((f"SELECT remove_retention_policy('{table}', if_exists => true)", ()))
         statements.append((f"SELECT add_retention_policy('{table}', drop_after => $1::interval)", (keep,)))
     async with conn.transaction():
         for sql, args in statements:
             await conn.execute(sql, *args)
+
+
+# TimescaleDB's background jobs on our hypertables, with their last outcome and error.
+TIMESCALE_JOBS_SQL = """
+SELECT j.job_id, j.proc_name, j.hypertable_name, s.last_run_status, s.total_failures,
+       (SELECT e.err_message FROM timescaledb_information.job_errors e
+        WHERE e.job_id = j.job_id ORDER BY e.start_time DESC LIMIT 1) AS last_error
+FROM timescaledb_information.jobs j JOIN timescaledb_information.job_stats s USING (job_id)
+WHERE j.hypertable_name IN ('samples_raw', 'samples_sealed', 'rollup_1m', 'rollup_1h')
+"""

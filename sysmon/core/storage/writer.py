@@ -215,7 +215,8 @@ class SampleWriter:
                             "samples_raw", source=memoryview(payload), columns=["series_id", "ts", "value"],
                             format="binary",
                         )
-                if n and self.mode == "plain":
+                if n:
+                    # The rollup job's log (both storage paths: see migration 0007).
                     spans = touched_spans(fresh)
                     await conn.execute(
                         "INSERT INTO rollup_invalidations SELECT '1m', to_timestamp(lo / 1000.0), "
