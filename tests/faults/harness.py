@@ -5,11 +5,12 @@ value the test chooses, and a webhook receiver that records every notification.
 What is counted, and how:
 - Sampled: each collector process's own `sysmon_agent_batches` / `_samples` counters (read from its
   --metrics-listen), plus the final counts of sessions that ended (a collector restarted).
-- Committed: `ingest_sessions.committed` (the seqs each session committed) and the rows of
-  `samples_raw` of the hosts' series. A snapshot is taken only when every collector's buffer is
-  empty (everything sampled so far was acknowledged, hence committed) and no collector sampled
-  between the two reads that bracket the PostgreSQL queries, so both sides describe the same batches.
-- Duplicated: rows of `samples_raw` beyond the first with the same (series_id, ts).
+- Committed: `ingest_sessions.committed` (the seqs each session committed) and the samples of
+  the hosts' series, open rows and sealed blocks alike (read through sysmon.core.storage.raw). A
+  snapshot is taken only when every collector's buffer is empty (everything sampled so far was
+  acknowledged, hence committed) and no collector sampled between the two reads that bracket the
+  PostgreSQL queries, so both sides describe the same batches.
+- Duplicated: stored samples (rows and block counts) beyond the first with the same (series_id, ts).
 - Notifications: every alert of every webhook POST, identified by (fingerprint, status, startsAt);
   the same identity twice is a notification delivered twice. Every SysmonNoData that fires is false:
   the hosts sample throughout, only the platform's parts fail. Where samples stop for the whole fleet
@@ -31,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ from sysmon.core.config_model import spec_to_struct
 from sysmon.core.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, runtime_env
 from sysmon.core.metrics import GAUGE, METRIC_GROUPS
 from sysmon.core.settings import AgentSettings
+from sysmon.core.storage import raw
 from sysmon.pb.v1 import config_pb2, config_pb2_grpc, events_pb2
 from tests.helpers import wait_for
 from tests.integration.test_alerts import Receiver
@@ -473,7 +476,7 @@ class Platform:
                 raise AssertionError(f"the pipeline did not drain within {within:g}s ({waiting})")
             await asyncio.sleep(0.1)
 
-    async def _stored(self) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    async def _stored(self) -> tuple[list[asyncpg.Record], list[dict[str, Any]]]:
         hosts = [*AGENT_HOSTS, PROBE_HOST]
         conn = await asyncpg.connect(self.dsn, timeout=10)
         try:
@@ -486,21 +489,30 @@ class Platform:
                 """,
                 hosts,
             )
-            samples = await conn.fetch(
+            # Stored rows wherever they are (open rows and sealed blocks, if an hour closed meanwhile),
+            # and distinct (series, time) through the raw tier's own reader, which sees both.
+            rows = {r["host_id"]: r["n"] for r in await conn.fetch(
                 """
-                SELECT host_id, sum(c)::int8 AS rows, count(*)::int8 AS distinct_rows FROM (
-                    SELECT s.host_id, count(*) AS c FROM samples_raw r JOIN series s ON s.series_id = r.series_id
-                    WHERE s.host_id = ANY($1::text[]) GROUP BY s.host_id, r.series_id, r.ts
-                ) k GROUP BY host_id
+                SELECT s.host_id, sum(n)::int8 AS n FROM (
+                    SELECT series_id, count(*) AS n FROM samples_raw GROUP BY series_id
+                    UNION ALL SELECT series_id, sum(count) FROM samples_sealed GROUP BY series_id
+                ) k JOIN series s USING (series_id) WHERE s.host_id = ANY($1::text[]) GROUP BY s.host_id
                 """,
-                hosts,
-            )
+                hosts)}
+            host_of = {r["series_id"]: r["host_id"] for r in await conn.fetch(
+                "SELECT series_id, host_id FROM series WHERE host_id = ANY($1::text[])", hosts)}
+            now = datetime.now(UTC)
+            distinct: dict[str, int] = dict.fromkeys(rows, 0)
+            for sid, (ts, _) in (await raw.read(conn, list(host_of), now - timedelta(days=2),
+                                                now + timedelta(hours=1))).items():
+                distinct[host_of[sid]] = distinct.get(host_of[sid], 0) + len(ts)
+            samples = [{"host_id": h, "rows": n, "distinct_rows": distinct.get(h, 0)} for h, n in rows.items()]
         finally:
             await conn.close()
         return sessions, samples
 
     def _compose(self, live: dict[str, AgentStats], sessions: list[asyncpg.Record],
-                 samples: list[asyncpg.Record]) -> Tally:
+                 samples: list[dict[str, Any]]) -> Tally:
         expected_b: dict[str, int] = {}
         expected_s: dict[str, int] = {}
         for h, ended in self.closed.items():

@@ -62,9 +62,11 @@ class Up:
 
 
 async def _raw_rows(dsn: str) -> int:
+    """Samples stored, in open rows or (an hour sealed while the test ran) in blocks."""
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetchval("SELECT count(*) FROM samples_raw")
+        return await conn.fetchval(
+            "SELECT (SELECT count(*) FROM samples_raw) + (SELECT coalesce(sum(count), 0) FROM samples_sealed)")
     finally:
         await conn.close()
 
