@@ -136,22 +136,24 @@ ROLLUP_MARGIN = timedelta(minutes=5)
 
 
 def _reduce(part: list[Any], agg: Agg) -> float:
-    total, count, lo, hi = part
+    mean, _, lo, hi = part
     if agg == "avg":
-        # An exact numeric sum: its mean is always within float64 (every row counts a sample).
-        return numeric.saturate(float(total / count))
+        return mean
     return lo if agg == "min" else hi
 
 
 def _add_part(buckets: dict[int, list[Any]], t: int, part: list[Any]) -> None:
+    """Merge a bucket's [mean, count, min, max] from one source into what another gave (a step
+    bucket straddling the rollups' cut): the means weighted exactly."""
     have = buckets.get(t)
     if have is None:
         buckets[t] = part
-    else:
-        have[0] += part[0]
-        have[1] += part[1]
-        have[2] = min(have[2], part[2])
-        have[3] = max(have[3], part[3])
+        return
+    count = have[1] + part[1]
+    have[0] = float((Decimal(repr(have[0])) * have[1] + Decimal(repr(part[0])) * part[1]) / count)
+    have[1] = count
+    have[2] = min(have[2], part[2])
+    have[3] = max(have[3], part[3])
 
 
 def _segments(ts: np.ndarray, step_ms: int) -> tuple[np.ndarray, np.ndarray]:
@@ -185,15 +187,16 @@ def bucket(ts: np.ndarray, values: np.ndarray, step_ms: int, agg: Agg) -> tuple[
 
 
 def bucket_parts(ts: np.ndarray, values: np.ndarray, step_ms: int) -> list[tuple[int, list[Any]]]:
-    """(bucket start, [exact sum, count, min, max]) per step bucket, to be merged with rollup rows.
-    The sum is the exact sum of each value's shortest decimal form, as the rollup tiers store it."""
+    """(bucket start, [mean, count, min, max]) per step bucket, to be merged with rollup rows: the
+    mean of the exact sum of each value's shortest decimal form, as the rollup tiers compute it."""
     if not len(ts):
         return []
     keys, starts = _segments(ts, step_ms)
     ends = np.r_[starts[1:], len(values)]
     vals = values.tolist()
     return [
-        (int(k), [sum(Decimal(repr(v)) for v in vals[a:b]), int(b - a), min(vals[a:b]), max(vals[a:b])])
+        (int(k), [float(sum(Decimal(repr(v)) for v in vals[a:b]) / (b - a)), int(b - a), min(vals[a:b]),
+                  max(vals[a:b])])
         for k, a, b in zip(keys.tolist(), starts.tolist(), ends.tolist(), strict=True)
     ]
 
@@ -287,7 +290,7 @@ class QueryService:
             points[sid].extend(zip(keys.tolist(), reduced.tolist(), strict=True))
 
     async def _fetch_parts(self, conn, tier: Tier, ids, start, end, step, parts) -> None:
-        """Add each step bucket's [sum, count, min, max] over [start, end) from one tier; sums exact."""
+        """Add each step bucket's [mean, count, min, max] over [start, end) from one tier."""
         if start >= end:
             return
         if tier is Tier.RAW:
@@ -299,14 +302,16 @@ class QueryService:
         table = "rollup_1m" if tier is Tier.ROLLUP_1M else "rollup_1h"
         rows = await conn.fetch(
             f"""
-            SELECT series_id, {_BUCKET_MS.format(col="bucket")} AS t, sum(sum), sum(count), min(min), max(max)
+            SELECT series_id, {_BUCKET_MS.format(col="bucket")} AS t, (sum(sum) / sum(count))::float8,
+                   sum(count), min(min), max(max)
             FROM {table} WHERE series_id = ANY($2::int8[]) AND bucket >= $3 AND bucket < $4
             GROUP BY 1, 2
             """,
             step, ids, start, end,
         )
-        for sid, t, total, count, lo, hi in rows:
-            _add_part(parts[sid], t, [total, count, lo, hi])
+        # The mean of an exact sum is always within float64 (every row counts a sample).
+        for sid, t, mean, count, lo, hi in rows:
+            _add_part(parts[sid], t, [mean, count, lo, hi])
 
     async def _query_hot(self, req: QueryRequest, now: datetime) -> QueryResult:
         assert self.hot is not None

@@ -282,11 +282,18 @@ async def test_windows_after_a_restart_come_from_sealed_hours_too(pool: asyncpg.
 async def test_a_failing_storage_job_is_a_warning_and_a_metric_until_it_works(
     start_aggregator: AggregatorFactory, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    agg = await start_aggregator()
-    jobs = maintenance.Jobs(agg.storage)
-
     def failing() -> float | None:
         return REGISTRY.get_sample_value("sysmon_aggregator_storage_job_failing", {"job": "sealing"})
+
+    def rounds() -> float:
+        return sum(REGISTRY.get_sample_value("sysmon_aggregator_storage_job_runs_total",
+                                             {"job": "sealing", "outcome": o}) or 0.0 for o in ("ok", "error"))
+
+    before = rounds()
+    agg = await start_aggregator()
+    # Its own first round done (the next is an hour away): the test alone runs the job now.
+    await wait_for(lambda: rounds() > before, message="the aggregator's first maintenance round")
+    jobs = maintenance.Jobs(agg.storage)
 
     await pool.execute("ALTER TABLE raw_sealed_hours RENAME TO raw_sealed_hours_away")
     try:
