@@ -35,25 +35,25 @@ async def read(conn: asyncpg.Connection, ids: Sequence[int], start: datetime, en
     """Each series' samples with start <= time < end."""
     ids = list(ids)
     lo, hi = _ms(start), _ms(end)
-    blocks = await conn.fetch(
-        """
-        SELECT series_id, ts_data, val_data FROM samples_sealed
-        WHERE series_id = ANY($1::int8[]) AND block_start >= $2 AND block_start < $3
-        ORDER BY series_id, block_start
-        """,
-        ids, floor_time(start, SEALED.interval), end,
-    )
-    # One row per series with its samples as two arrays: asyncpg decodes arrays in C.
-    rows = await conn.fetch(
+    # Blocks and open rows in one round trip; the open rows as two arrays per series (asyncpg
+    # decodes arrays in C, where a row per sample costs more in Python than the query).
+    fetched = await conn.fetch(
         f"""
-        SELECT series_id, array_agg({_MS} ORDER BY ts), array_agg(value ORDER BY ts) FROM samples_raw
-        WHERE series_id = ANY($1::int8[]) AND ts >= $2 AND ts < $3
+        SELECT series_id, block_start, ts_data, val_data, NULL::int8[] AS ts, NULL::float8[] AS vals
+        FROM samples_sealed
+        WHERE series_id = ANY($1::int8[]) AND block_start >= $2 AND block_start < $4
+        UNION ALL
+        SELECT series_id, NULL, NULL, NULL, array_agg({_MS} ORDER BY ts), array_agg(value ORDER BY ts)
+        FROM samples_raw
+        WHERE series_id = ANY($1::int8[]) AND ts >= $3 AND ts < $4
         GROUP BY series_id
         """,
-        ids, start, end,
+        ids, floor_time(start, SEALED.interval), start, end,
     )
+    blocks = sorted((r[0], r[1], r[2], r[3]) for r in fetched if r[1] is not None)
+    rows = [(r[0], r[4], r[5]) for r in fetched if r[1] is None]
     sealed: dict[int, list[Samples]] = {}
-    for sid, ts_data, val_data in blocks:
+    for sid, _, ts_data, val_data in blocks:
         ts, values = codec.decode(ts_data, val_data)
         if ts[0] < lo or ts[-1] >= hi:
             keep = (ts >= lo) & (ts < hi)
