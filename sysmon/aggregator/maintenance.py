@@ -155,5 +155,7 @@ async def run(storage: Storage, settings: AggregatorSettings, stop: asyncio.Even
                     jobs.failed("timescaledb", line)
         await jobs.run("rollups", lambda: rollup_once(storage))
         if storage.ready.is_set():
-            await jobs.run("sealing", lambda: seal_once(storage))
+            sealed = await jobs.run("sealing", lambda: seal_once(storage))
+            if isinstance(sealed, sealing.SealRun) and sealed.failed:
+                jobs.failed("sealing", "; ".join(f"hour {h.isoformat()}: {e}" for h, e in sealed.failed))
         await wait_or_stop(stop, settings.rollup_interval.total_seconds())

@@ -50,6 +50,7 @@ class SealRun:
     sealed: list[datetime] = field(default_factory=list)
     merged: list[datetime] = field(default_factory=list)
     waiting: list[datetime] = field(default_factory=list)  # rollups not computed yet
+    failed: list[tuple[datetime, str]] = field(default_factory=list)  # hours that could not be sealed
     series: int = 0
     samples: int = 0
     encoded_bytes: int = 0
@@ -143,10 +144,14 @@ async def seal_once(conn: asyncpg.Connection, now: datetime, *, mode: Literal["p
         # An hour with no rows is left alone: sealing it would only make later rows a merge.
         if p.hi > now - grace or not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {p.name})"):
             continue
-        if p.lo in sealed:
-            await _merge(conn, p, run, mode)
-        else:
-            await _seal(conn, p, run, mode)
+        try:
+            if p.lo in sealed:
+                await _merge(conn, p, run, mode)
+            else:
+                await _seal(conn, p, run, mode)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError) as e:
+            # This hour stays open (its transaction rolled back) and is tried again; the others go on.
+            run.failed.append((p.lo, f"{e.__class__.__name__}: {e}"))
     run.seconds = time.perf_counter() - t0
     return run
 
