@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from sysmon.core.query import bucket, bucket_parts
-from sysmon.core.storage.sealing import INT8_MAX, INT8_MIN, id_ranges, parse_copy, sealed_hours_of, segments
+from sysmon.core.storage.rollups import without_hours
+from sysmon.core.storage.sealing import INT8_MAX, INT8_MIN, id_ranges, parse_copy, segments
 from sysmon.core.storage.writer import copy_payload
 
 H = timedelta(hours=1)
@@ -27,10 +28,10 @@ def test_id_ranges_cover_every_id_once(n: int) -> None:
 
 def test_sealed_hours_are_taken_out_of_rollup_ranges() -> None:
     ranges = [(T + timedelta(minutes=30), T + 2 * H + timedelta(minutes=10)), (T + 5 * H, T + 6 * H)]
-    out, removed = sealed_hours_of(ranges, {T + H, T + 5 * H})
+    out, removed = without_hours(ranges, {T + H, T + 5 * H})
     assert out == [(T + timedelta(minutes=30), T + H), (T + 2 * H, T + 2 * H + timedelta(minutes=10))]
     assert removed == 2
-    assert sealed_hours_of(ranges, set()) == (ranges, 0)
+    assert without_hours(ranges, set()) == (ranges, 0)
 
 
 def test_copy_rows_parse_back_to_series_times_and_values() -> None:

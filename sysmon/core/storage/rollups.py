@@ -77,6 +77,29 @@ def plan(ranges: list[Range], bucket: timedelta, now: datetime) -> tuple[list[Ra
     return merge(ready), merge(later)
 
 
+def without_hours(ranges: list[tuple[datetime, datetime]], hours: set[datetime]) -> tuple[
+    list[tuple[datetime, datetime]], int
+]:
+    """The ranges without the given (sealed) hours in them, whose rollups the sealing job's merges
+    compute; and how many hours were taken out. Pure; ranges need not be aligned."""
+    out: list[tuple[datetime, datetime]] = []
+    removed: set[datetime] = set()
+    hour = partitions.RAW.interval
+    for lo, hi in ranges:
+        cur = lo
+        while cur < hi:
+            h = floor_time(cur, hour)
+            nxt = min(hi, h + hour)
+            if h in hours:
+                removed.add(h)
+            elif out and out[-1][1] == cur:
+                out[-1] = (out[-1][0], nxt)
+            else:
+                out.append((cur, nxt))
+            cur = nxt
+    return out, len(removed)
+
+
 def slices(r: Range, size: timedelta = SLICE) -> list[Range]:
     out = []
     lo, hi = r
@@ -147,9 +170,7 @@ async def _run_tier(conn: asyncpg.Connection, tier: RollupTier, now: datetime, n
                 "SELECT hour FROM raw_sealed_hours WHERE hour >= $1 AND hour < $2",
                 floor_time(ready[0][0], partitions.RAW.interval), ready[-1][1])}
             if hours:
-                from sysmon.core.storage.sealing import sealed_hours_of
-
-                ready, _ = sealed_hours_of(ready, hours)
+                ready, _ = without_hours(ready, hours)
         for lo, hi in later:
             await conn.execute("INSERT INTO rollup_invalidations VALUES ($1, $2, $3)", tier.name, lo, hi)
         for r in ready:

@@ -10,7 +10,7 @@ Samples that arrive later for a sealed hour (a collector replaying its buffer) g
 hour's emptied partition as usual; the next run merges them into the blocks (the first value
 written for a time wins, as in the row store), computes the touched 1-minute rollups again from
 the merged samples, marks the hour for the 1-hour rollup, and empties the partition again. The
-rollup job leaves sealed hours to this module.
+rollup job leaves sealed hours to this module (rollups.without_hours).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Literal
 import asyncpg
 import numpy as np
 
-from sysmon.core.storage import codec, partitions
+from sysmon.core.storage import codec, partitions, rollups
 from sysmon.core.storage.partitions import EPOCH, Partition
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,6 @@ async def raw_partitions(conn: asyncpg.Connection, mode: Literal["plain", "times
             FROM timescaledb_information.chunks WHERE hypertable_name = 'samples_raw'
             """)
         return sorted(Partition(r["range_start"], r["range_end"], r["name"]) for r in rows)
-    from sysmon.core.storage import rollups
-
     return await rollups.existing_partitions(conn, partitions.RAW.table)
 
 
@@ -164,8 +162,6 @@ async def _seal(conn: asyncpg.Connection, p: Partition, run: SealRun, mode: str)
     # All-visible pages make the reads below index-only (VACUUM cannot run in a transaction).
     await conn.execute(f"VACUUM (ANALYZE) {p.name}")
     if mode == "plain":
-        from sysmon.core.storage import rollups
-
         await rollups.ensure_partition(conn, partitions.SEALED, p.lo)
     series = samples = encoded = 0
     try:
@@ -210,8 +206,6 @@ async def _seal(conn: asyncpg.Connection, p: Partition, run: SealRun, mode: str)
 
 async def _merge(conn: asyncpg.Connection, p: Partition, run: SealRun, mode: str) -> None:
     if mode == "plain":
-        from sysmon.core.storage import rollups
-
         await rollups.ensure_partition(conn, partitions.SEALED, p.lo)
     async with conn.transaction():
         await conn.execute(f"LOCK TABLE {p.name} IN SHARE ROW EXCLUSIVE MODE")
@@ -265,26 +259,3 @@ async def _merge(conn: asyncpg.Connection, p: Partition, run: SealRun, mode: str
     run.duplicates += duplicates
     log.info("merged %d late samples into the sealed hour %s (%d already there)", added, p.lo.isoformat(),
              duplicates)
-
-
-def sealed_hours_of(ranges: list[tuple[datetime, datetime]], hours: set[datetime]) -> tuple[
-    list[tuple[datetime, datetime]], int
-]:
-    """The ranges without the sealed hours in them (their rollups are the merges'); and how many
-    hours were taken out. Pure; ranges need not be aligned."""
-    out: list[tuple[datetime, datetime]] = []
-    removed: set[datetime] = set()
-    hour = partitions.RAW.interval
-    for lo, hi in ranges:
-        cur = lo
-        while cur < hi:
-            h = partitions.floor_time(cur, hour)
-            nxt = min(hi, h + hour)
-            if h in hours:
-                removed.add(h)
-            elif out and out[-1][1] == cur:
-                out[-1] = (out[-1][0], nxt)
-            else:
-                out.append((cur, nxt))
-            cur = nxt
-    return out, len(removed)
