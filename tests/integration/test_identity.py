@@ -230,11 +230,15 @@ class FakeApiServer:
         return client.ApiClient(cfg)
 
 
+_EXP = int(time.time()) + 3600
+
+
 def sa_token(n: int) -> str:
-    """Shaped like a projected ServiceAccount token (RS256 JWT), with an expiry in an hour."""
+    """Shaped like a projected ServiceAccount token (RS256 JWT), with an expiry in an hour; the same
+    string for the same n throughout the session."""
     def part(d: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
-    return f"{part({'alg': 'RS256', 'kid': 'k'})}.{part({'exp': int(time.time()) + 3600, 'n': n})}.c2ln"
+    return f"{part({'alg': 'RS256', 'kid': 'k'})}.{part({'exp': _EXP, 'n': n})}.c2ln"
 
 
 @pytest.fixture
