@@ -52,6 +52,7 @@ from bench.common import (
     fmt,
     percentile,
     print_report,
+    print_rows,
     scrape,
     summed,
 )
@@ -112,6 +113,14 @@ def ld(field_no: int, data: bytes) -> bytes:
     return varint(field_no << 3 | 2) + varint(len(data)) + data
 
 
+def value_variants(n_series: int, seed: int = 1) -> list[list[float]]:
+    """The VALUE_VARIANTS sets of `n_series` values that simulated hosts send in turn (0..100)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [[float(x) for x in rng.random(n_series) * 100.0] for _ in range(VALUE_VARIANTS)]
+
+
 class Encoder:
     """MetricBatch bytes from pre-built pieces: what protobuf would write, without building messages."""
 
@@ -128,8 +137,7 @@ class Encoder:
         self.defs = defs
         self.declarations = b"".join(ld(4, d.SerializeToString(deterministic=True)) for d in defs)
         self.refs_field = ld(2, b"".join(varint(i + 1) for i in range(n_series)))
-        rng = np.random.default_rng(seed)
-        self.values: list[list[float]] = [list(rng.random(n_series) * 100.0) for _ in range(VALUE_VARIANTS)]
+        self.values: list[list[float]] = value_variants(n_series, seed)
         self.values_fields = [ld(3, np.asarray(v, dtype="<f8").tobytes()) for v in self.values]
 
     def prefix(self, host_id: str, session_id: str) -> bytes:
@@ -421,7 +429,8 @@ async def _wal_lsn(conn) -> int:
     return int(await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
 
 
-async def run(args: argparse.Namespace) -> dict:
+async def run(args: argparse.Namespace, *, json_line: bool = True) -> dict:
+    """One run; its report is printed, with the JSON line unless json_line is False (a run of several)."""
     import asyncpg
 
     agg_env = dict(kv.split("=", 1) for kv in args.aggregator_env)
@@ -606,7 +615,7 @@ async def run(args: argparse.Namespace) -> dict:
     buckets = [sum(timeline[i:i + 5]) / 5 for i in range(0, len(timeline) - 4, 5)]
     figures["acked_per_s_5s_min"] = min(buckets, default=math.nan)
     figures["acked_per_s_5s_max"] = max(buckets, default=math.nan)
-    _report(args, figures, buckets)
+    _report(args, figures, buckets, json_line)
     return figures
 
 
@@ -648,7 +657,7 @@ async def _drain(metrics_url: str, within: float = 60.0) -> bool:
     return False
 
 
-def _report(args: argparse.Namespace, f: dict, buckets: list[float]) -> None:
+def _report(args: argparse.Namespace, f: dict, buckets: list[float], json_line: bool = True) -> None:
     steady = args.mode == "steady"
     if steady:
         load = (f"{args.hosts} hosts x {args.series} series every {args.interval:g}s = "
@@ -725,7 +734,10 @@ def _report(args: argparse.Namespace, f: dict, buckets: list[float]) -> None:
     ]
     if f["errors"]:
         rows.append(("errors", "; ".join(f["errors"])))
-    print_report(f"sysmon ingest benchmark: {args.mode}", rows, f)
+    if json_line:
+        print_report(f"sysmon ingest benchmark: {args.mode}", rows, f)
+    else:
+        print_rows(f"sysmon ingest benchmark: {args.mode}", rows)
 
 
 def main(argv: list[str] | None = None) -> None:
