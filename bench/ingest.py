@@ -2,6 +2,7 @@
 
     python bench/ingest.py [--hosts 1000] [--series 60] [--interval 5] [--duration 60]
                            [--mode steady|flatout] [--frames-per-batch 10] [--window 4] [--generators 1]
+    python bench/ingest.py --mode steady --compare-prometheus [--rounds 2] [--exporter-gzip]
 
 Embedded PostgreSQL and Redis (default tuning) run in a fresh temp directory, the aggregator as a
 process of its own (`python -m sysmon aggregator`), and the load generators as processes of their
@@ -25,6 +26,9 @@ samples_raw (counted in PostgreSQL), samples acked (generator side), latency, CP
 the aggregator, PostgreSQL (all its processes), Redis and the generators, and the aggregator's own
 counters from its /metrics (rejections, nacks, queue). Then the raw tier's bytes per stored sample
 after CHECKPOINT and VACUUM ANALYZE.
+
+--compare-prometheus (steady): sysmon's run and a Prometheus run scraping the same fleet, in turn,
+--rounds times, and sysmon's CPU over Prometheus's (bench/prom_compare.py).
 """
 
 from __future__ import annotations
@@ -414,7 +418,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(e.g. a script applying a candidate patch), split like a shell would")
     p.add_argument("--keep", action="store_true", help="keep the data directory")
     p.add_argument("--data-dir", type=Path, default=None, help="default: a fresh temp directory")
-    return p.parse_args(argv)
+    p.add_argument("--compare-prometheus", action="store_true",
+                   help="steady: also run Prometheus scraping the same fleet (--hosts targets x --series\n"
+                        "series every --interval, served by one exporter process), alternately with\n"
+                        "sysmon, and report the CPU of both (bench/prom_compare.py)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="--compare-prometheus: rounds of (sysmon run, Prometheus run)")
+    p.add_argument("--exporter-gzip", action="store_true",
+                   help="--compare-prometheus: the exporter gzips its responses (as node_exporter does);\n"
+                        "default plain text, the cheaper path for Prometheus")
+    args = p.parse_args(argv)
+    if args.compare_prometheus and args.mode != "steady":
+        p.error("--compare-prometheus needs --mode steady")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    return args
 
 
 async def _count(conn) -> tuple[float, int]:
@@ -742,7 +760,12 @@ def _report(args: argparse.Namespace, f: dict, buckets: list[float], json_line: 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    asyncio.run(run(args))
+    if args.compare_prometheus:
+        from bench.prom_compare import compare
+
+        asyncio.run(compare(args, run))
+    else:
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":
