@@ -400,3 +400,25 @@ def _jsonable(v):
     if isinstance(v, list | tuple):
         return [_jsonable(x) for x in v]
     return v
+
+
+def print_rows(title: str, rows: Sequence[Row]) -> None:
+    """print_report's human block alone, without the JSON line: for one run of several whose figures
+    go into a combined report (whose JSON line is then the last line printed)."""
+    width = 34
+    print()
+    print("-" * 100)
+    print(title)
+    print("-" * 100)
+    for row in rows:
+        if isinstance(row, str):
+            print(f"-- {row}")
+            continue
+        label, value, *rest = row
+        line = f"  {label:<{width}} {value}"
+        if rest:
+            target, ok = rest
+            mark = "" if ok is None else ("  PASS" if ok else "  FAIL")
+            line = f"{line:<78} target {target}{mark}"
+        print(line)
+    print("-" * 100, flush=True)

@@ -2,6 +2,7 @@
 
     python bench/ingest.py [--hosts 1000] [--series 60] [--interval 5] [--duration 60]
                            [--mode steady|flatout] [--frames-per-batch 10] [--window 4] [--generators 1]
+    python bench/ingest.py --mode steady --compare-prometheus [--rounds 2] [--exporter-gzip]
 
 Embedded PostgreSQL and Redis (default tuning) run in a fresh temp directory, the aggregator as a
 process of its own (`python -m sysmon aggregator`), and the load generators as processes of their
@@ -25,6 +26,9 @@ samples_raw (counted in PostgreSQL), samples acked (generator side), latency, CP
 the aggregator, PostgreSQL (all its processes), Redis and the generators, and the aggregator's own
 counters from its /metrics (rejections, nacks, queue). Then the raw tier's bytes per stored sample
 after CHECKPOINT and VACUUM ANALYZE.
+
+--compare-prometheus (steady): sysmon's run and a Prometheus run scraping the same fleet, in turn,
+--rounds times, and sysmon's CPU over Prometheus's (bench/prom_compare.py).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from bench.common import (
     fmt,
     percentile,
     print_report,
+    print_rows,
     scrape,
     summed,
 )
@@ -112,6 +117,14 @@ def ld(field_no: int, data: bytes) -> bytes:
     return varint(field_no << 3 | 2) + varint(len(data)) + data
 
 
+def value_variants(n_series: int, seed: int = 1) -> list[list[float]]:
+    """The VALUE_VARIANTS sets of `n_series` values that simulated hosts send in turn (0..100)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [[float(x) for x in rng.random(n_series) * 100.0] for _ in range(VALUE_VARIANTS)]
+
+
 class Encoder:
     """MetricBatch bytes from pre-built pieces: what protobuf would write, without building messages."""
 
@@ -128,8 +141,7 @@ class Encoder:
         self.defs = defs
         self.declarations = b"".join(ld(4, d.SerializeToString(deterministic=True)) for d in defs)
         self.refs_field = ld(2, b"".join(varint(i + 1) for i in range(n_series)))
-        rng = np.random.default_rng(seed)
-        self.values: list[list[float]] = [list(rng.random(n_series) * 100.0) for _ in range(VALUE_VARIANTS)]
+        self.values: list[list[float]] = value_variants(n_series, seed)
         self.values_fields = [ld(3, np.asarray(v, dtype="<f8").tobytes()) for v in self.values]
 
     def prefix(self, host_id: str, session_id: str) -> bytes:
@@ -406,7 +418,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(e.g. a script applying a candidate patch), split like a shell would")
     p.add_argument("--keep", action="store_true", help="keep the data directory")
     p.add_argument("--data-dir", type=Path, default=None, help="default: a fresh temp directory")
-    return p.parse_args(argv)
+    p.add_argument("--compare-prometheus", action="store_true",
+                   help="steady: also run Prometheus scraping the same fleet (--hosts targets x --series\n"
+                        "series every --interval, served by one exporter process), alternately with\n"
+                        "sysmon, and report the CPU of both (bench/prom_compare.py)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="--compare-prometheus: rounds of (sysmon run, Prometheus run)")
+    p.add_argument("--exporter-gzip", action="store_true",
+                   help="--compare-prometheus: the exporter gzips its responses (as node_exporter does);\n"
+                        "default plain text, the cheaper path for Prometheus")
+    args = p.parse_args(argv)
+    if args.compare_prometheus and args.mode != "steady":
+        p.error("--compare-prometheus needs --mode steady")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    return args
 
 
 async def _count(conn) -> tuple[float, int]:
@@ -421,7 +447,8 @@ async def _wal_lsn(conn) -> int:
     return int(await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
 
 
-async def run(args: argparse.Namespace) -> dict:
+async def run(args: argparse.Namespace, *, json_line: bool = True) -> dict:
+    """One run; its report is printed, with the JSON line unless json_line is False (a run of several)."""
     import asyncpg
 
     agg_env = dict(kv.split("=", 1) for kv in args.aggregator_env)
@@ -606,7 +633,7 @@ async def run(args: argparse.Namespace) -> dict:
     buckets = [sum(timeline[i:i + 5]) / 5 for i in range(0, len(timeline) - 4, 5)]
     figures["acked_per_s_5s_min"] = min(buckets, default=math.nan)
     figures["acked_per_s_5s_max"] = max(buckets, default=math.nan)
-    _report(args, figures, buckets)
+    _report(args, figures, buckets, json_line)
     return figures
 
 
@@ -648,7 +675,7 @@ async def _drain(metrics_url: str, within: float = 60.0) -> bool:
     return False
 
 
-def _report(args: argparse.Namespace, f: dict, buckets: list[float]) -> None:
+def _report(args: argparse.Namespace, f: dict, buckets: list[float], json_line: bool = True) -> None:
     steady = args.mode == "steady"
     if steady:
         load = (f"{args.hosts} hosts x {args.series} series every {args.interval:g}s = "
@@ -725,12 +752,20 @@ def _report(args: argparse.Namespace, f: dict, buckets: list[float]) -> None:
     ]
     if f["errors"]:
         rows.append(("errors", "; ".join(f["errors"])))
-    print_report(f"sysmon ingest benchmark: {args.mode}", rows, f)
+    if json_line:
+        print_report(f"sysmon ingest benchmark: {args.mode}", rows, f)
+    else:
+        print_rows(f"sysmon ingest benchmark: {args.mode}", rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    asyncio.run(run(args))
+    if args.compare_prometheus:
+        from bench.prom_compare import compare
+
+        asyncio.run(compare(args, run))
+    else:
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":
