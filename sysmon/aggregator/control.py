@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -40,20 +40,36 @@ class Peer:
     host_id: str
     session_id: str
     hello: control_pb2.Hello
-    outbox: asyncio.Queue[control_pb2.AggregatorMessage] = field(
-        default_factory=lambda: asyncio.Queue(maxsize=OUTBOX)
-    )
+    # What is to be sent on this collector's stream. A deque and an event rather than a Queue: the
+    # stream's loop waits on one event (no task per message), and acks waiting behind each other go
+    # out as one message.
+    outbox: deque[control_pb2.AggregatorMessage] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # The stream is to end: its collector stopped reading, or a newer stream took the session over.
+    ending: bool = False
+    replaced_by: str = ""
     last_heartbeat: control_pb2.Heartbeat | None = None
     dropped: int = 0
-    # Set when a newer stream took this session over; its handler then ends the stream.
-    replaced: asyncio.Event = field(default_factory=asyncio.Event)
-    replaced_by: str = ""
 
     def send(self, msg: control_pb2.AggregatorMessage) -> None:
-        try:
-            self.outbox.put_nowait(msg)
-        except asyncio.QueueFull:
+        if len(self.outbox) >= OUTBOX:
             self.dropped += 1  # the collector's ack timeout recovers a lost ack
+            return
+        self.outbox.append(msg)
+        self.wake.set()
+
+    def end(self, replaced_by: str = "") -> None:
+        self.replaced_by = replaced_by
+        self.ending = True
+        self.wake.set()
+
+    def take(self) -> control_pb2.AggregatorMessage:
+        """The next message to send; acks queued one behind another merged into it."""
+        msg = self.outbox.popleft()
+        if msg.HasField("ack"):
+            while self.outbox and self.outbox[0].HasField("ack"):
+                msg.ack.seqs.extend(self.outbox.popleft().ack.seqs)
+        return msg
 
 
 class ControlHub:
@@ -181,31 +197,27 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._register(hello), timeout=5)
         await self._publish_host(hello, events_pb2.HOST_STATE_UP)
-        get: asyncio.Task[control_pb2.AggregatorMessage] | None = None
-        replaced = asyncio.create_task(peer.replaced.wait())
         try:
             yield control_pb2.AggregatorMessage(welcome=control_pb2.Welcome(
                 aggregator_id=self.aggregator_id, heartbeat_interval_ms=HEARTBEAT_MS))
-            while True:
-                get = asyncio.create_task(peer.outbox.get())
-                await asyncio.wait({get, reader, replaced}, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    break
-                yield get.result()
+            while not peer.ending:
+                if peer.outbox:
+                    yield peer.take()
+                else:
+                    peer.wake.clear()
+                    await peer.wake.wait()
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]  # a malformed message: the interceptor answers it
-            if peer.replaced.is_set():
+            if peer.replaced_by:
                 # The collector holding this stream reconnects; if it is the rightful one, it takes the
                 # session back, and with a credential bound to its host an intruder cannot take it at all.
                 await context.abort(grpc.StatusCode.ABORTED,
                                     f"this control stream was replaced by a newer one for its session "
                                     f"(from {peer.replaced_by}); reconnect")
         finally:
-            # The RPC may be cancelled while both wait (server shutdown): neither may outlive it.
-            pending = [t for t in (get, reader, replaced) if t is not None]
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            # The RPC may be cancelled while it waits (server shutdown): its reader may not outlive it.
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             if self.hub.peers.get(key) is peer:
                 del self.hub.peers[key]
                 telemetry.COLLECTORS.set(len(self.hub.peers))
@@ -215,8 +227,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             log.info("collector %s disconnected", hello.host_id)
 
     def _replace(self, previous: Peer, key: tuple[str, str], by: str) -> None:
-        previous.replaced_by = by
-        previous.replaced.set()
+        previous.end(replaced_by=by)
         telemetry.STREAMS_REPLACED.inc()
         now = time.monotonic()
         if len(self._replacements) > 10_000:
@@ -231,13 +242,16 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     async def _read(self, it: AsyncIterator[control_pb2.AgentMessage], peer: Peer) -> None:
         # MalformedRequest passes: Connect re-raises it for the interceptor to answer.
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-            async for msg in it:
-                kind = msg.WhichOneof("body")
-                if kind == "heartbeat":
-                    peer.last_heartbeat = msg.heartbeat
-                elif kind == "command_result":
-                    self.hub._result(msg.command_result)
+        try:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+                async for msg in it:
+                    kind = msg.WhichOneof("body")
+                    if kind == "heartbeat":
+                        peer.last_heartbeat = msg.heartbeat
+                    elif kind == "command_result":
+                        self.hub._result(msg.command_result)
+        finally:
+            peer.end(peer.replaced_by)
 
     async def _register(self, hello: control_pb2.Hello) -> None:
         """Record the host (labels, facts) in PostgreSQL when it is there."""
