@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,22 @@ async def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> 
     await main(stop)
 
 
+def _run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run until SIGINT/SIGTERM, on asyncio's own loop, or on uvloop with SYSMON_EVENT_LOOP=uvloop
+    (installed separately: at a thousand collectors it measured no gain, see BENCHMARKS.md)."""
+    choice = os.environ.get("SYSMON_EVENT_LOOP", "asyncio")
+    if choice == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            sys.exit("SYSMON_EVENT_LOOP=uvloop, but uvloop is not installed (pip install uvloop)")
+        uvloop.run(_until_signalled(main))
+    elif choice == "asyncio":
+        asyncio.run(_until_signalled(main))
+    else:
+        sys.exit(f"SYSMON_EVENT_LOOP={choice!r}: use asyncio or uvloop")
+
+
 def _require_servers(command: str, settings: ConnectionSettings) -> None:
     if not settings.postgres_url or not settings.redis_url:
         sys.exit(f"sysmon {command} needs SYSMON_POSTGRES_URL and SYSMON_REDIS_URL "
@@ -71,7 +88,7 @@ class AgentCommand(AgentSettings):
                 if metrics is not None:
                     metrics.close()
 
-        asyncio.run(_until_signalled(main))
+        _run(main)
 
 
 class AggregatorCommand(AggregatorSettings):
@@ -91,7 +108,7 @@ class AggregatorCommand(AggregatorSettings):
             await stop.wait()
             await agg.stop()
 
-        asyncio.run(_until_signalled(main))
+        _run(main)
 
 
 class UpCommand(AggregatorSettings):
@@ -114,7 +131,7 @@ class UpCommand(AggregatorSettings):
 
     def cli_cmd(self) -> None:
         setup_logging(self.log_level)
-        asyncio.run(_until_signalled(self.run))
+        _run(self.run)
 
     async def run(self, stop: asyncio.Event, *, ready: Callable[[dict[str, str]], None] | None = None) -> None:
         from sysmon.agent.collector import Collector
@@ -280,7 +297,7 @@ class AlertsCommand(AlertsSettings):
                      service.endpoint.url if service.endpoint else "off")
             await service.run(stop)
 
-        asyncio.run(_until_signalled(main))
+        _run(main)
 
 
 class GatewayCommand(GatewaySettings):
@@ -303,7 +320,7 @@ class GatewayCommand(GatewaySettings):
             await stop.wait()
             await server.stop()
 
-        asyncio.run(_until_signalled(main))
+        _run(main)
 
 
 def _redact(url: str) -> str:
@@ -327,7 +344,7 @@ class OperatorCommand(OperatorSettings):
 
         try:
             self.served_namespace()
-            asyncio.run(_until_signalled(lambda stop: run(self, stop)))
+            _run(lambda stop: run(self, stop))
         except (ValueError, KubeError) as e:
             sys.exit(str(e))
 

@@ -77,6 +77,7 @@ class Aggregator:
             queue_samples=settings.writer_queue_samples,
             commit_max_samples=settings.commit_max_samples,
             commit_linger_s=settings.commit_linger.total_seconds(),
+            live_linger_s=settings.live_linger.total_seconds(),
         )
         self.config = ConfigStore(self.storage, self.bus)
         self.health = health.aio.HealthServicer()

@@ -151,9 +151,13 @@ class AggregatorSettings(ConnectionSettings, StorageSettings, IdentitySettings):
     writers: int = Field(2, ge=1, le=32, description="parallel PostgreSQL writer connections")
     commit_max_samples: int = Field(50_000, ge=100, description="samples per group commit at most")
     commit_linger: Duration = Field(
-        timedelta(milliseconds=20),
+        timedelta(milliseconds=50),
         description="how long a commit waits for more batches to join it (0: commit at once); a few ms "
                     "of delay to PostgreSQL buy far fewer commits when many collectors send small batches",
+    )
+    live_linger: Duration = Field(
+        timedelta(milliseconds=20),
+        description="how long batches wait for others to go to the hot tier and the bus together (0: at once)",
     )
     rollup_interval: Duration = Field(timedelta(seconds=15), description="how often rollups catch up")
     retention_interval: Duration = Field(timedelta(minutes=5), description="how often partitions are kept")

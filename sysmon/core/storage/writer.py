@@ -125,6 +125,7 @@ class SampleWriter:
         self.mode = mode
         self._known_series: set[int] = set()
         self._known_hosts: set[str] = set()
+        self._known_sessions: set[tuple[str, str]] = set()
         self._host_touched: dict[str, float] = {}
         self._series_cache_size = series_cache_size
 
@@ -135,6 +136,16 @@ class SampleWriter:
         for h in out:
             self._host_touched[h] = now
         return out
+
+    @staticmethod
+    async def _lock_sessions(conn: asyncpg.Connection, hs: list[str], ss: list[str]) -> list[asyncpg.Record]:
+        return await conn.fetch(
+            "SELECT host_id, session_id, committed FROM ingest_sessions "
+            "WHERE (host_id, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) "
+            "ORDER BY host_id, session_id FOR UPDATE",
+            hs,
+            ss,
+        )
 
     async def store(self, batches: Sequence[NormalizedBatch]) -> StoreResult:
         async with self.pool.acquire() as conn:
@@ -154,20 +165,18 @@ class SampleWriter:
         new_series: dict[int, tuple[str, str, str, str, int]] = {}
         new_hosts: set[str] = set()
         async with conn.transaction():
-            await conn.execute(
-                "INSERT INTO ingest_sessions (host_id, session_id) "
-                "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
-                hs,
-                ss,
-            )
-            # Row locks serialize two aggregators that hold streams of the same session.
-            rows = await conn.fetch(
-                "SELECT host_id, session_id, committed FROM ingest_sessions "
-                "WHERE (host_id, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) "
-                "ORDER BY host_id, session_id FOR UPDATE",
-                hs,
-                ss,
-            )
+            # Row locks serialize two aggregators that hold streams of the same session. A session
+            # this writer has not seen is made first (once per collector process).
+            rows = await self._lock_sessions(conn, hs, ss) if all(k in self._known_sessions for k in sessions) \
+                else []
+            if len(rows) < len(sessions):
+                await conn.execute(
+                    "INSERT INTO ingest_sessions (host_id, session_id) "
+                    "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                    hs,
+                    ss,
+                )
+                rows = await self._lock_sessions(conn, hs, ss)
             committed = {(r["host_id"], r["session_id"]): r["committed"] for r in rows}
             fresh: list[NormalizedBatch] = []
             seen: set[tuple[str, str, int]] = set()
@@ -188,8 +197,6 @@ class SampleWriter:
                     "INSERT INTO hosts (host_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", sorted(new_hosts)
                 )
             stale = self._stale_hosts(fresh)
-            if stale:
-                await conn.execute("UPDATE hosts SET last_seen = now() WHERE host_id = ANY($1::text[])", stale)
             if new_series:
                 ids = list(new_series)
                 cols = list(zip(*new_series.values(), strict=True))
@@ -215,18 +222,18 @@ class SampleWriter:
                             "samples_raw", source=memoryview(payload), columns=["series_id", "ts", "value"],
                             format="binary",
                         )
-                if n:
-                    # The rollup job's log (both storage paths: see migration 0007).
-                    spans = touched_spans(fresh)
-                    await conn.execute(
-                        "INSERT INTO rollup_invalidations SELECT '1m', to_timestamp(lo / 1000.0), "
-                        "to_timestamp(hi / 1000.0) FROM unnest($1::int8[], $2::int8[]) AS t(lo, hi)",
-                        [lo for lo, _ in spans],
-                        [hi for _, hi in spans],
-                    )
-                result.samples = n - result.duplicate_samples
+                spans = touched_spans(fresh) if n else []
+                # One statement for what follows the samples: the rollup job's log (both storage paths),
+                # the sessions' committed seqs, and the hosts' last-seen times (once a minute each).
                 await conn.execute(
                     """
+                    WITH inv AS (
+                        INSERT INTO rollup_invalidations
+                        SELECT '1m', to_timestamp(lo / 1000.0), to_timestamp(hi / 1000.0)
+                        FROM unnest($4::int8[], $5::int8[]) AS t(lo, hi)
+                    ), seen AS (
+                        UPDATE hosts SET last_seen = now() WHERE host_id = ANY($6::text[])
+                    )
                     UPDATE ingest_sessions s SET committed = s.committed + u.add, updated_at = now()
                     FROM (SELECT h, sid, range_agg(int8range(q, q + 1)) AS add
                           FROM unnest($1::text[], $2::text[], $3::int8[]) AS t(h, sid, q)
@@ -236,11 +243,18 @@ class SampleWriter:
                     [b.host_id for b in fresh],
                     [b.session_id for b in fresh],
                     [b.seq for b in fresh],
+                    [lo for lo, _ in spans],
+                    [hi for _, hi in spans],
+                    stale,
                 )
+                result.samples = n - result.duplicate_samples
         # Only after the commit: a rolled-back group must register its series again.
         if len(self._known_series) + len(new_series) > self._series_cache_size:
             self._known_series.clear()
         self._known_series.update(new_series)
         self._known_hosts.update(new_hosts)
+        if len(self._known_sessions) > 100_000:
+            self._known_sessions.clear()
+        self._known_sessions.update(sessions)
         result.stored = [b.key for b in fresh]
         return result
