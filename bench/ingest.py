@@ -529,7 +529,7 @@ async def run(args: argparse.Namespace, *, json_line: bool = True) -> dict:
         agg_stop_s = time.monotonic() - t_stop
 
         await db.execute("CHECKPOINT")
-        await db.execute("VACUUM ANALYZE samples_raw")
+        await db.execute("VACUUM ANALYZE raw_frames")
         size = await db.fetchrow(
             """
             SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::int8 AS total,
@@ -537,7 +537,7 @@ async def run(args: argparse.Namespace, *, json_line: bool = True) -> dict:
                    coalesce(sum(pg_indexes_size(c.oid)), 0)::int8 AS indexes,
                    count(*) FILTER (WHERE c.reltuples > 0) AS used_partitions
             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-            WHERE i.inhparent = 'samples_raw'::regclass
+            WHERE i.inhparent = 'raw_frames'::regclass
             """
         )
         rows_after_vacuum = await db.fetchval("SELECT count(*) FROM samples_raw")
@@ -742,9 +742,9 @@ def _report(args: argparse.Namespace, f: dict, buckets: list[float], json_line: 
          str(f["unacked_after_5s"]), *(("0", f["unacked_after_5s"] == 0) if steady else ())),
         ("rows == stored counter", f"{f['rows_total']:,} rows, counter {f['stored_counter_total']:,.0f}",
          "exact", f["count_exact"]),
-        "storage (the raw tier's open area, rows, after CHECKPOINT + VACUUM ANALYZE; bench/storage.py: sealed)",
+        "storage (the raw tier's open area: frames, after CHECKPOINT + VACUUM ANALYZE; bench/storage.py: sealed)",
         ("samples sealed meanwhile", f"{f['samples_sealed']:,} (hours closed during the run, sealed by its jobs)"),
-        ("bytes per open row", f"{fmt(f['raw_bytes_per_sample'])} B (heap {fmt(f['raw_heap_bytes_per_sample'])}"
+        ("bytes per open sample", f"{fmt(f['raw_bytes_per_sample'])} B (heap {fmt(f['raw_heap_bytes_per_sample'])}"
                                     f" + indexes {fmt(f['raw_index_bytes_per_sample'])}; "
                                     f"{fmt(f['raw_total_mib'])} MiB total)"),
         ("WAL bytes per stored sample", fmt(f["wal_bytes_per_sample"], "B")),

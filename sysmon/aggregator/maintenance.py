@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from sysmon.aggregator import telemetry
-from sysmon.aggregator.storage import CONNECTION_ERRORS, Storage, partition_plan
+from sysmon.aggregator.storage import CONNECTION_ERRORS, Storage
 from sysmon.core.backoff import wait_or_stop
 from sysmon.core.settings import AggregatorSettings
 from sysmon.core.storage import partitions, rollups, schema, sealing
@@ -79,7 +79,7 @@ async def retention_once(storage: Storage, settings: AggregatorSettings, now: da
                     partitions.ROLLUP_1M.table: settings.rollup_1m_retention,
                     partitions.ROLLUP_1H.table: settings.rollup_1h_retention,
                 }
-                for table, _ in partition_plan(settings):
+                for table in partitions.TABLES:
                     dropped += await rollups.drop_expired(conn, table, now, keep[table.table])
             # A session silent for longer than raw retention can no longer send acceptable batches.
             await conn.execute("DELETE FROM ingest_sessions WHERE updated_at < $1", now - settings.raw_retention)

@@ -33,10 +33,10 @@ CONNECTION_ERRORS = (
 
 
 def partition_plan(settings: AggregatorSettings) -> list[tuple[partitions.PartitionedTable, timedelta]]:
-    """Each partitioned table with how far back its partitions must reach."""
+    """Each partitioned table whose partitions are made ahead, with how far back they must reach.
+    Sealed blocks' partitions are made by the sealing job, for the hours it seals."""
     return [
         (partitions.RAW, settings.raw_retention),
-        (partitions.SEALED, settings.raw_retention),
         (partitions.ROLLUP_1M, max(settings.rollup_1m_retention, settings.raw_retention)),
         (partitions.ROLLUP_1H, max(settings.rollup_1h_retention, settings.raw_retention)),
     ]

@@ -40,7 +40,7 @@ async def start_idle_aggregator(start_aggregator: AggregatorFactory) -> Aggregat
 
 
 async def insert_raw(conn: asyncpg.Connection, *times: datetime) -> None:
-    await conn.executemany("INSERT INTO samples_raw VALUES ($1, $2, $3)", [(SID, t, 0.5) for t in times])
+    await conn.executemany("INSERT INTO raw_frames VALUES ($1, $2, $3, $4)", [(HOST, t, [SID], [0.5]) for t in times])
 
 
 async def insert_rollup(conn: asyncpg.Connection, table: str, *times: datetime) -> None:

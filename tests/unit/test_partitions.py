@@ -67,7 +67,7 @@ def test_floor_time_properties(t: datetime, step: timedelta) -> None:
 def test_partition_names_and_bounds() -> None:
     lo = datetime(2026, 11, 24, 10, tzinfo=UTC)
     p = partition_for(RAW, lo)
-    assert p == Partition(lo, lo + H, "samples_raw_p20261124t1000")
+    assert p == Partition(lo, lo + H, "raw_frames_p20261124t1000")
     assert partition_for(ROLLUP_1M, datetime(2026, 11, 24, tzinfo=UTC)).name == "rollup_1m_p20261124t0000"
     assert partition_for(ROLLUP_1M, datetime(2026, 11, 24, tzinfo=UTC)).hi == datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -77,7 +77,7 @@ def test_wanted_raw_covers_keep_back_to_ahead() -> None:
     los = [p.lo for p in ps]
     # From the hour holding now - keep, through the next hour: one partition is always made ahead of time.
     assert los == [datetime(2026, 11, 24, h, tzinfo=UTC) for h in (7, 8, 9, 10, 11)]
-    assert [p.name for p in ps] == [f"samples_raw_p20261124t{h:02d}00" for h in (7, 8, 9, 10, 11)]
+    assert [p.name for p in ps] == [f"raw_frames_p20261124t{h:02d}00" for h in (7, 8, 9, 10, 11)]
     assert ps[0].lo <= NOW - timedelta(hours=3)
     assert ps[-1].hi >= NOW + timedelta(minutes=5)
 
@@ -145,9 +145,9 @@ def test_droppable_nothing_when_all_are_recent() -> None:
 
 def test_parse_bound_of_pg_get_expr_output() -> None:
     expr = "FOR VALUES FROM ('2026-11-24 10:00:00+00') TO ('2026-11-24 11:00:00+00')"
-    p = parse_bound("samples_raw_p20261124t1000", expr)
+    p = parse_bound("raw_frames_p20261124t1000", expr)
     assert p == Partition(
-        datetime(2026, 11, 24, 10, tzinfo=UTC), datetime(2026, 11, 24, 11, tzinfo=UTC), "samples_raw_p20261124t1000"
+        datetime(2026, 11, 24, 10, tzinfo=UTC), datetime(2026, 11, 24, 11, tzinfo=UTC), "raw_frames_p20261124t1000"
     )
     assert p is not None
     assert p.lo.utcoffset() == timedelta(0)

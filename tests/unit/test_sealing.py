@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-import pytest
 
 from sysmon.core.query import bucket, bucket_parts
 from sysmon.core.storage.rollups import without_hours
-from sysmon.core.storage.sealing import INT8_MAX, INT8_MIN, id_ranges, parse_copy, segments
-from sysmon.core.storage.writer import copy_payload
+from sysmon.core.storage.sealing import frames_to_series
 
 H = timedelta(hours=1)
 T = datetime(2026, 11, 29, 10, tzinfo=UTC)
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 7, 64])
-def test_id_ranges_cover_every_id_once(n: int) -> None:
-    r = id_ranges(n)
-    assert len(r) == n
-    assert r[0][0] == INT8_MIN
-    assert r[-1][1] == INT8_MAX
-    assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(r))
 
 
 def test_sealed_hours_are_taken_out_of_rollup_ranges() -> None:
@@ -34,16 +22,14 @@ def test_sealed_hours_are_taken_out_of_rollup_ranges() -> None:
     assert without_hours(ranges, set()) == (ranges, 0)
 
 
-def test_copy_rows_parse_back_to_series_times_and_values() -> None:
-    from sysmon.core.batch import NormalizedBatch
-
-    b = NormalizedBatch("h", "s", 1, [], [1_795_000_000_123, 1_795_000_005_456], [[5, -7], [5]], [[1.5, -0.0], [2.5]])
-    data, _n = copy_payload([b])
-    ids, ts, values = parse_copy(data)
-    assert ids.tolist() == [5, -7, 5]
-    assert ts.tolist() == [1_795_000_000_123, 1_795_000_000_123, 1_795_000_005_456]
-    assert values.tolist() == [1.5, -0.0, 2.5]
-    assert segments(np.array([3, 3, 9, 9, 9, 1])) == [(3, 0, 2), (9, 2, 5), (1, 5, 6)]
+def test_frames_become_each_series_samples_in_time_order() -> None:
+    rows = [(1000, [5, 7], [1.0, 2.0]), (2000, [5, 7], [1.5, 2.5]), (3000, [7, 5, 9], [3.0, 4.0, 9.0]),
+            (4000, [5, 7], [5.0, 6.0])]
+    out = frames_to_series(rows)
+    assert out[5][0].tolist() == [1000, 2000, 3000, 4000]
+    assert out[5][1].tolist() == [1.0, 1.5, 4.0, 5.0]
+    assert out[7][1].tolist() == [2.0, 2.5, 3.0, 6.0]
+    assert (out[9][0].tolist(), out[9][1].tolist()) == ([3000], [9.0])
 
 
 def test_buckets_are_epoch_aligned_and_aggregate_each_way() -> None:

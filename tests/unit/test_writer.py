@@ -27,8 +27,21 @@ def nb(times: list[int], ids: list[list[int]], values: list[list[float]], seq: i
     return NormalizedBatch("h", "s", seq, [], times, ids, values)
 
 
-def parse_copy(data: bytes) -> list[tuple[int, int, float]]:
-    """A reader of PostgreSQL's binary COPY format for (int8, timestamptz, float8) rows."""
+def _array(data: bytes, pos: int, fmt: str) -> tuple[list, int]:
+    ndim, flags, _oid, n, lbound = struct.unpack_from(">iiiii", data, pos)
+    assert (ndim, flags, lbound) == (1, 0, 1)
+    pos += 20
+    out = []
+    for _ in range(n):
+        (length,) = struct.unpack_from(">i", data, pos)
+        assert length == 8
+        out.append(struct.unpack_from(fmt, data, pos + 4)[0])
+        pos += 12
+    return out, pos
+
+
+def parse_copy(data: bytes) -> list[tuple[str, int, list[int], list[float]]]:
+    """A reader of PostgreSQL's binary COPY format for (text, timestamptz, int8[], float8[]) rows."""
     assert data[:11] == SIGNATURE
     flags, ext_len = struct.unpack_from(">ii", data, 11)
     assert flags == 0
@@ -39,57 +52,60 @@ def parse_copy(data: bytes) -> list[tuple[int, int, float]]:
         pos += 2
         if ncols == -1:
             break
-        assert ncols == 3
-        fields = []
-        for fmt in (">q", ">q", ">d"):
-            (length,) = struct.unpack_from(">i", data, pos)
-            assert length == 8
-            (v,) = struct.unpack_from(fmt, data, pos + 4)
-            fields.append(v)
-            pos += 12
-        rows.append((fields[0], fields[1], fields[2]))
+        assert ncols == 4
+        (n,) = struct.unpack_from(">i", data, pos)
+        host = data[pos + 4:pos + 4 + n].decode()
+        pos += 4 + n
+        length, ts = struct.unpack_from(">iq", data, pos)
+        assert length == 8
+        pos += 12
+        (n,) = struct.unpack_from(">i", data, pos)
+        ids, end = _array(data, pos + 4, ">q")
+        assert end == pos + 4 + n
+        pos = end
+        (n,) = struct.unpack_from(">i", data, pos)
+        values, end = _array(data, pos + 4, ">d")
+        assert end == pos + 4 + n
+        pos = end
+        rows.append((host, ts, ids, values))
     assert pos == len(data), "nothing after the trailer"
     return rows
 
 
-def test_copy_payload_header_rows_and_trailer() -> None:
+def test_copy_payload_is_one_row_per_frame() -> None:
     t0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
     t1 = t0 + timedelta(seconds=5, milliseconds=123)
     b = nb([ms(t0), ms(t1)], [[1, -2, 2**62], [1]], [[0.5, -1.25, 1e300], [42.0]])
-    data, n = copy_payload([b])
-    assert n == 4
+    data, frames, samples = copy_payload([b])
+    assert (frames, samples) == (2, 4)
     assert data.startswith(SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00")
     assert data.endswith(b"\xff\xff")
-    assert len(data) == 19 + 4 * (2 + 3 * 12) + 2
     assert parse_copy(data) == [
-        (1, pg_us(t0), 0.5),
-        (-2, pg_us(t0), -1.25),
-        (2**62, pg_us(t0), 1e300),
-        (1, pg_us(t1), 42.0),
+        ("h", pg_us(t0), [1, -2, 2**62], [0.5, -1.25, 1e300]),
+        ("h", pg_us(t1), [1], [42.0]),
     ]
 
 
 def test_copy_timestamps_are_microseconds_since_2000() -> None:
-    data, _ = copy_payload([nb([946_684_800_000, 946_684_800_001, 0], [[7], [7], [7]], [[1.0], [2.0], [3.0]])])
-    rows = parse_copy(data)
-    assert [ts for _, ts, _ in rows] == [0, 1000, -946_684_800_000_000]
+    data, _, _ = copy_payload([nb([946_684_800_000, 946_684_800_001, 0], [[7], [7], [7]], [[1.0], [2.0], [3.0]])])
+    assert [ts for _, ts, _, _ in parse_copy(data)] == [0, 1000, -946_684_800_000_000]
 
 
 def test_copy_payload_of_several_batches_keeps_their_order() -> None:
-    a = nb([1_800_000_000_000], [[10, 11]], [[1.0, 2.0]], seq=1)
-    b = nb([1_800_000_005_000], [[12]], [[3.0]], seq=2)
-    data, n = copy_payload([a, b])
-    assert n == 3
-    assert [(sid, v) for sid, _, v in parse_copy(data)] == [(10, 1.0), (11, 2.0), (12, 3.0)]
+    a = NormalizedBatch("h1", "s", 1, [], [1_800_000_000_000], [[10, 11]], [[1.0, 2.0]])
+    b = NormalizedBatch("h2", "s", 2, [], [1_800_000_005_000], [[12]], [[3.0]])
+    data, frames, samples = copy_payload([a, b])
+    assert (frames, samples) == (2, 3)
+    assert [(h, ids, v) for h, _, ids, v in parse_copy(data)] == [("h1", [10, 11], [1.0, 2.0]), ("h2", [12], [3.0])]
 
 
 def test_copy_payload_of_nothing_is_header_and_trailer() -> None:
-    data, n = copy_payload([])
-    assert n == 0
+    data, frames, samples = copy_payload([])
+    assert (frames, samples) == (0, 0)
     assert parse_copy(data) == []
     assert data == SIGNATURE + bytes(8) + b"\xff\xff"
-    data, n = copy_payload([nb([], [], []), nb([1_800_000_000_000], [[]], [[]])])
-    assert n == 0
+    data, frames, samples = copy_payload([nb([], [], []), nb([1_800_000_000_000], [[]], [[]])])
+    assert (frames, samples) == (0, 0)
     assert parse_copy(data) == []
 
 
@@ -104,9 +120,9 @@ def test_copy_payload_of_nothing_is_header_and_trailer() -> None:
 )
 def test_copy_payload_round_trips(frames: list[tuple[int, list[tuple[int, float]]]]) -> None:
     b = nb([t for t, _ in frames], [[i for i, _ in f] for _, f in frames], [[v for _, v in f] for _, f in frames])
-    data, n = copy_payload([b])
-    expected = [(i, (t - 946_684_800_000) * 1000, v) for t, f in frames for i, v in f]
-    assert n == len(expected)
+    data, rows, samples = copy_payload([b])
+    expected = [("h", (t - 946_684_800_000) * 1000, [i for i, _ in f], [v for _, v in f]) for t, f in frames if f]
+    assert (rows, samples) == (len(expected), sum(len(f) for _, f in frames))
     assert parse_copy(data) == expected
 
 

@@ -21,8 +21,8 @@ class PartitionedTable:
 
 
 # An hour per raw partition keeps retention within an hour of exact, and is the unit of sealing:
-# a raw partition's samples become one block per series in the sealed partition of the same hour.
-RAW = PartitionedTable("samples_raw", timedelta(hours=1))
+# a raw partition's frames become one block per series in the sealed partition of the same hour.
+RAW = PartitionedTable("raw_frames", timedelta(hours=1))
 SEALED = PartitionedTable(
     "samples_sealed", timedelta(hours=1),
     "ALTER TABLE {name} ALTER COLUMN ts_data SET STORAGE EXTERNAL, ALTER COLUMN val_data SET STORAGE EXTERNAL",

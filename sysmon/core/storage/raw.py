@@ -1,4 +1,4 @@
-"""Reading the raw tier: sealed blocks and open rows through one function.
+"""Reading the raw tier: sealed blocks and open frames through one function.
 
 Every reader of raw samples (queries, the alerts service's windows, a host's current values)
 comes here, so none of them knows whether an hour is sealed yet: `read` gives each series'
@@ -9,8 +9,10 @@ is the one kept, as the row store keeps the first written.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 import numpy as np
@@ -22,9 +24,7 @@ Samples = tuple[np.ndarray, np.ndarray]  # (Unix ms int64, float64), sorted by t
 _EMPTY_TS = np.empty(0, dtype=np.int64)
 _EMPTY_VALUES = np.empty(0, dtype=np.float64)
 
-# The time of a raw row in Unix ms, computed by PostgreSQL (decoding timestamptz per row in Python
-# costs more than the query).
-_MS = "(extract(epoch FROM ts) * 1000)::int8"
+LATEST_FRAMES = 720
 
 
 def _ms(t: datetime) -> int:
@@ -35,18 +35,20 @@ async def read(conn: asyncpg.Connection, ids: Sequence[int], start: datetime, en
     """Each series' samples with start <= time < end."""
     ids = list(ids)
     lo, hi = _ms(start), _ms(end)
-    # Blocks and open rows in one round trip; the open rows as two arrays per series (asyncpg
-    # decodes arrays in C, where a row per sample costs more in Python than the query).
+    # Blocks and open frames in one round trip; each series' open samples as two arrays (asyncpg
+    # decodes arrays in C, where a row per sample costs more in Python than the query). A frame is
+    # found through its host (the frames' index) and gives the series' value by its position.
     fetched = await conn.fetch(
-        f"""
+        """
         SELECT series_id, block_start, ts_data, val_data, NULL::int8[] AS ts, NULL::float8[] AS vals
         FROM samples_sealed
         WHERE series_id = ANY($1::int8[]) AND block_start >= $2 AND block_start < $4
         UNION ALL
-        SELECT series_id, NULL, NULL, NULL, array_agg({_MS} ORDER BY ts), array_agg(value ORDER BY ts)
-        FROM samples_raw
-        WHERE series_id = ANY($1::int8[]) AND ts >= $3 AND ts < $4
-        GROUP BY series_id
+        SELECT s.series_id, NULL, NULL, NULL, array_agg((extract(epoch FROM f.ts) * 1000)::int8 ORDER BY f.ts),
+               array_agg(f.vals[array_position(f.ids, s.series_id)] ORDER BY f.ts)
+        FROM series s JOIN raw_frames f ON f.host_id = s.host_id
+        WHERE s.series_id = ANY($1::int8[]) AND f.ts >= $3 AND f.ts < $4 AND s.series_id = ANY(f.ids)
+        GROUP BY s.series_id
         """,
         ids, floor_time(start, SEALED.interval), start, end,
     )
@@ -77,27 +79,33 @@ async def read(conn: asyncpg.Connection, ids: Sequence[int], start: datetime, en
     return out
 
 
-async def latest(conn: asyncpg.Connection, host: str) -> list[asyncpg.Record]:
-    """The newest sample of each series of a host: (name, attributes, unit, t in Unix ms, value),
-    from an open row, or else the newest block's last value."""
-    return await conn.fetch(
-        f"""
-        SELECT s.name, s.attributes, s.unit,
-               CASE WHEN r.t IS NULL OR (b.t IS NOT NULL AND b.t > r.t) THEN b.t ELSE r.t END AS t,
-               CASE WHEN r.t IS NULL OR (b.t IS NOT NULL AND b.t > r.t) THEN b.value ELSE r.value END AS value
-        FROM series s
-        LEFT JOIN LATERAL (
-            SELECT {_MS} AS t, value FROM samples_raw r WHERE r.series_id = s.series_id ORDER BY ts DESC LIMIT 1
-        ) r ON true
-        LEFT JOIN LATERAL (
-            SELECT (extract(epoch FROM t_last) * 1000)::int8 AS t, last AS value FROM samples_sealed b
-            WHERE b.series_id = s.series_id ORDER BY block_start DESC LIMIT 1
-        ) b ON true
-        WHERE s.host_id = $1 AND (r.t IS NOT NULL OR b.t IS NOT NULL)
-        ORDER BY s.name, s.attributes::text
-        """,
-        host,
-    )
+async def latest(conn: asyncpg.Connection, host: str) -> list[dict[str, Any]]:
+    """The newest sample of each series of a host: {name, attributes, unit, t (Unix ms), value},
+    from its newest frames and its blocks' last values, whichever is later."""
+    series = {r["series_id"]: r for r in await conn.fetch(
+        "SELECT series_id, name, attributes, unit FROM series WHERE host_id = $1", host)}
+    newest: dict[int, tuple[int, float]] = {
+        r["series_id"]: (r["t"], r["last"]) for r in await conn.fetch(
+            """
+            SELECT DISTINCT ON (series_id) series_id, (extract(epoch FROM t_last) * 1000)::int8 AS t, last
+            FROM samples_sealed WHERE series_id = ANY($1::int8[]) ORDER BY series_id, block_start DESC
+            """, list(series))}
+    # An hour of frames at most: every series a collector samples is in its newest frames.
+    found: set[int] = set()
+    for r in await conn.fetch(
+            "SELECT (extract(epoch FROM ts) * 1000)::int8 AS t, ids, vals FROM raw_frames WHERE host_id = $1 "
+            "ORDER BY ts DESC LIMIT $2", host, LATEST_FRAMES):
+        for sid, v in zip(r["ids"], r["vals"], strict=True):
+            if sid not in found:
+                found.add(sid)
+                have = newest.get(sid)
+                if have is None or r["t"] > have[0]:
+                    newest[sid] = (r["t"], v)
+        if len(found) == len(series):
+            break
+    out = [{"name": series[sid]["name"], "attributes": series[sid]["attributes"], "unit": series[sid]["unit"],
+            "t": t, "value": v} for sid, (t, v) in newest.items() if sid in series]
+    return sorted(out, key=lambda r: (r["name"], json.dumps(r["attributes"], sort_keys=True)))
 
 
 EMPTY: Samples = (_EMPTY_TS, _EMPTY_VALUES)

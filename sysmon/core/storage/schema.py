@@ -181,7 +181,7 @@ async def apply_timescale_policies(
     add_retention_policy with drop_after, removed first so that changed retentions take effect.
     """
     statements: list[tuple[str, tuple[Any, ...]]] = []
-    for table, keep in (("samples_raw", raw), ("samples_sealed", raw), ("rollup_1m", rollup_1m),
+    for table, keep in (("raw_frames", raw), ("samples_sealed", raw), ("rollup_1m", rollup_1m),
                         ("rollup_1h", rollup_1h)):
         statements.append((f"SELECT remove_retention_policy('{table}', if_exists => true)", ()))
         statements.append((f"SELECT add_retention_policy('{table}', drop_after => $1::interval)", (keep,)))
@@ -196,5 +196,5 @@ SELECT j.job_id, j.proc_name, j.hypertable_name, s.last_run_status, s.total_fail
        (SELECT e.err_message FROM timescaledb_information.job_errors e
         WHERE e.job_id = j.job_id ORDER BY e.start_time DESC LIMIT 1) AS last_error
 FROM timescaledb_information.jobs j JOIN timescaledb_information.job_stats s USING (job_id)
-WHERE j.hypertable_name IN ('samples_raw', 'samples_sealed', 'rollup_1m', 'rollup_1h')
+WHERE j.hypertable_name IN ('raw_frames', 'samples_sealed', 'rollup_1m', 'rollup_1h')
 """

@@ -1,9 +1,10 @@
 """Sealing: each closed hour of raw rows becomes one block per series (sysmon.core.storage.codec).
 
-Samples arrive as rows in the hour's raw partition (the open area). Once the hour has ended (and a
-grace period for commits in flight has passed) and its 1-minute rollups are computed, one
-transaction locks the partition against writers, reads it in series order, writes one block per
-series into samples_sealed, records the hour as sealed, and empties the partition. A crash (or a
+Samples arrive as frames (a host's series at one time) in the hour's raw partition (the open area).
+Once the hour has ended (and a grace period for commits in flight has passed) and its 1-minute
+rollups are computed, one transaction locks the partition against writers, reads its frames a few
+hosts at a time, writes one block per series into samples_sealed, records the hour as sealed, and
+empties the partition. A crash (or a
 kill) anywhere before the commit leaves the rows; after it, the blocks: never both, never neither.
 
 Samples that arrive later for a sealed hour (a collector replaying its buffer) go into the
@@ -16,8 +17,8 @@ rollup job leaves sealed hours to this module (rollups.without_hours).
 from __future__ import annotations
 
 import logging
-import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -33,16 +34,11 @@ log = logging.getLogger(__name__)
 
 # Commits of an hour's last batches may still be in flight when it ends.
 GRACE = timedelta(minutes=2)
-# Rows read at once while sealing: bounds memory to tens of MiB whatever the fleet's size.
-CHUNK_ROWS = 500_000
-INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1
-
-_COPY_HEADER = 19  # signature, flags, header extension length
-_ROW = np.dtype([("ncols", ">i2"), ("len_id", ">i4"), ("series_id", ">i8"), ("len_ts", ">i4"), ("ts", ">i8"),
-                 ("len_value", ">i4"), ("value", ">f8")])
-_PG_EPOCH_MS = 946_684_800_000
+# Frames read at once while sealing: bounds memory to tens of MiB whatever the fleet's size.
+CHUNK_FRAMES = 20_000
 _COLUMNS = ["series_id", "block_start", "count", "t_first", "t_last", "min", "max", "sum", "last", "ts_data",
             "val_data"]
+Samples = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -62,32 +58,46 @@ def _dt(ms: int) -> datetime:
     return EPOCH + timedelta(milliseconds=ms)
 
 
-def id_ranges(chunks: int) -> list[tuple[int, int]]:
-    """`chunks` inclusive ranges that split the int8 series ids evenly (ids are hashes: so do rows)."""
-    width = (INT8_MAX - INT8_MIN + 1) // chunks
-    out = []
-    lo = INT8_MIN
-    for i in range(chunks):
-        hi = INT8_MAX if i == chunks - 1 else lo + width - 1
-        out.append((lo, hi))
-        lo = hi + 1
+def frames_to_series(rows: Sequence[tuple[int, Sequence[int], Sequence[float]]]) -> dict[int, Samples]:
+    """Each series' (times in Unix ms, values), sorted by time, from frames (time, ids, values) of
+    hosts whose frames come in time order. Frames of one layout (the same series in the same order,
+    as a collector sends them) become one matrix, sliced by column."""
+    layouts: dict[tuple[int, ...], tuple[list[int], list[Sequence[float]]]] = {}
+    for t, ids, vals in rows:
+        times, values = layouts.setdefault(tuple(ids), ([], []))
+        times.append(t)
+        values.append(vals)
+    parts: dict[int, list[Samples]] = {}
+    for layout, (times, values) in layouts.items():
+        ts = np.asarray(times, dtype=np.int64)
+        matrix = np.asarray(values, dtype=np.float64).reshape(len(times), len(layout))
+        for j, sid in enumerate(layout):
+            parts.setdefault(sid, []).append((ts, np.ascontiguousarray(matrix[:, j])))
+    out: dict[int, Samples] = {}
+    for sid, ps in parts.items():
+        if len(ps) == 1:
+            out[sid] = ps[0]
+            continue
+        ts = np.concatenate([p[0] for p in ps])
+        vs = np.concatenate([p[1] for p in ps])
+        order = np.argsort(ts, kind="stable")
+        out[sid] = (ts[order], vs[order])
     return out
 
 
-def parse_copy(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(series ids, times in Unix ms, values) from PostgreSQL's binary COPY of (series_id, ts, value)."""
-    rows = np.frombuffer(data, dtype=_ROW, offset=_COPY_HEADER, count=(len(data) - _COPY_HEADER - 2) // _ROW.itemsize)
-    return (rows["series_id"].astype(np.int64), rows["ts"].astype(np.int64) // 1000 + _PG_EPOCH_MS,
-            rows["value"].astype(np.float64))
-
-
-def segments(ids: np.ndarray) -> list[tuple[int, int, int]]:
-    """(series id, start, end) of each run of one series in rows sorted by series."""
-    if not len(ids):
-        return []
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    ends = np.r_[starts[1:], len(ids)]
-    return list(zip(ids[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))
+async def _read_frames(conn: asyncpg.Connection, table: str, hosts: list[str] | None = None) -> dict[int, Samples]:
+    where = "WHERE host_id = ANY($1::text[])" if hosts is not None else ""
+    rows = await conn.fetch(
+        f"SELECT host_id, (extract(epoch FROM ts) * 1000)::int8 AS t, ids, vals FROM {table} {where} "
+        "ORDER BY host_id, ts", *((hosts,) if hosts is not None else ()))
+    out: dict[int, Samples] = {}
+    start = 0
+    # Host by host: a series belongs to one host, so each host's frames give its series whole.
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i]["host_id"] != rows[start]["host_id"]:
+            out.update(frames_to_series([(r["t"], r["ids"], r["vals"]) for r in rows[start:i]]))
+            start = i
+    return out
 
 
 def record(series_id: int, block_start: datetime, b: codec.Block) -> tuple[Any, ...]:
@@ -108,25 +118,13 @@ def minute_rollups(series_id: int, ts: np.ndarray, values: np.ndarray,
     return out
 
 
-async def _copy_rows(conn: asyncpg.Connection, table: str, ids: tuple[int, int] | None = None) -> bytes:
-    buf = bytearray()
-
-    async def sink(chunk: bytes) -> None:
-        buf.extend(chunk)
-
-    where = "WHERE series_id BETWEEN $1 AND $2" if ids is not None else ""
-    await conn.copy_from_query(f"SELECT series_id, ts, value FROM {table} {where} ORDER BY series_id, ts",
-                               *(ids or ()), output=sink, format="binary")
-    return bytes(buf)
-
-
 async def raw_partitions(conn: asyncpg.Connection, mode: Literal["plain", "timescale"]) -> list[Partition]:
     """The open area's hours: plain partitions, or TimescaleDB chunks (hour-long, see 0002)."""
     if mode == "timescale":
         rows = await conn.fetch(
             """
             SELECT format('%I.%I', chunk_schema, chunk_name) AS name, range_start, range_end
-            FROM timescaledb_information.chunks WHERE hypertable_name = 'samples_raw'
+            FROM timescaledb_information.chunks WHERE hypertable_name = 'raw_frames'
             """)
         return sorted(Partition(r["range_start"], r["range_end"], r["name"]) for r in rows)
     return await rollups.existing_partitions(conn, partitions.RAW.table)
@@ -159,8 +157,8 @@ class _Wait(Exception):
 
 
 async def _seal(conn: asyncpg.Connection, p: Partition, run: SealRun, mode: str) -> None:
-    # All-visible pages make the reads below index-only (VACUUM cannot run in a transaction).
-    await conn.execute(f"VACUUM (ANALYZE) {p.name}")
+    # The frame count that sizes the chunks read below.
+    await conn.execute(f"ANALYZE {p.name}")
     if mode == "plain":
         await rollups.ensure_partition(conn, partitions.SEALED, p.lo)
     series = samples = encoded = 0
@@ -174,13 +172,13 @@ async def _seal(conn: asyncpg.Connection, p: Partition, run: SealRun, mode: str)
                 p.lo, p.hi,
             ):
                 raise _Wait
-            rows = await conn.fetchval("SELECT reltuples::int8 FROM pg_class WHERE oid = $1::regclass", p.name)
-            chunks = max(1, math.ceil(max(rows or 0, 0) / CHUNK_ROWS))
-            for ids_range in id_ranges(chunks) if chunks > 1 else [None]:
-                ids, ts, values = parse_copy(await _copy_rows(conn, p.name, ids_range))
+            hosts = [r[0] for r in await conn.fetch(f"SELECT DISTINCT host_id FROM {p.name} ORDER BY 1")]
+            frames = await conn.fetchval("SELECT reltuples::int8 FROM pg_class WHERE oid = $1::regclass", p.name)
+            per_chunk = max(1, CHUNK_FRAMES * len(hosts) // max(frames or 0, 1))
+            for i in range(0, len(hosts), per_chunk):
                 records = []
-                for sid, a, b in segments(ids):
-                    block = codec.encode(ts[a:b], values[a:b])
+                for sid, (ts, values) in (await _read_frames(conn, p.name, hosts[i:i + per_chunk])).items():
+                    block = codec.encode(ts, values)
                     records.append(record(sid, p.lo, block))
                     encoded += block.encoded_bytes
                     samples += block.count
@@ -209,8 +207,7 @@ async def _merge(conn: asyncpg.Connection, p: Partition, run: SealRun, mode: str
         await rollups.ensure_partition(conn, partitions.SEALED, p.lo)
     async with conn.transaction():
         await conn.execute(f"LOCK TABLE {p.name} IN SHARE ROW EXCLUSIVE MODE")
-        ids, ts, values = parse_copy(await _copy_rows(conn, p.name))
-        late = {sid: (ts[a:b], values[a:b]) for sid, a, b in segments(ids)}
+        late = await _read_frames(conn, p.name)
         blocks = {r["series_id"]: r for r in await conn.fetch(
             "SELECT series_id, ts_data, val_data FROM samples_sealed WHERE series_id = ANY($1::int8[]) "
             "AND block_start = $2", list(late), p.lo)}

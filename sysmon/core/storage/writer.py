@@ -1,28 +1,32 @@
 """Group commits of normalized batches into PostgreSQL, exactly once per (host, session, seq).
 
 One transaction per group: lock the sessions' rows, skip batches already committed, register
-new series, COPY the samples (binary, built with numpy rather than a Python object per row),
-record the committed sequence numbers, log the touched time range for the rollups. The caller
-acknowledges only what this returns as stored or duplicate, after the commit.
+new series, COPY the frames (binary, one row per host and time with its series ids and values as
+arrays: the open area, see migration 0008), record the committed sequence numbers, log the touched
+time range for the rollups. The caller acknowledges only what this returns as stored or
+duplicate, after the commit.
 
-A series holds one sample per time (a unique index). A sample already stored for its series and
-time, sent again under another session, makes COPY fail; the group is then written again with
-INSERT ... ON CONFLICT DO NOTHING, which keeps the first and counts the rest. That slower path is
-taken only by groups that carry such a sample.
+A host holds one frame per time (a unique index), so a series one sample per time. A frame for a
+time already stored, sent again under another session, makes COPY fail; the group is then
+written again frame by frame, each merged into the stored one (the first value of a series wins,
+the rest are counted). That slower path is taken only by groups that carry such a frame.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import asyncpg
 import numpy as np
 
 from sysmon.core.batch import NormalizedBatch
+from sysmon.core.storage.partitions import EPOCH
 from sysmon.core.storage.schema import Mode
 
 log = logging.getLogger(__name__)
@@ -32,45 +36,44 @@ LAST_SEEN_EVERY_S = 60.0
 _PG_EPOCH_MS = 946_684_800_000  # 2000-01-01, PostgreSQL's timestamp origin
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 _COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
-_ROW = np.dtype(
-    [
-        ("ncols", ">i2"),
-        ("len_id", ">i4"),
-        ("series_id", ">i8"),
-        ("len_ts", ">i4"),
-        ("ts", ">i8"),
-        ("len_value", ">i4"),
-        ("value", ">f8"),
-    ]
-)
+_INT8_OID, _FLOAT8_OID = 20, 701
+_IDS = np.dtype([("len", ">i4"), ("v", ">i8")])
+_VALS = np.dtype([("len", ">i4"), ("v", ">f8")])
+COLUMNS = ["host_id", "ts", "ids", "vals"]
 
 
-def sample_columns(batches: Sequence[NormalizedBatch]) -> tuple[list[int], list[int], list[float]]:
-    """(series ids, times in ms, values) of every sample of the batches."""
-    ids: list[int] = []
-    times: list[int] = []
-    values: list[float] = []
-    for b in batches:
-        for t, fids, fvals in zip(b.times_ms, b.frame_ids, b.frame_values, strict=True):
-            ids.extend(fids)
-            values.extend(fvals)
-            times.extend([t] * len(fids))
-    return ids, times, values
+def _array(values: Sequence[int] | Sequence[float], dtype: np.dtype, oid: int) -> bytes:
+    """A one-dimensional array without nulls in PostgreSQL's binary format, with its length first."""
+    n = len(values)
+    body = np.empty(n, dtype=dtype)
+    body["len"] = 8
+    body["v"] = values
+    data = struct.pack(">iiiii", 1, 0, oid, n, 1) + body.tobytes()
+    return struct.pack(">i", len(data)) + data
 
 
-def copy_payload(batches: Sequence[NormalizedBatch]) -> tuple[bytes, int]:
-    """PostgreSQL binary COPY data for (series_id, ts, value) of every sample; and the row count."""
-    ids, times, values = sample_columns(batches)
-    n = len(ids)
-    rows = np.empty(n, dtype=_ROW)
-    rows["ncols"] = 3
-    rows["len_id"] = 8
-    rows["len_ts"] = 8
-    rows["len_value"] = 8
-    rows["series_id"] = np.asarray(ids, dtype=np.int64)
-    rows["ts"] = (np.asarray(times, dtype=np.int64) - _PG_EPOCH_MS) * 1000
-    rows["value"] = np.asarray(values, dtype=np.float64)
-    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER, n
+def frames(batches: Sequence[NormalizedBatch]) -> list[tuple[str, int, list[int], list[float]]]:
+    """(host, time in ms, series ids, values) of every non-empty frame of the batches."""
+    return [(b.host_id, t, list(ids), list(vals)) for b in batches
+            for t, ids, vals in zip(b.times_ms, b.frame_ids, b.frame_values, strict=True) if len(ids)]
+
+
+def copy_payload(batches: Sequence[NormalizedBatch]) -> tuple[bytes, int, int]:
+    """PostgreSQL binary COPY data for raw_frames (host_id, ts, ids, vals); and (frames, samples)."""
+    parts = [_COPY_HEADER]
+    samples = 0
+    rows = frames(batches)
+    hosts: dict[str, bytes] = {}
+    for host, t, ids, vals in rows:
+        head = hosts.get(host)
+        if head is None:
+            raw = host.encode()
+            head = hosts[host] = struct.pack(">hi", 4, len(raw)) + raw
+        parts += [head, struct.pack(">iq", 8, (t - _PG_EPOCH_MS) * 1000), _array(ids, _IDS, _INT8_OID),
+                  _array(vals, _VALS, _FLOAT8_OID)]
+        samples += len(ids)
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts), len(rows), samples
 
 
 def touched_spans(batches: Sequence[NormalizedBatch], gap_ms: int = 60_000) -> list[tuple[int, int]]:
@@ -102,19 +105,49 @@ def _committed(ranges: list[asyncpg.Range], seq: int) -> bool:
     return any((r.lower is None or r.lower <= seq) and (r.upper is None or seq < r.upper) for r in ranges)
 
 
+def _ms_dt(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
+
+
 async def _insert_deduplicated(conn: asyncpg.Connection, batches: Sequence[NormalizedBatch]) -> tuple[int, int]:
-    """Insert the samples, skipping those whose (series, time) is stored; (samples, skipped)."""
-    ids, times, values = sample_columns(batches)
-    status = await conn.execute(
-        """
-        INSERT INTO samples_raw (series_id, ts, value)
-        SELECT i, 'epoch'::timestamptz + t * INTERVAL '1 millisecond', v
-        FROM unnest($1::int8[], $2::int8[], $3::float8[]) AS u(i, t, v)
-        ON CONFLICT (series_id, ts) DO NOTHING
-        """,
-        ids, times, values,
-    )
-    return len(ids), len(ids) - int(status.split()[-1])
+    """Write the frames one by one, each merged into a stored frame of its host and time: a series
+    already there keeps its value. Returns (samples offered, samples skipped as already there)."""
+    merged: dict[tuple[str, int], tuple[list[int], list[float]]] = {}
+    offered = skipped = 0
+    for host, t, ids, vals in frames(batches):
+        offered += len(ids)
+        have = merged.setdefault((host, t), ([], []))
+        seen = set(have[0])
+        for i, v in zip(ids, vals, strict=True):
+            if i in seen:
+                skipped += 1
+            else:
+                have[0].append(i)
+                have[1].append(v)
+                seen.add(i)
+    keys = list(merged)
+    stored = {(r["host_id"], r["t"]): set(r["ids"]) for r in await conn.fetch(
+        "SELECT host_id, (extract(epoch FROM ts) * 1000)::int8 AS t, ids FROM raw_frames "
+        "WHERE (host_id, ts) IN (SELECT h, 'epoch'::timestamptz + t * INTERVAL '1 millisecond' "
+        "FROM unnest($1::text[], $2::int8[]) AS u(h, t))",
+        [h for h, _ in keys], [t for _, t in keys])}
+    inserts, updates = [], []
+    for (host, t), (ids, vals) in merged.items():
+        there = stored.get((host, t))
+        if there is None:
+            inserts.append((host, _ms_dt(t), ids, vals))
+            continue
+        new = [(i, v) for i, v in zip(ids, vals, strict=True) if i not in there]
+        skipped += len(ids) - len(new)
+        if new:
+            updates.append((host, _ms_dt(t), [i for i, _ in new], [v for _, v in new]))
+    if inserts:
+        await conn.executemany("INSERT INTO raw_frames (host_id, ts, ids, vals) VALUES ($1, $2, $3, $4)", inserts)
+    if updates:
+        await conn.executemany(
+            "UPDATE raw_frames SET ids = ids || $3::int8[], vals = vals || $4::float8[] WHERE host_id = $1 AND ts = $2",
+            updates)
+    return offered, skipped
 
 
 class SampleWriter:
@@ -215,13 +248,11 @@ class SampleWriter:
                 if dedupe:
                     n, result.duplicate_samples = await _insert_deduplicated(conn, fresh)
                 else:
-                    payload, n = copy_payload(fresh)
-                    if n:
+                    payload, rows, n = copy_payload(fresh)
+                    if rows:
                         # A buffer, not a file object: asyncpg reads files through the thread pool.
-                        await conn.copy_to_table(
-                            "samples_raw", source=memoryview(payload), columns=["series_id", "ts", "value"],
-                            format="binary",
-                        )
+                        await conn.copy_to_table("raw_frames", source=memoryview(payload), columns=COLUMNS,
+                                                 format="binary")
                 spans = touched_spans(fresh) if n else []
                 # One statement for what follows the samples: the rollup job's log (both storage paths),
                 # the sessions' committed seqs, and the hosts' last-seen times (once a minute each).
