@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import asyncpg
@@ -140,33 +140,11 @@ class Ingest:
             self._space.notify_all()
         telemetry.QUEUED.set(self._queued)
 
-    async def _gather(self, q: asyncio.Queue[NormalizedBatch]) -> tuple[list[NormalizedBatch], int]:
-        """One commit's batches: whatever queued while the last commit ran, and what arrives within
-        the linger. A thousand collectors rarely send at the same instant, and without the linger
-        each small batch pays for a commit of its own (seven round trips and a WAL flush)."""
-        group = [await q.get()]
-        n = group[0].sample_count
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.commit_linger_s
-        while n < self.commit_max_samples:
-            if q.empty():
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        b = await q.get()
-                except TimeoutError:
-                    break
-            else:
-                b = q.get_nowait()
-            group.append(b)
-            n += b.sample_count
-        return group, n
-
     async def _run_shard(self, q: asyncio.Queue[NormalizedBatch]) -> None:
         while True:
-            group, n = await self._gather(q)
+            # A thousand collectors rarely send at the same instant: without the linger each small
+            # batch pays for a commit of its own (a round trip and a WAL flush).
+            group, n = await gather(q, self.commit_linger_s, self.commit_max_samples)
             try:
                 await self._commit(group)
             finally:
@@ -252,24 +230,10 @@ class Ingest:
         return out
 
     async def _run_live(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._live.get()]
             # What arrives within the linger goes to Redis with it: a pipeline and a publish per
             # batch were most of the aggregator's CPU at a thousand collectors (BENCHMARKS.md).
-            deadline = loop.time() + self.live_linger_s
-            while len(batch) < LIVE_GROUP:
-                if self._live.empty():
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        async with asyncio.timeout(remaining):
-                            batch.append(await self._live.get())
-                    except TimeoutError:
-                        break
-                else:
-                    batch.append(self._live.get_nowait())
+            batch, _ = await gather(self._live, self.live_linger_s, LIVE_GROUP, weight=lambda _: 1)
             stamp = now_ms()
             try:
                 if self.hot is not None:
@@ -284,3 +248,25 @@ class Ingest:
             finally:
                 for _ in batch:
                     self._live.task_done()
+
+
+async def gather(q: asyncio.Queue[NormalizedBatch], linger_s: float, limit: int,
+                 weight: Callable[[NormalizedBatch], int] = lambda b: b.sample_count,
+                 ) -> tuple[list[NormalizedBatch], int]:
+    """The next batch and those that join it: whatever is queued, and once the queue is empty what
+    arrives within the linger, up to `limit` (in samples, or by `weight`). One timer per group: a
+    timeout around each get cost a timer per batch."""
+    group = [await q.get()]
+    n = weight(group[0])
+    waited = linger_s <= 0
+    while n < limit:
+        if q.empty():
+            if waited:
+                break
+            waited = True
+            await asyncio.sleep(linger_s)
+            continue
+        b = q.get_nowait()
+        group.append(b)
+        n += weight(b)
+    return group, n

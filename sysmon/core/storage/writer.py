@@ -1,79 +1,63 @@
 """Group commits of normalized batches into PostgreSQL, exactly once per (host, session, seq).
 
-One transaction per group: lock the sessions' rows, skip batches already committed, register
-new series, COPY the frames (binary, one row per host and time with its series ids and values as
-arrays: the open area, see migration 0008), record the committed sequence numbers, log the touched
-time range for the rollups. The caller acknowledges only what this returns as stored or
+One statement per group, `sysmon_store_frames` (migration 0009), in autocommit: it locks the
+sessions' rows, skips batches already committed, registers new hosts and series, inserts the
+frames (one row per host and time with its series ids and values as arrays: the open area, see
+migration 0008), records the committed sequence numbers and logs the touched time ranges for the
+rollups, all in one round trip. The caller acknowledges only what this returns as stored or
 duplicate, after the commit.
 
 A host holds one frame per time (a unique index), so a series one sample per time. A frame for a
-time already stored, sent again under another session, makes COPY fail; the group is then
-written again frame by frame, each merged into the stored one (the first value of a series wins,
-the rest are counted). That slower path is taken only by groups that carry such a frame.
+time already stored (a sample sent again under another session) makes the insert fail; the group
+is then written again with merge on, each frame merged into the stored one (the first value of a
+series wins, the rest are counted). That slower statement is run only for groups carrying such a frame.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 
 import asyncpg
-import numpy as np
 
 from sysmon.core.batch import NormalizedBatch
-from sysmon.core.storage.partitions import EPOCH
 from sysmon.core.storage.schema import Mode
 
 log = logging.getLogger(__name__)
 
 # hosts.last_seen is refreshed at most this often per host: the hot tier has the exact time.
 LAST_SEEN_EVERY_S = 60.0
-_PG_EPOCH_MS = 946_684_800_000  # 2000-01-01, PostgreSQL's timestamp origin
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
-_COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
-_INT8_OID, _FLOAT8_OID = 20, 701
-_IDS = np.dtype([("len", ">i4"), ("v", ">i8")])
-_VALS = np.dtype([("len", ">i4"), ("v", ">f8")])
-COLUMNS = ["host_id", "ts", "ids", "vals"]
 
 
-def _array(values: Sequence[int] | Sequence[float], dtype: np.dtype, oid: int) -> bytes:
-    """A one-dimensional array without nulls in PostgreSQL's binary format, with its length first."""
-    n = len(values)
-    body = np.empty(n, dtype=dtype)
-    body["len"] = 8
-    body["v"] = values
-    data = struct.pack(">iiiii", 1, 0, oid, n, 1) + body.tobytes()
-    return struct.pack(">i", len(data)) + data
+def frame_columns(batches: Sequence[NormalizedBatch]) -> tuple[list[int], list[int], list[int], list[int], list[float]]:
+    """The batches' non-empty frames as sysmon_store_frames takes them (migration 0009): each frame's
+    batch (1-based position), time and sample count, then every sample's series id and value."""
+    f_batch: list[int] = []
+    f_ts: list[int] = []
+    f_len: list[int] = []
+    ids: list[int] = []
+    vals: list[float] = []
+    for k, b in enumerate(batches, 1):
+        for t, fids, fvals in zip(b.times_ms, b.frame_ids, b.frame_values, strict=True):
+            if fids:
+                f_batch.append(k)
+                f_ts.append(t)
+                f_len.append(len(fids))
+                ids.extend(fids)
+                vals.extend(fvals)
+    return f_batch, f_ts, f_len, ids, vals
 
 
-def frames(batches: Sequence[NormalizedBatch]) -> list[tuple[str, int, list[int], list[float]]]:
-    """(host, time in ms, series ids, values) of every non-empty frame of the batches."""
-    return [(b.host_id, t, list(ids), list(vals)) for b in batches
-            for t, ids, vals in zip(b.times_ms, b.frame_ids, b.frame_values, strict=True) if len(ids)]
-
-
-def copy_payload(batches: Sequence[NormalizedBatch]) -> tuple[bytes, int, int]:
-    """PostgreSQL binary COPY data for raw_frames (host_id, ts, ids, vals); and (frames, samples)."""
-    parts = [_COPY_HEADER]
-    samples = 0
-    rows = frames(batches)
-    hosts: dict[str, bytes] = {}
-    for host, t, ids, vals in rows:
-        head = hosts.get(host)
-        if head is None:
-            raw = host.encode()
-            head = hosts[host] = struct.pack(">hi", 4, len(raw)) + raw
-        parts += [head, struct.pack(">iq", 8, (t - _PG_EPOCH_MS) * 1000), _array(ids, _IDS, _INT8_OID),
-                  _array(vals, _VALS, _FLOAT8_OID)]
-        samples += len(ids)
-    parts.append(_COPY_TRAILER)
-    return b"".join(parts), len(rows), samples
+def frame_text(batches: Sequence[NormalizedBatch]) -> tuple[list[int], list[int], list[int], str, str]:
+    """frame_columns with the samples' ids and values as PostgreSQL array literals. asyncpg encodes a
+    list parameter element by element with abstract-base-class checks (about a microsecond each, most
+    of a group commit's CPU); a literal is one string, which PostgreSQL parses in C. repr() is the
+    shortest text that reads back as the same float64, so values stay bit-exact."""
+    f_batch, f_ts, f_len, ids, vals = frame_columns(batches)
+    return f_batch, f_ts, f_len, "{" + ",".join(map(str, ids)) + "}", "{" + ",".join(map(repr, vals)) + "}"
 
 
 def touched_spans(batches: Sequence[NormalizedBatch], gap_ms: int = 60_000) -> list[tuple[int, int]]:
@@ -101,55 +85,6 @@ class StoreResult:
     duplicate_samples: int = 0
 
 
-def _committed(ranges: list[asyncpg.Range], seq: int) -> bool:
-    return any((r.lower is None or r.lower <= seq) and (r.upper is None or seq < r.upper) for r in ranges)
-
-
-def _ms_dt(ms: int) -> datetime:
-    return EPOCH + timedelta(milliseconds=ms)
-
-
-async def _insert_deduplicated(conn: asyncpg.Connection, batches: Sequence[NormalizedBatch]) -> tuple[int, int]:
-    """Write the frames one by one, each merged into a stored frame of its host and time: a series
-    already there keeps its value. Returns (samples offered, samples skipped as already there)."""
-    merged: dict[tuple[str, int], tuple[list[int], list[float]]] = {}
-    offered = skipped = 0
-    for host, t, ids, vals in frames(batches):
-        offered += len(ids)
-        have = merged.setdefault((host, t), ([], []))
-        seen = set(have[0])
-        for i, v in zip(ids, vals, strict=True):
-            if i in seen:
-                skipped += 1
-            else:
-                have[0].append(i)
-                have[1].append(v)
-                seen.add(i)
-    keys = list(merged)
-    stored = {(r["host_id"], r["t"]): set(r["ids"]) for r in await conn.fetch(
-        "SELECT host_id, (extract(epoch FROM ts) * 1000)::int8 AS t, ids FROM raw_frames "
-        "WHERE (host_id, ts) IN (SELECT h, 'epoch'::timestamptz + t * INTERVAL '1 millisecond' "
-        "FROM unnest($1::text[], $2::int8[]) AS u(h, t))",
-        [h for h, _ in keys], [t for _, t in keys])}
-    inserts, updates = [], []
-    for (host, t), (ids, vals) in merged.items():
-        there = stored.get((host, t))
-        if there is None:
-            inserts.append((host, _ms_dt(t), ids, vals))
-            continue
-        new = [(i, v) for i, v in zip(ids, vals, strict=True) if i not in there]
-        skipped += len(ids) - len(new)
-        if new:
-            updates.append((host, _ms_dt(t), [i for i, _ in new], [v for _, v in new]))
-    if inserts:
-        await conn.executemany("INSERT INTO raw_frames (host_id, ts, ids, vals) VALUES ($1, $2, $3, $4)", inserts)
-    if updates:
-        await conn.executemany(
-            "UPDATE raw_frames SET ids = ids || $3::int8[], vals = vals || $4::float8[] WHERE host_id = $1 AND ts = $2",
-            updates)
-    return offered, skipped
-
-
 class SampleWriter:
     """Writes groups of batches; holds a cache of series and hosts already registered."""
 
@@ -170,116 +105,49 @@ class SampleWriter:
             self._host_touched[h] = now
         return out
 
-    @staticmethod
-    async def _lock_sessions(conn: asyncpg.Connection, hs: list[str], ss: list[str]) -> list[asyncpg.Record]:
-        return await conn.fetch(
-            "SELECT host_id, session_id, committed FROM ingest_sessions "
-            "WHERE (host_id, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) "
-            "ORDER BY host_id, session_id FOR UPDATE",
-            hs,
-            ss,
-        )
-
     async def store(self, batches: Sequence[NormalizedBatch]) -> StoreResult:
         async with self.pool.acquire() as conn:
             try:
                 return await self.store_with(conn, batches)
             except asyncpg.UniqueViolationError:
-                return await self.store_with(conn, batches, dedupe=True)
+                # A frame for a (host, time) stored already, or twice in this group: rare (a sample
+                # sent again under another session), so the merging statement is taken only then.
+                return await self.store_with(conn, batches, merge=True)
 
     async def store_with(self, conn: asyncpg.Connection, batches: Sequence[NormalizedBatch], *,
-                         dedupe: bool = False) -> StoreResult:
+                         merge: bool = False) -> StoreResult:
+        """One statement, in autocommit: nothing is committed unless all of it is."""
         result = StoreResult()
-        if not batches:
-            return result
-        sessions = sorted({(b.host_id, b.session_id) for b in batches})
-        hs = [h for h, _ in sessions]
-        ss = [s for _, s in sessions]
-        new_series: dict[int, tuple[str, str, str, str, int]] = {}
-        new_hosts: set[str] = set()
-        async with conn.transaction():
-            # Row locks serialize two aggregators that hold streams of the same session. A session
-            # this writer has not seen is made first (once per collector process).
-            rows = await self._lock_sessions(conn, hs, ss) if all(k in self._known_sessions for k in sessions) \
-                else []
-            if len(rows) < len(sessions):
-                await conn.execute(
-                    "INSERT INTO ingest_sessions (host_id, session_id) "
-                    "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
-                    hs,
-                    ss,
-                )
-                rows = await self._lock_sessions(conn, hs, ss)
-            committed = {(r["host_id"], r["session_id"]): r["committed"] for r in rows}
-            fresh: list[NormalizedBatch] = []
-            seen: set[tuple[str, str, int]] = set()
-            for b in batches:
-                if b.key in seen or _committed(committed[(b.host_id, b.session_id)], b.seq):
-                    result.duplicates.append(b.key)
-                    continue
+        unique: list[NormalizedBatch] = []
+        seen: set[tuple[str, str, int]] = set()
+        for b in batches:
+            if b.key in seen:
+                result.duplicates.append(b.key)
+            else:
                 seen.add(b.key)
-                fresh.append(b)
-                if b.host_id not in self._known_hosts:
-                    new_hosts.add(b.host_id)
-                for s in b.series:
-                    if s.id not in self._known_series:
-                        new_series[s.id] = (s.host_id, s.name, json.dumps(dict(s.attributes), sort_keys=True),
-                                            s.unit, s.kind)
-            if new_hosts:
-                await conn.execute(
-                    "INSERT INTO hosts (host_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", sorted(new_hosts)
-                )
-            stale = self._stale_hosts(fresh)
-            if new_series:
-                ids = list(new_series)
-                cols = list(zip(*new_series.values(), strict=True))
-                await conn.execute(
-                    """
-                    INSERT INTO series (series_id, host_id, name, attributes, unit, kind)
-                    SELECT i, h, n, a::jsonb, u, k
-                    FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int2[])
-                         AS t(i, h, n, a, u, k)
-                    ON CONFLICT (series_id) DO NOTHING
-                    """,
-                    ids,
-                    *[list(c) for c in cols],
-                )
-            if fresh:
-                if dedupe:
-                    n, result.duplicate_samples = await _insert_deduplicated(conn, fresh)
-                else:
-                    payload, rows, n = copy_payload(fresh)
-                    if rows:
-                        # A buffer, not a file object: asyncpg reads files through the thread pool.
-                        await conn.copy_to_table("raw_frames", source=memoryview(payload), columns=COLUMNS,
-                                                 format="binary")
-                spans = touched_spans(fresh) if n else []
-                # One statement for what follows the samples: the rollup job's log (both storage paths),
-                # the sessions' committed seqs, and the hosts' last-seen times (once a minute each).
-                await conn.execute(
-                    """
-                    WITH inv AS (
-                        INSERT INTO rollup_invalidations
-                        SELECT '1m', to_timestamp(lo / 1000.0), to_timestamp(hi / 1000.0)
-                        FROM unnest($4::int8[], $5::int8[]) AS t(lo, hi)
-                    ), seen AS (
-                        UPDATE hosts SET last_seen = now() WHERE host_id = ANY($6::text[])
-                    )
-                    UPDATE ingest_sessions s SET committed = s.committed + u.add, updated_at = now()
-                    FROM (SELECT h, sid, range_agg(int8range(q, q + 1)) AS add
-                          FROM unnest($1::text[], $2::text[], $3::int8[]) AS t(h, sid, q)
-                          GROUP BY h, sid) u
-                    WHERE s.host_id = u.h AND s.session_id = u.sid
-                    """,
-                    [b.host_id for b in fresh],
-                    [b.session_id for b in fresh],
-                    [b.seq for b in fresh],
-                    [lo for lo, _ in spans],
-                    [hi for _, hi in spans],
-                    stale,
-                )
-                result.samples = n - result.duplicate_samples
-        # Only after the commit: a rolled-back group must register its series again.
+                unique.append(b)
+        if not unique:
+            return result
+        sessions = {(b.host_id, b.session_id) for b in unique}
+        new_hosts = sorted({b.host_id for b in unique} - self._known_hosts)
+        new_series: dict[int, tuple[str, str, str, str, int]] = {}
+        for b in unique:
+            for s in b.series:
+                if s.id not in self._known_series:
+                    new_series[s.id] = (s.host_id, s.name, json.dumps(dict(s.attributes), sort_keys=True), s.unit,
+                                        s.kind)
+        ser = list(zip(*new_series.values(), strict=True)) if new_series else [()] * 5
+        spans = touched_spans(unique)
+        f_batch, f_ts, f_len, ids, vals = frame_text(unique)
+        dup, skipped = await conn.fetchrow(
+            "SELECT * FROM sysmon_store_frames($1, $2, $3, $4, $5, $6, $7::text::int8[], $8::text::float8[], $9, $10, "
+            "$11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+            [b.host_id for b in unique], [b.session_id for b in unique], [b.seq for b in unique],
+            f_batch, f_ts, f_len, ids, vals,
+            [lo for lo, _ in spans], [hi for _, hi in spans], self._stale_hosts(unique),
+            not sessions <= self._known_sessions, new_hosts, list(new_series), *[list(c) for c in ser], merge,
+        )
+        # Only after the commit: a failed statement must register its series again.
         if len(self._known_series) + len(new_series) > self._series_cache_size:
             self._known_series.clear()
         self._known_series.update(new_series)
@@ -287,5 +155,13 @@ class SampleWriter:
         if len(self._known_sessions) > 100_000:
             self._known_sessions.clear()
         self._known_sessions.update(sessions)
-        result.stored = [b.key for b in fresh]
+        dup_set = set(dup)
+        for k, b in enumerate(unique, 1):
+            if k in dup_set:
+                result.duplicates.append(b.key)
+            else:
+                result.stored.append(b.key)
+                result.samples += b.sample_count
+        result.duplicate_samples = skipped
+        result.samples -= skipped
         return result
