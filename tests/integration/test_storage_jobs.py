@@ -133,3 +133,31 @@ async def test_a_retention_job_that_cannot_drop_a_partition_is_a_warning_and_a_m
     assert expired in dropped
     assert expired not in await raw_partition_names()
     assert await pool.fetchval("SELECT count(*) FROM samples_raw WHERE ts = $1", old) == 0
+
+
+async def test_a_series_the_rollup_job_cannot_compute_is_skipped_and_counted(
+    start_aggregator: AggregatorFactory, pool: asyncpg.Pool
+) -> None:
+    """One series' 1-minute rows sum past the 1-hour tier's integer count (rows damaged by hand, say):
+    PostgreSQL refuses its 1-hour bucket; the job skips that series alone, still works, and says how
+    many series it skipped in /metrics."""
+    agg = await start_idle_aggregator(start_aggregator)
+    jobs = maintenance.Jobs(agg.storage)
+    hour = partitions.floor_time(datetime.now(UTC) - timedelta(hours=3), timedelta(hours=1))
+    bad = series_id(HOST, "system.cpu.utilization", {"cpu": "damaged"})
+    rows = [(SID, hour + timedelta(minutes=m), 12) for m in range(2)]
+    rows += [(bad, hour + timedelta(minutes=m), 2**31 - 1) for m in range(2)]
+    await pool.executemany("INSERT INTO rollup_1m VALUES ($1, $2, 0.1, 0.9, 5.0, $3)", rows)
+    await pool.execute("INSERT INTO rollup_invalidations VALUES ('1h', $1, $2)", hour, hour + timedelta(hours=1))
+
+    def skipped(tier: str) -> float:
+        return REGISTRY.get_sample_value("sysmon_aggregator_rollup_series_skipped_total", {"tier": tier}) or 0.0
+
+    before = skipped("1h")
+    run = await jobs.run("rollups", lambda: maintenance.rollup_once(agg.storage))
+    assert isinstance(run, rollups.RollupRun)
+    assert run.skipped["1h"] == [bad]
+    assert skipped("1h") - before == 1
+    assert failing("rollups") == 0.0
+    counts = {r[0]: r[1] for r in await pool.fetch("SELECT series_id, count FROM rollup_1h WHERE bucket = $1", hour)}
+    assert counts == {SID: 24}  # the other series was not held back
