@@ -51,6 +51,7 @@ test: $(STAMP) $(ASSETS) $(CHROMIUM) $(KUBECTL)
 bench: $(STAMP)
 	$(BIN)/python bench/agent.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/live.py
 

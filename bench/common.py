@@ -37,6 +37,30 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def prometheus_tool(name: str) -> str:
+    """The path of a tool of Debian's prometheus package (`prometheus`, `promtool`), the package
+    installed when the tool is missing."""
+    path = shutil.which(name)
+    if path is None:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        print(f"installing Debian's prometheus package for {name} ...", flush=True)
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
+        subprocess.run([*sudo, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-qq",
+                        "prometheus"], check=True)
+        path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} not found after installing Debian's prometheus package")
+    return path
+
+
+def prometheus_version(binary: str) -> str:
+    """The version a Prometheus tool prints: "prometheus, version 2.42.0+ds (branch: ...)", and
+    "promtool, version ..." alike, give "2.42.0+ds"."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    first = (out.stdout or out.stderr).splitlines()[0]
+    return first.split("version", 1)[-1].strip().split()[0]
+
+
 def free_port() -> int:
     from sysmon.core.embedded import free_port as _free_port
 

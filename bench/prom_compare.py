@@ -52,6 +52,8 @@ from bench.common import (
     free_port,
     print_report,
     print_rows,
+    prometheus_tool,
+    prometheus_version,
     scrape,
     stop_process,
     summed,
@@ -62,27 +64,6 @@ SETTLE_S = 3.0  # pause between runs, so that one run's teardown does not fall i
 
 
 # --- set-up ----------------------------------------------------------------------------------------------
-
-
-def prometheus_binary() -> str:
-    """Debian's prometheus, installed when missing (as bench/storage.py installs promtool)."""
-    path = shutil.which("prometheus")
-    if path is None:
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
-        print("installing Debian's prometheus package ...", flush=True)
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
-        subprocess.run([*sudo, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-qq",
-                        "prometheus"], check=True)
-        path = shutil.which("prometheus")
-    if path is None:
-        raise RuntimeError("prometheus not found after installing Debian's prometheus package")
-    return path
-
-
-def prometheus_version(binary: str) -> str:
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
-    first = (out.stdout or out.stderr).splitlines()[0]  # "prometheus, version 2.42.0+ds (branch: ...)"
-    return first.split("version", 1)[-1].strip().split()[0]
 
 
 def go_duration(seconds: float) -> str:
@@ -379,7 +360,7 @@ def _sysmon_sum(f: dict, redis: bool) -> float:
 
 
 async def compare(args: argparse.Namespace, run_sysmon: Callable[..., Awaitable[dict]]) -> dict:
-    binary = await asyncio.to_thread(prometheus_binary)
+    binary = await asyncio.to_thread(prometheus_tool, "prometheus")
     version = prometheus_version(binary)
     sysmon_runs: list[dict] = []
     prom_runs: list[dict] = []

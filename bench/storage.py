@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import gzip
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import fmt, print_report, tree_cpu_seconds
+from bench.common import fmt, print_report, prometheus_tool, prometheus_version, tree_cpu_seconds
 from bench.ingest import VALUE_VARIANTS, realistic_series
 
 STEADY_SAMPLES_PER_S = 12_000  # 1,000 hosts x 60 series every 5 s
@@ -201,19 +200,6 @@ async def run_sysmon(dsn_of, pg_pid: int, ds: Dataset) -> dict:
 # --- Prometheus ------------------------------------------------------------------------------------
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
-        print("installing Debian's prometheus package for promtool ...", flush=True)
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
-        subprocess.run([*sudo, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-qq",
-                        "prometheus"], check=True)
-        path = shutil.which("promtool")
-    assert path is not None
-    return path
-
-
 def prom_name(s: str) -> str:
     return "".join(c if c.isalnum() or c == "_" else "_" for c in s)
 
@@ -235,7 +221,7 @@ def write_openmetrics(ds: Dataset, path: Path) -> None:
 
 
 def run_prometheus(ds: Dataset, work: Path) -> dict:
-    tool = promtool()
+    tool = prometheus_tool("promtool")
     om = work / f"{ds.name}.om"
     out = work / f"{ds.name}-tsdb"
     t0 = time.perf_counter()
@@ -258,8 +244,9 @@ def run_prometheus(ds: Dataset, work: Path) -> dict:
     om_bytes = om.stat().st_size
     om.unlink()
     total = chunks + index
-    return {"blocks": blocks, "bytes": total, "bytes_per_sample": total / ds.samples,
-            "chunks_per_sample": chunks / ds.samples, "index_per_sample": index / ds.samples,
+    return {"version": prometheus_version(tool), "blocks": blocks, "bytes": total,
+            "bytes_per_sample": total / ds.samples, "chunks_per_sample": chunks / ds.samples,
+            "index_per_sample": index / ds.samples,
             "openmetrics_mib": om_bytes / 2**20, "write_s": write_s, "create_blocks_s": create_s}
 
 
@@ -342,7 +329,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 ("sysmon sealed raw tier", f"{fmt(s['bytes_per_sample'], 'B/sample', 2)} "
                  f"(heap {s['heap_per_sample']:.2f} + TOAST {s['toast_per_sample']:.2f} + "
                  f"index {s['index_per_sample']:.2f}; encoded {s['encoded_per_sample']:.2f})"),
-                ("Prometheus 2.42 TSDB block", f"{fmt(p['bytes_per_sample'], 'B/sample', 2)} "
+                (f"Prometheus {p['version']} TSDB block", f"{fmt(p['bytes_per_sample'], 'B/sample', 2)} "
                  f"(chunks {p['chunks_per_sample']:.2f} + index {p['index_per_sample']:.2f})"),
                 ("ratio sysmon / Prometheus", f"{ratio:.2f}", f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO),
                 ("codec: pcodec / shuffle+zstd", f"{c['pcodec_bytes_per_sample']:.2f} / "

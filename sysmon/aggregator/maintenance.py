@@ -1,10 +1,13 @@
 """Periodic storage jobs: retention, rollups, sealing; and, on TimescaleDB, watching its own jobs.
 
 Several aggregator replicas may run them; an advisory lock per job lets one at a time work.
-Each job fails alone: its failure is a WARNING naming it and its error (again every
-FAILURE_LOG_EVERY_S while it keeps failing), and in /metrics
-(`sysmon_aggregator_storage_job_runs_total{job,outcome}`, `..._job_failing{job}`,
-`..._job_last_success_timestamp_seconds{job}`), so a silently stuck job is seen.
+Each job fails alone: its failure (an error, or a run that reports part of its work failed) is a
+WARNING naming it and its error (again every FAILURE_LOG_EVERY_S while it keeps failing), and in
+/metrics (`sysmon_aggregator_storage_job_runs_total{job,outcome}`, `..._job_failing{job}`,
+`..._job_last_success_timestamp_seconds{job}`) until a run works again, so a silently stuck job is
+seen. Work skipped on purpose is counted too: series a rollup could not compute
+(`sysmon_aggregator_rollup_series_skipped_total{tier}`), late samples already sealed
+(`sysmon_aggregator_sealed_duplicate_samples_total`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import asyncpg
 
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 ROLLUP_LOCK = 0x5359534D01
 RETENTION_LOCK = 0x5359534D02
 FAILURE_LOG_EVERY_S = 600.0
+T = TypeVar("T")
 
 
 async def _locked(conn: asyncpg.Connection, key: int) -> bool:
@@ -40,9 +45,12 @@ async def rollup_once(storage: Storage, now: datetime | None = None) -> rollups.
         if not await _locked(conn, ROLLUP_LOCK):
             return None
         try:
-            return await rollups.run_rollups(conn, now or datetime.now(UTC))
+            run = await rollups.run_rollups(conn, now or datetime.now(UTC))
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", ROLLUP_LOCK)
+    for tier, skipped in run.skipped.items():
+        telemetry.ROLLUP_SKIPPED.labels(tier).inc(len(skipped))
+    return run
 
 
 async def seal_once(storage: Storage, now: datetime | None = None) -> sealing.SealRun | None:
@@ -58,6 +66,7 @@ async def seal_once(storage: Storage, now: datetime | None = None) -> sealing.Se
     telemetry.SEALED_SAMPLES.inc(run.samples)
     telemetry.SEALED_BYTES.inc(run.encoded_bytes)
     telemetry.SEAL_SECONDS.inc(run.seconds)
+    telemetry.SEALED_DUPLICATES.inc(run.duplicates)
     return run
 
 
@@ -114,7 +123,10 @@ class Jobs:
         self._failing_since: dict[str, float] = {}
         self._logged: dict[str, float] = {}
 
-    async def run(self, name: str, job: Callable[[], Awaitable[object]]) -> object | None:
+    async def run(self, name: str, job: Callable[[], Awaitable[T]],
+                  errors: Callable[[T], list[str]] | None = None) -> T | None:
+        """Run `job`; `errors` lists the failures a run that returned reports (hours it could not
+        seal, TimescaleDB jobs that failed): the job fails with them, and works once there are none."""
         try:
             result = await job()
         except CONNECTION_ERRORS as e:
@@ -123,12 +135,20 @@ class Jobs:
         except (asyncpg.PostgresError, ValueError, RuntimeError) as e:
             self.failed(name, f"{e.__class__.__name__}: {e}")
             return None
+        problems = errors(result) if errors is not None and result is not None else []
+        if problems:
+            self.failed(name, "; ".join(problems))
+        else:
+            self.succeeded(name)
+        return result
+
+    def succeeded(self, name: str) -> None:
         telemetry.JOB_RUNS.labels(name, "ok").inc()
         telemetry.JOB_FAILING.labels(name).set(0)
         telemetry.JOB_LAST_SUCCESS.labels(name).set(time.time())
         if self._failing_since.pop(name, None) is not None:
+            self._logged.pop(name, None)
             log.info("storage job %s works again", name)
-        return result
 
     def failed(self, name: str, error: str) -> None:
         telemetry.JOB_RUNS.labels(name, "error").inc()
@@ -138,6 +158,10 @@ class Jobs:
         if now - self._logged.get(name, -FAILURE_LOG_EVERY_S) >= FAILURE_LOG_EVERY_S:
             self._logged[name] = now
             log.warning("storage job %s failed: %s", name, error)
+
+
+def _unsealed_hours(run: sealing.SealRun) -> list[str]:
+    return [f"hour {h.isoformat()}: {e}" for h, e in run.failed]
 
 
 async def run(storage: Storage, settings: AggregatorSettings, stop: asyncio.Event) -> None:
@@ -150,12 +174,9 @@ async def run(storage: Storage, settings: AggregatorSettings, stop: asyncio.Even
             await jobs.run("retention", lambda: retention_once(storage, settings))
             next_retention = loop.time() + settings.retention_interval.total_seconds()
             if storage.mode == "timescale":
-                failed = await jobs.run("timescaledb jobs", lambda: timescale_jobs_once(storage))
-                for line in failed or []:
-                    jobs.failed("timescaledb", line)
+                # Failing while one of TimescaleDB's jobs last failed (or they cannot be checked).
+                await jobs.run("timescaledb", lambda: timescale_jobs_once(storage), errors=lambda failed: failed)
         await jobs.run("rollups", lambda: rollup_once(storage))
         if storage.ready.is_set():
-            sealed = await jobs.run("sealing", lambda: seal_once(storage))
-            if isinstance(sealed, sealing.SealRun) and sealed.failed:
-                jobs.failed("sealing", "; ".join(f"hour {h.isoformat()}: {e}" for h, e in sealed.failed))
+            await jobs.run("sealing", lambda: seal_once(storage), errors=_unsealed_hours)
         await wait_or_stop(stop, settings.rollup_interval.total_seconds())

@@ -7,36 +7,19 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from prometheus_client import REGISTRY
 
 from sysmon.aggregator import maintenance
-from sysmon.aggregator.server import Aggregator
 from sysmon.core.batch import NormalizedBatch
 from sysmon.core.metrics import Series, series_id
 from sysmon.core.settings import AggregatorSettings
 from sysmon.core.storage import partitions, rollups
 from sysmon.core.storage.partitions import EPOCH
 from tests.conftest import AggregatorFactory
-from tests.helpers import wait_for
+from tests.helpers import start_idle_aggregator
 
 HOST = "ret-host"
 SID = series_id(HOST, "system.cpu.utilization", {"cpu": "total"})
 SERIES = Series(SID, HOST, "system.cpu.utilization", {"cpu": "total"}, "1")
-
-
-def _maintenance_runs() -> float:
-    # Sealing is each round's last job.
-    return sum(REGISTRY.get_sample_value("sysmon_aggregator_storage_job_runs_total",
-                                         {"job": "sealing", "outcome": o}) or 0.0 for o in ("ok", "error"))
-
-
-async def start_idle_aggregator(start_aggregator: AggregatorFactory) -> Aggregator:
-    """An aggregator whose own maintenance job has done its first round (and now waits an hour), so
-    that the retention lock is free and the test alone decides when retention runs."""
-    before = _maintenance_runs()
-    agg = await start_aggregator()
-    await wait_for(lambda: _maintenance_runs() > before, message="the aggregator's first maintenance round")
-    return agg
 
 
 async def insert_raw(conn: asyncpg.Connection, *times: datetime) -> None:

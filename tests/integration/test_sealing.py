@@ -4,7 +4,6 @@ replays stored once, and a kill in the middle of sealing leaving the rows or the
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import asyncpg
 import numpy as np
-import pytest
 from prometheus_client import REGISTRY
 
 from sysmon.aggregator import maintenance
@@ -28,7 +26,7 @@ from sysmon.core.storage import partitions, raw, rollups, sealing
 from sysmon.core.storage.partitions import EPOCH
 from sysmon.core.storage.writer import SampleWriter
 from tests.conftest import AggregatorFactory
-from tests.helpers import RawClient, make_batch, wait_for
+from tests.helpers import RawClient, make_batch, start_idle_aggregator, wait_for
 
 ROOT = str(Path(__file__).resolve().parents[2])
 HOSTS = ("seal-a", "seal-b")
@@ -177,9 +175,10 @@ async def test_late_samples_are_merged_into_sealed_blocks_and_rollups_corrected(
 async def test_a_replayed_batch_of_a_sealed_hour_stores_nothing_twice(
     start_aggregator: AggregatorFactory, pool: asyncpg.Pool
 ) -> None:
-    agg = await start_aggregator()
+    agg = await start_idle_aggregator(start_aggregator)
     now = datetime.now(UTC)
-    t = ms(partitions.floor_time(now - 2 * HOUR, HOUR)) + 5_000
+    hour = partitions.floor_time(now - 2 * HOUR, HOUR)
+    t = ms(hour) + 5_000
     async with RawClient(agg.address, "replay-host", "s1") as c:
         for seq in (1, 2):
             c.send(make_batch("replay-host", "s1", seq, declare=seq == 1, time_ms=t + seq * 5000))
@@ -193,18 +192,66 @@ async def test_a_replayed_batch_of_a_sealed_hour_stores_nothing_twice(
     assert await pool.fetchval("SELECT count(*) FROM samples_raw") == 0
     assert await pool.fetchval("SELECT sum(count) FROM samples_sealed") == 4
 
+    # The same samples under another session (a collector restarted without its state): stored in
+    # the open area, then dropped by the aggregator's sealing job as already sealed, and counted.
+    before = sealed_duplicates()
+    async with RawClient(agg.address, "replay-host", "s2") as c:
+        c.send(make_batch("replay-host", "s2", 1, time_ms=t + 5000))
+        await wait_for(lambda: 1 in c.acked, message="the other session's batch acknowledged")
+    run = await maintenance.seal_once(agg.storage, now)
+    assert run is not None
+    assert (run.merged, run.samples, run.duplicates) == ([hour], 0, 2)
+    assert sealed_duplicates() - before == 2
+    assert await pool.fetchval("SELECT count(*) FROM samples_raw") == 0
+    assert await pool.fetchval("SELECT sum(count) FROM samples_sealed") == 4
 
-async def test_retention_drops_sealed_partitions(pool: asyncpg.Pool) -> None:
+
+def sealed_duplicates() -> float:
+    return REGISTRY.get_sample_value("sysmon_aggregator_sealed_duplicate_samples_total") or 0.0
+
+
+async def test_the_aggregators_retention_drops_expired_sealed_hours_and_their_records(
+    start_aggregator: AggregatorFactory, pool: asyncpg.Pool
+) -> None:
+    agg = await start_idle_aggregator(start_aggregator, raw_retention="2h")
     now = datetime.now(UTC)
     await load(pool, now, history(now, hours=3))
+    this_hour = partitions.floor_time(now, HOUR)
+    expired, *kept = [this_hour - k * HOUR for k in (3, 2, 1)]
+    assert isinstance(await maintenance.rollup_once(agg.storage, now), rollups.RollupRun)
+    run = await maintenance.seal_once(agg.storage, now)
+    assert run is not None
+    assert run.sealed == [expired, *kept]
+    ids = [s.id for ss in fleet_series().values() for s in ss]
+    service = QueryService(pool, None)
+    request = QueryRequest(NAME, kept[0], now, timedelta(seconds=5), HOSTS, {}, "avg")
     async with pool.acquire() as conn:
-        await rollups.run_rollups(conn, now)
-        await sealing.seal_once(conn, now)
-        later = now + timedelta(hours=2)
-        dropped = await rollups.drop_expired(conn, partitions.SEALED, later, timedelta(hours=3))
-        assert dropped
-        oldest = await conn.fetchval("SELECT min(block_start) FROM samples_sealed")
-    assert oldest >= partitions.floor_time(later - timedelta(hours=3), HOUR)
+        read_before = await raw.read(conn, ids, kept[0], now)
+    answer_before = await service.query(request, now)
+
+    # Half past this hour, with 2 hours of raw retention: the oldest sealed hour lies wholly past it.
+    at = this_hour + timedelta(minutes=30)
+    dropped = await maintenance.retention_once(agg.storage, agg.settings, at)
+
+    sealed_name, raw_name = (partitions.partition_for(t, expired).name for t in (partitions.SEALED, partitions.RAW))
+    assert {sealed_name, raw_name} <= set(dropped)
+    async with pool.acquire() as conn:
+        sealed_parts = {p.lo for p in await rollups.existing_partitions(conn, partitions.SEALED.table)}
+        read_after = await raw.read(conn, ids, kept[0], now)
+    assert expired not in sealed_parts
+    assert set(kept) <= sealed_parts
+    # The expired hour's record goes with its blocks (else the table grows forever); the others stay.
+    assert {r[0] for r in await pool.fetch("SELECT hour FROM raw_sealed_hours")} == set(kept)
+    assert await pool.fetchval("SELECT min(block_start) FROM samples_sealed") == kept[0]
+    # The hours kept answer as before, bit for bit.
+    assert read_after.keys() == read_before.keys()
+    for sid, (ts, values) in read_before.items():
+        assert read_after[sid][0].tolist() == ts.tolist()
+        assert read_after[sid][1].view(np.uint64).tolist() == values.view(np.uint64).tolist()
+    answer_after = await service.query(request, now)
+    assert answer_after.tier == answer_before.tier == "raw"
+    assert [s.points for s in answer_after.series] == [s.points for s in answer_before.series]
+    assert all(s.points for s in answer_after.series)
 
 
 SEAL_AND_HANG = """
@@ -277,33 +324,3 @@ async def test_windows_after_a_restart_come_from_sealed_hours_too(pool: asyncpg.
     loaded, _ = await backfill.from_postgres(pool, state, ms(now))
     # An hour and the slack, 4 series of 2 hosts, one sample every 5 s.
     assert loaded >= 2 * 4 * 720
-
-
-async def test_a_failing_storage_job_is_a_warning_and_a_metric_until_it_works(
-    start_aggregator: AggregatorFactory, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
-) -> None:
-    def failing() -> float | None:
-        return REGISTRY.get_sample_value("sysmon_aggregator_storage_job_failing", {"job": "sealing"})
-
-    def rounds() -> float:
-        return sum(REGISTRY.get_sample_value("sysmon_aggregator_storage_job_runs_total",
-                                             {"job": "sealing", "outcome": o}) or 0.0 for o in ("ok", "error"))
-
-    before = rounds()
-    agg = await start_aggregator()
-    # Its own first round done (the next is an hour away): the test alone runs the job now.
-    await wait_for(lambda: rounds() > before, message="the aggregator's first maintenance round")
-    jobs = maintenance.Jobs(agg.storage)
-
-    await pool.execute("ALTER TABLE raw_sealed_hours RENAME TO raw_sealed_hours_away")
-    try:
-        with caplog.at_level(logging.WARNING, logger="sysmon.aggregator.maintenance"):
-            await jobs.run("sealing", lambda: maintenance.seal_once(agg.storage))
-        assert failing() == 1.0
-        [line] = [r.getMessage() for r in caplog.records if "storage job" in r.getMessage()]
-        assert line.startswith("storage job sealing failed: UndefinedTableError")
-        assert "raw_sealed_hours" in line
-    finally:
-        await pool.execute("ALTER TABLE raw_sealed_hours_away RENAME TO raw_sealed_hours")
-    await jobs.run("sealing", lambda: maintenance.seal_once(agg.storage))
-    assert failing() == 0.0
