@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from sysmon.agent.collector import Collector
@@ -25,6 +25,24 @@ async def wait_for(predicate: Callable[[], Any], within: float = 20.0, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+def storage_job_runs(job: str) -> float:
+    """How many runs of an aggregator's storage job this process saw (ok or not)."""
+    from prometheus_client import REGISTRY
+
+    return sum(REGISTRY.get_sample_value("sysmon_aggregator_storage_job_runs_total", {"job": job, "outcome": o})
+               or 0.0 for o in ("ok", "error"))
+
+
+async def start_idle_aggregator(start_aggregator: Callable[..., Awaitable[Any]], **overrides: Any) -> Any:
+    """An aggregator whose own maintenance loop has done its first round (sealing is a round's last
+    job) and now waits for its next (an hour away in the tests), so that its advisory locks are free
+    and the test alone decides when the storage jobs run."""
+    before = storage_job_runs("sealing")
+    agg = await start_aggregator(**overrides)
+    await wait_for(lambda: storage_job_runs("sealing") > before, message="the aggregator's first maintenance round")
+    return agg
 
 
 @contextlib.asynccontextmanager

@@ -40,9 +40,12 @@ async def rollup_once(storage: Storage, now: datetime | None = None) -> rollups.
         if not await _locked(conn, ROLLUP_LOCK):
             return None
         try:
-            return await rollups.run_rollups(conn, now or datetime.now(UTC))
+            run = await rollups.run_rollups(conn, now or datetime.now(UTC))
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", ROLLUP_LOCK)
+    for tier, skipped in run.skipped.items():
+        telemetry.ROLLUP_SKIPPED.labels(tier).inc(len(skipped))
+    return run
 
 
 async def seal_once(storage: Storage, now: datetime | None = None) -> sealing.SealRun | None:

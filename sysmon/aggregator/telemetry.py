@@ -48,3 +48,7 @@ TIMESCALE_JOB_FAILING = Gauge(
 SEALED_SAMPLES = Counter("sysmon_aggregator_sealed_samples_total", "Raw samples sealed into blocks (and merged)")
 SEALED_BYTES = Counter("sysmon_aggregator_sealed_bytes_total", "Encoded bytes of the blocks sealed")
 SEAL_SECONDS = Counter("sysmon_aggregator_seal_seconds_total", "Time spent sealing")
+ROLLUP_SKIPPED = Counter(
+    "sysmon_aggregator_rollup_series_skipped_total",
+    "Series whose rollup buckets over a range could not be computed from their data and were skipped", ["tier"],
+)
