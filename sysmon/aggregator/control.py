@@ -173,9 +173,18 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         try:
             check_host_id(hello.host_id, self.limits)
             check_session_id(hello.session_id, self.limits)
+            lim = self.limits
+            if len(hello.labels) > lim.max_host_labels:
+                raise InvalidInput("labels", f"{len(hello.labels)} labels, more than {lim.max_host_labels}")
             for k, v in hello.labels.items():
-                if not k or len(k) > 63 or len(v) > 63:
-                    raise InvalidInput("labels", f"label {k[:70]!r}: keys 1-63 and values 0-63 characters")
+                if not k or len(k) > lim.max_label_key_length or len(v) > lim.max_label_value_length:
+                    raise InvalidInput("labels", f"label {k[:70]!r}: keys 1-{lim.max_label_key_length} and "
+                                                 f"values 0-{lim.max_label_value_length} characters")
+            for name, value, most in (("hostname", hello.hostname, lim.max_hostname_length),
+                                      ("agent_version", hello.agent_version, lim.max_agent_version_length),
+                                      ("os", hello.os, lim.max_os_length)):
+                if len(value) > most:
+                    raise InvalidInput(name, f"longer than {most} characters")
         except InvalidInput as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hello: {e}")
         principal = auth.current()

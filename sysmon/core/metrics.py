@@ -39,6 +39,13 @@ class Limits:
     max_unit_length: int = 32
     max_host_id_length: int = 253
     max_session_id_length: int = 64
+    # A Hello's labels and facts (stored in the hosts row, shown on the dashboard).
+    max_host_labels: int = 64
+    max_label_key_length: int = 63
+    max_label_value_length: int = 63
+    max_hostname_length: int = 253
+    max_agent_version_length: int = 128
+    max_os_length: int = 128
     max_series_per_stream: int = 20_000
     max_series_per_host: int = 20_000
     max_samples_per_second_per_host: int = 10_000
@@ -128,7 +135,8 @@ def check_session_id(session_id: str, limits: Limits) -> None:
     if len(session_id) > limits.max_session_id_length or not HOST_ID_RE.match(session_id):
         raise InvalidInput(
             "session_id",
-            f"must be 1-{limits.max_session_id_length} characters of [A-Za-z0-9._-]",
+            f"must be 1-{limits.max_session_id_length} characters of [A-Za-z0-9._-], "
+            "starting with a letter or digit",
         )
 
 

@@ -20,7 +20,7 @@ import pytest
 from sysmon.aggregator import maintenance, telemetry
 from sysmon.aggregator.normalize import StreamDecoder
 from sysmon.core.metrics import Limits
-from sysmon.pb.v1 import control_pb2
+from sysmon.pb.v1 import control_pb2, control_pb2_grpc
 from tests.conftest import AggregatorFactory
 from tests.gateway_helpers import running_gateway
 from tests.helpers import RawClient, make_batch, wait_for
@@ -261,3 +261,48 @@ async def test_a_replaced_control_stream_is_closed_and_its_collector_takes_it_ba
             assert "replaced by a newer one" in err.value.details()
         finally:
             await intruder.__aexit__(None, None, None)
+
+
+@pytest.mark.parametrize(("hello", "text"), [
+    ({"labels": {f"k{i}": "v" for i in range(65)}}, "labels: 65 labels, more than 64"),
+    ({"labels": {"k" * 64: "v"}}, "keys 1-63 and values 0-63 characters"),
+    ({"labels": {"team": "v" * 64}}, "keys 1-63 and values 0-63 characters"),
+    ({"hostname": "h" * 254}, "hostname: longer than 253 characters"),
+    ({"agent_version": "1" * 129}, "agent_version: longer than 128 characters"),
+    ({"os": "L" * 129}, "os: longer than 128 characters"),
+    ({"session_id": ".hidden"}, "starting with a letter or digit"),
+])
+async def test_a_hello_over_a_limit_ends_the_stream_naming_the_limit_and_stores_nothing(
+    start_aggregator: AggregatorFactory, pool: asyncpg.Pool, hello: dict[str, object], text: str
+) -> None:
+    agg = await start_aggregator()
+    fields: dict[str, object] = {"host_id": "big-hello", "session_id": "s1", **hello}
+    async with grpc.aio.insecure_channel(agg.address) as channel:
+        control = control_pb2_grpc.ControlServiceStub(channel).Connect()
+        await control.write(control_pb2.AgentMessage(hello=control_pb2.Hello(**fields)))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            # Refused at once: a Welcome here (or nothing) fails the test.
+            await asyncio.wait_for(control.read(), 10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("hello: ")
+    assert text in err.value.details(), err.value.details()
+    assert await pool.fetchval("SELECT count(*) FROM hosts") == 0
+
+
+async def test_a_hello_at_every_limit_is_welcomed_and_recorded(
+    start_aggregator: AggregatorFactory, pool: asyncpg.Pool
+) -> None:
+    agg = await start_aggregator()
+    labels = {f"{i:02d}" + "k" * 61: "v" * 63 for i in range(64)}
+    async with grpc.aio.insecure_channel(agg.address) as channel:
+        control = control_pb2_grpc.ControlServiceStub(channel).Connect()
+        await control.write(control_pb2.AgentMessage(hello=control_pb2.Hello(
+            host_id="full-hello", session_id="s1", hostname="h" * 253, labels=labels,
+            agent_version="1" * 128, os="L" * 128)))
+        assert (await control.read()).WhichOneof("body") == "welcome"
+        row = await wait_for(lambda: pool.fetchrow("SELECT hostname, labels, os FROM hosts"),
+                             message="the host recorded")
+        control.cancel()
+    assert row["hostname"] == "h" * 253
+    assert row["os"] == "L" * 128
+    assert row["labels"] == labels

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -121,6 +122,31 @@ async def test_scopes_on_every_method(start_aggregator: AggregatorFactory) -> No
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await control.read()
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_collector_on_the_fleet_token_is_named_in_one_warning(
+    start_aggregator: AggregatorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator upgrading to per-host credentials must learn which collectors still hold the
+    fleet-wide token (which may speak for any host): once, by host name; not those already moved."""
+    agg = await start_aggregator(token="fleet-wide", token_secret=SECRET)
+
+    def fleet_warnings() -> list[logging.LogRecord]:
+        return [r for r in caplog.records
+                if r.levelno == logging.WARNING and "fleet-wide token" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger="sysmon.aggregator"):
+        own = tokens.issue(SECRET, Scope.COLLECTOR, host="moved-1")
+        async with running_collector(agg.address, token=own, host_id="moved-1") as moved:
+            await wait_for(lambda: moved.buffer.acked >= 2, message="per-host collector stored")
+            assert fleet_warnings() == []
+            async with running_collector(agg.address, token="fleet-wide", host_id="legacy-1") as legacy:
+                await wait_for(lambda: legacy.buffer.acked >= 3, message="fleet-token collector stored")
+                await wait_for(fleet_warnings, within=5, message="the fleet-token warning")
+    (warning,) = fleet_warnings()
+    assert "legacy-1" in warning.getMessage()
+    assert "moved-1" not in warning.getMessage()
+    assert "sysmon token issue --host" in warning.getMessage()
 
 
 async def test_the_scheme_is_case_insensitive_on_grpc_as_on_rest(

@@ -1,16 +1,21 @@
-"""Coming back whole: the hot tier after Redis restarts empty, a collector's first batch after a
-restart, and what collectors log while the aggregator sends batches back."""
+"""Coming back whole: the hot tier after Redis restarts empty, the fleet's status while Redis is
+away, a collector's first batch after a restart, and what collectors log while the aggregator sends
+batches back."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
 from sysmon.agent.collector import Collector
+from sysmon.core.embedded import EmbeddedRedis
 from sysmon.core.hot import HotTier
 from sysmon.core.settings import AgentSettings
 from sysmon.pb.v1 import control_pb2
@@ -43,6 +48,45 @@ async def test_the_hot_tier_is_whole_again_within_an_interval_of_redis_coming_ba
             assert r.json()["series"]
             hosts = (await gw.http.get("/api/v1/hosts")).json()["hosts"]
             assert [(h["host"], h["status"], h["last_seen_source"]) for h in hosts] == [("hot-host", "up", "hot")]
+
+
+async def test_during_a_redis_outage_hosts_stay_up_from_postgresql(
+    start_aggregator: AggregatorFactory, pg_dsn: str, short_dir: Path
+) -> None:
+    """Redis away, samples still stored in PostgreSQL: the host list must not call the fleet stale
+    (and page SysmonNoData for every host). Observed for several stale thresholds."""
+    redis = EmbeddedRedis(short_dir)
+    url = await asyncio.to_thread(redis.start)
+    try:
+        agg = await start_aggregator(redis=url)
+        async with running_collector(agg.address, host_id="steady", interval="200ms", ack_timeout="3s") as c, \
+                running_gateway(pg_dsn, url, stale_after="1s", down_after="3s") as gw:
+
+            async def status() -> tuple[str, str]:
+                r = await gw.http.get("/api/v1/hosts")
+                assert r.status_code == 200, r.text
+                (h,) = r.json()["hosts"]
+                return h["status"], h["last_seen_source"]
+
+            await wait_for(lambda: c.buffer.acked >= 3, message="collector stored")
+            assert await status() == ("up", "hot")
+            await asyncio.to_thread(redis.stop)
+            acked = c.buffer.acked
+            await wait_for(lambda: _status_is(status, ("up", "postgresql")), within=10,
+                           message="the host list answered from PostgreSQL")
+            # Three times the stale threshold (and past the down threshold): up all along.
+            until = time.monotonic() + 3.5
+            while time.monotonic() < until:
+                assert await status() == ("up", "postgresql")
+                await asyncio.sleep(0.2)
+            # Because the samples really are stored meanwhile.
+            await wait_for(lambda: c.buffer.acked >= acked + 5, message="stored without Redis")
+    finally:
+        await asyncio.to_thread(redis.stop)
+
+
+async def _status_is(status: Any, want: tuple[str, str]) -> bool:
+    return await status() == want
 
 
 async def _described(hot: HotTier, n: int) -> bool:

@@ -4,6 +4,7 @@ buckets, and exactly-once storage of batches, against a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -12,12 +13,16 @@ from decimal import Decimal
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
+from sysmon.aggregator import maintenance
 from sysmon.core.batch import NormalizedBatch
 from sysmon.core.metrics import Series, series_id
 from sysmon.core.storage import partitions, rollups
 from sysmon.core.storage.partitions import EPOCH, floor_time
 from sysmon.core.storage.writer import SampleWriter
+from tests.conftest import AggregatorFactory
+from tests.helpers import RawClient, make_batch, start_idle_aggregator, wait_for
 
 HOST = "roll-host"
 SESSION = "sess-1"
@@ -254,3 +259,79 @@ async def test_concurrent_writers_store_a_batch_once(pool: asyncpg.Pool, base: d
     assert sorted(stored) == sorted(b.key for b in batches)
     assert sorted(duplicates) == sorted(b.key for b in batches)
     assert await pool.fetchval("SELECT count(*) FROM samples_raw") == 60 * len(SERIES)
+
+
+async def test_a_series_postgresql_refuses_to_roll_up_is_skipped_alone_and_said_so(
+    start_aggregator: AggregatorFactory, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One series whose 1-minute bucket PostgreSQL refuses (as it refused float8 sums that overflow,
+    SQLSTATE 22003) is skipped with a warning naming it and counted in /metrics; every other series,
+    of other hosts and of its own, is rolled up, run after run, and the job keeps working."""
+    agg = await start_idle_aggregator(start_aggregator)
+    cpu = "system.cpu.utilization"
+    bad = series_id("odd-1", cpu, {"cpu": "0", "state": "user"})
+    # A real refusal from PostgreSQL, for that series only, inside the job's own statement.
+    await pool.execute(f"""
+        CREATE FUNCTION refuse_one_series() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.series_id = {bad} THEN
+                RAISE EXCEPTION 'value out of range: overflow' USING ERRCODE = 'numeric_value_out_of_range';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_one_series BEFORE INSERT ON rollup_1m
+            FOR EACH ROW EXECUTE FUNCTION refuse_one_series();
+    """)
+    jobs = maintenance.Jobs(agg.storage)
+    hosts = ("web-1", "web-2", "odd-1")
+    m0 = floor_time(datetime.now(UTC) - 2 * HOUR, MINUTE)
+
+    def skipped_total() -> float:
+        return REGISTRY.get_sample_value("sysmon_aggregator_rollup_series_skipped_total", {"tier": "1m"}) or 0.0
+
+    def refused(records: list[logging.LogRecord]) -> list[str]:
+        return [r.getMessage() for r in records if r.levelno == logging.WARNING and "skipped" in r.getMessage()]
+
+    async def minutes_of(host: str) -> dict[str, int]:
+        rows = await pool.fetch(
+            "SELECT s.attributes->>'cpu' AS cpu, count(*) AS n FROM rollup_1m r JOIN series s USING (series_id) "
+            "WHERE s.host_id = $1 GROUP BY 1", host)
+        return {r["cpu"]: r["n"] for r in rows}
+
+    clients = [RawClient(agg.address, h, "s1") for h in hosts]
+    for c in clients:
+        await c.__aenter__()
+    try:
+        seq = 0
+        for rnd, first_minute in enumerate((0, 2)):
+            for m in (first_minute, first_minute + 1):
+                for s in (0, 20, 40):
+                    seq += 1
+                    t = ms(m0 + m * MINUTE + timedelta(seconds=s))
+                    for c in clients:
+                        c.send(make_batch(c.host_id, "s1", seq, declare=seq == 1, time_ms=t, values=(0.25, 0.75)))
+            await wait_for(lambda n=seq: all(len(c.acked) == n for c in clients), message="every batch stored")
+
+            before = skipped_total()
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                run = await jobs.run("rollups", lambda: maintenance.rollup_once(agg.storage))
+            assert isinstance(run, rollups.RollupRun)
+            assert run.skipped == {"1m": [bad], "1h": []}
+            assert REGISTRY.get_sample_value("sysmon_aggregator_storage_job_failing", {"job": "rollups"}) == 0.0
+            assert skipped_total() - before == 1
+            (line,) = refused(caplog.records)
+            assert f"rollup 1m of series {bad} over" in line
+            assert "value out of range: overflow" in line
+
+            # The other hosts' rollups, and the same host's other series, advance: 2 minutes a round.
+            done = 2 * (rnd + 1)
+            assert await minutes_of("web-1") == {"0": done, "1": done}
+            assert await minutes_of("web-2") == {"0": done, "1": done}
+            assert await minutes_of("odd-1") == {"1": done}
+    finally:
+        for c in clients:
+            await c.__aexit__(None, None, None)
+    good = await pool.fetchrow("SELECT min, max, sum, count FROM rollup_1m WHERE series_id = $1 AND bucket = $2",
+                               series_id("web-1", cpu, {"cpu": "1", "state": "user"}), m0)
+    assert tuple(good) == (0.75, 0.75, Decimal("2.25"), 3)

@@ -121,7 +121,7 @@ def test_session_id_length_and_charset(session: str) -> None:
     with pytest.raises(InvalidInput) as info:
         check_session_id(session, Limits(max_session_id_length=8))
     assert info.value.field == "session_id"
-    assert info.value.message == "must be 1-8 characters of [A-Za-z0-9._-]"
+    assert info.value.message == "must be 1-8 characters of [A-Za-z0-9._-], starting with a letter or digit"
 
 
 def test_session_id_at_the_length_limit() -> None:

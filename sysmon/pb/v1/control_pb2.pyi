@@ -9,7 +9,13 @@ only here. One stream per (host_id, session_id): a newer stream for the same ses
 the older, which the aggregator then ends with ABORTED, so a collector whose stream was taken
 over reconnects (and, holding a credential bound to its host, takes it back for good).
 Authentication as in metrics.proto; a Hello for a host the credential may not speak for ends the
-stream with PERMISSION_DENIED.
+stream with PERMISSION_DENIED. A Hello that breaks one of the limits given on its fields ends the
+stream with INVALID_ARGUMENT and a message naming the field and the limit.
+
+Keepalive (as in metrics.proto): the aggregator pings every 30 s and expects an answer within
+10 s; a client may ping at most once every 10 s (with or without calls in flight), more often is
+answered with GOAWAY (too_many_pings). The stream stays open for days: keep pinging so a hung
+aggregator, or a proxy that dropped the connection, is noticed.
 """
 
 from collections import abc as _abc
@@ -64,17 +70,24 @@ class Hello(_message.Message):
     host_id: _builtins.str
     """1-253 characters of [A-Za-z0-9._-], starting with a letter or digit (on Kubernetes the node name)."""
     session_id: _builtins.str
-    """1-64 characters of [A-Za-z0-9._-]: the same session_id as the collector's Push batches."""
+    """1-64 characters of [A-Za-z0-9._-], starting with a letter or digit: the same session_id as
+    the collector's Push batches.
+    """
     hostname: _builtins.str
+    """The machine's own name, for display: at most 253 characters (may be empty)."""
     agent_version: _builtins.str
+    """The collector's version, for display: at most 128 characters (may be empty)."""
     interval_ms: _builtins.int
     os: _builtins.str
+    """The operating system, for display (e.g. "Linux 6.1"): at most 128 characters (may be empty)."""
     cpu_count: _builtins.int
     memory_total_bytes: _builtins.int
     boot_time_unix_ms: _builtins.int
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """The host's labels (for rules' host selectors and the dashboard): keys 1-63, values 0-63 characters."""
+        """The host's labels (for rules' host selectors and the dashboard): at most 64 labels, keys 1-63,
+        values 0-63 characters.
+        """
 
     def __init__(
         self,

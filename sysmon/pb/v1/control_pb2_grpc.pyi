@@ -9,7 +9,13 @@ only here. One stream per (host_id, session_id): a newer stream for the same ses
 the older, which the aggregator then ends with ABORTED, so a collector whose stream was taken
 over reconnects (and, holding a credential bound to its host, takes it back for good).
 Authentication as in metrics.proto; a Hello for a host the credential may not speak for ends the
-stream with PERMISSION_DENIED.
+stream with PERMISSION_DENIED. A Hello that breaks one of the limits given on its fields ends the
+stream with INVALID_ARGUMENT and a message naming the field and the limit.
+
+Keepalive (as in metrics.proto): the aggregator pings every 30 s and expects an answer within
+10 s; a client may ping at most once every 10 s (with or without calls in flight), more often is
+answered with GOAWAY (too_many_pings). The stream stays open for days: keep pinging so a hung
+aggregator, or a proxy that dropped the connection, is noticed.
 """
 
 from collections import abc as _abc

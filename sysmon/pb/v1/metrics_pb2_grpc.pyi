@@ -23,7 +23,8 @@ rejected alone, with a Reject on ControlService.Connect and in the PushSummary, 
 goes on; a violation that leaves the stream unusable ends it with the status named.
   - message size 4 MiB (RESOURCE_EXHAUSTED from gRPC itself);
   - host_id: 1-253 characters of [A-Za-z0-9._-], starting with a letter or digit; session_id:
-    1-64 characters of [A-Za-z0-9._-]; both fixed for the stream (INVALID_ARGUMENT, ends it);
+    1-64 characters of [A-Za-z0-9._-], starting with a letter or digit; both fixed for the
+    stream (INVALID_ARGUMENT, ends it);
   - seq: 1 .. 2^63-1 (INVALID_ARGUMENT);
   - metric names: [A-Za-z_][A-Za-z0-9_.]*, at most 255 characters; units at most 32 printable
     characters; at most 16 attributes, keys [A-Za-z_][A-Za-z0-9_.]* of at most 64 characters,
@@ -36,6 +37,16 @@ goes on; a violation that leaves the stream unusable ends it with the status nam
     5 minutes ahead of the aggregator's clock (OUT_OF_RANGE);
   - 10,000 samples per second per host sustained, bursts of 200,000: a batch over the budget is
     not stored and comes back in a Nack with code RESOURCE_EXHAUSTED and when to retry.
+
+One sample per (series, time): a series holds at most one value per millisecond. A second value
+for a series and time already stored, from this session or any other (a restarted collector,
+a duplicate collector for the same host), is acknowledged but not stored; the first value is
+kept and the aggregator only counts the duplicate; nothing on the wire overwrites a stored value.
+
+Keepalive: the aggregator pings every 30 s and drops a connection that does not answer within
+10 s. Clients may send keepalive pings too (the sysmon collector pings every 15 s, also without
+calls in flight, to notice a hung aggregator), but at most one every 10 s: pinging more often
+is answered with GOAWAY (too_many_pings) and the connection is closed.
 """
 
 from collections import abc as _abc
