@@ -253,20 +253,21 @@ class Ingest:
 async def gather(q: asyncio.Queue[NormalizedBatch], linger_s: float, limit: int,
                  weight: Callable[[NormalizedBatch], int] = lambda b: b.sample_count,
                  ) -> tuple[list[NormalizedBatch], int]:
-    """The next batch and those that join it: whatever is queued, and once the queue is empty what
-    arrives within the linger, up to `limit` (in samples, or by `weight`). One timer per group: a
-    timeout around each get cost a timer per batch."""
+    """The next batch and those that join it: whatever is queued, and what arrives within the
+    linger, up to `limit` (in samples, or by `weight`). One timer for the whole group (a timeout
+    around each get cost a timer per batch)."""
     group = [await q.get()]
     n = weight(group[0])
-    waited = linger_s <= 0
-    while n < limit:
-        if q.empty():
-            if waited:
-                break
-            waited = True
-            await asyncio.sleep(linger_s)
-            continue
+    while n < limit and not q.empty():
         b = q.get_nowait()
         group.append(b)
         n += weight(b)
+    if n >= limit or linger_s <= 0:
+        return group, n
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(linger_s):
+            while n < limit:
+                b = await q.get()
+                group.append(b)
+                n += weight(b)
     return group, n
