@@ -276,8 +276,8 @@ async def _until(pred: Any, within: float, what: str) -> Any:
 async def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
+    from sysmon.core.batch import samples_events
     from sysmon.core.bus import SAMPLES, RedisBus
-    from sysmon.pb.v1 import events_pb2
 
     stack = Stack(args.data_dir, keep=args.keep)
     receiver = Receiver().start()
@@ -318,9 +318,9 @@ async def run_latency(args: argparse.Namespace) -> dict[str, Any]:
 
         async def listen() -> None:
             async for m in bus.subscribe(SAMPLES, batch=1000):
-                ev = events_pb2.SamplesEvent.FromString(m.payload)
-                if ev.host_id.startswith("lat-"):
-                    stored[(ev.host_id, ev.seq)] = ev.stored_unix_ms
+                for ev in samples_events(m.payload):
+                    if ev.host_id.startswith("lat-"):
+                        stored[(ev.host_id, ev.seq)] = ev.stored_unix_ms
 
         listener = asyncio.create_task(listen())
         hosts = [LatencyHost(stack.address, f"lat-{i:02d}") for i in range(args.hosts)]
@@ -466,7 +466,8 @@ async def _publish(redis_url: str, hosts: list[int], total: int, interval: float
                     ev.series.add(id=sid, name=name, attributes=attrs, unit=unit, kind=kind)
             ev.frames.add(time_unix_ms=now, series_ids=ids,
                           values=[b + rng.uniform(-0.3, 0.3) for b in base])
-            await bus.publish(SAMPLES, ev.SerializeToString())
+            # One batch to an entry: the aggregator groups those that arrive within its live linger.
+            await bus.publish(SAMPLES, events_pb2.SamplesEvents(events=[ev]).SerializeToString())
             sent += 1
         rnd += 1
 

@@ -2,10 +2,13 @@
 
 Two paths per batch. The live path writes the hot tier and publishes on the bus at once, so
 dashboards and alerts see a sample within milliseconds of its arrival. The durable path
-queues the batch for a writer shard (one per PostgreSQL connection; a session always goes to
-the same shard so its batches commit in order), which commits whatever has queued up as one
-group and then acknowledges each batch to its collector. The queue is bounded in samples:
-when PostgreSQL falls behind, Push streams stop being read and collectors buffer.
+queues the batch for the writers (one per PostgreSQL connection), which commit whatever has
+queued up as one group and then acknowledge each batch to its collector. One writer gathers a
+group at a time while the others commit theirs: a steady fleet gets one commit per linger,
+however many writers there are, and a backlog is committed by all of them at once. Batches of one
+session may commit in either order (storage keeps each seq once, whatever the order). The queue
+is bounded in samples: when PostgreSQL falls behind, Push streams stop being read and
+collectors buffer.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -27,6 +29,7 @@ from sysmon.aggregator.storage import CONNECTION_ERRORS, Storage
 from sysmon.core import bus as busmod
 from sysmon.core.batch import NormalizedBatch, to_event
 from sysmon.core.hot import HotTier
+from sysmon.pb.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,9 @@ class Ingest:
         self.commit_max_samples = commit_max_samples
         self.commit_linger_s = commit_linger_s
         self.live_linger_s = live_linger_s
-        self._shards: list[asyncio.Queue[NormalizedBatch]] = [asyncio.Queue() for _ in range(writers)]
+        self.writers = writers
+        self._queue: asyncio.Queue[NormalizedBatch] = asyncio.Queue()
+        self._gathering = asyncio.Lock()
         self._live: asyncio.Queue[NormalizedBatch] = asyncio.Queue(maxsize=LIVE_QUEUE)
         self._queued = 0
         self._space = asyncio.Condition()
@@ -87,15 +92,14 @@ class Ingest:
         self._last_live_error = 0.0
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run_shard(q), name=f"writer-{i}") for i, q in
-                       enumerate(self._shards)]
+        self._tasks = [asyncio.create_task(self._run_writer(), name=f"writer-{i}") for i in range(self.writers)]
         self._tasks.append(asyncio.create_task(self._run_live(), name="live"))
 
     async def stop(self, drain_s: float = 10.0) -> None:
         """Commit what is queued (for at most `drain_s`), then stop."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_s):
-                for q in (*self._shards, self._live):
+                for q in (self._queue, self._live):
                     await q.join()
         for t in self._tasks:
             t.cancel()
@@ -123,8 +127,7 @@ class Ingest:
             await self._space.wait_for(lambda: self._queued == 0 or self._queued + n <= self.queue_samples)
             self._queued += n
         telemetry.QUEUED.set(self._queued)
-        shard = zlib.crc32(f"{batch.host_id}\x00{batch.session_id}".encode()) % len(self._shards)
-        self._shards[shard].put_nowait(batch)
+        self._queue.put_nowait(batch)
 
     def forget_session(self, host_id: str, session_id: str) -> None:
         self._published.pop((host_id, session_id), None)
@@ -140,11 +143,13 @@ class Ingest:
             self._space.notify_all()
         telemetry.QUEUED.set(self._queued)
 
-    async def _run_shard(self, q: asyncio.Queue[NormalizedBatch]) -> None:
+    async def _run_writer(self) -> None:
+        q = self._queue
         while True:
             # A thousand collectors rarely send at the same instant: without the linger each small
             # batch pays for a commit of its own (a round trip and a WAL flush).
-            group, n = await gather(q, self.commit_linger_s, self.commit_max_samples)
+            async with self._gathering:
+                group, n = await gather(q, self.commit_linger_s, self.commit_max_samples)
             try:
                 await self._commit(group)
             finally:
@@ -217,17 +222,18 @@ class Ingest:
             return None
         return None
 
-    def _events(self, batches: list[NormalizedBatch], stamp: int) -> list[bytes]:
-        """SamplesEvents that describe each series only when it is new (or every 10 minutes)."""
+    def _events(self, batches: list[NormalizedBatch], stamp: int) -> bytes:
+        """One SamplesEvents for the batches, describing each series only when it is new (or every
+        10 minutes)."""
         if time.monotonic() - self._announced_at > ANNOUNCE_EVERY_S:
             self._announced.clear()
             self._announced_at = time.monotonic()
-        out = []
+        out = events_pb2.SamplesEvents()
         for b in batches:
             new = [s for s in b.series if s.id not in self._announced]
             self._announced.update(s.id for s in new)
-            out.append(to_event(b, stamp, new).SerializeToString())
-        return out
+            to_event(b, stamp, new, into=out.events.add())
+        return out.SerializeToString()
 
     async def _run_live(self) -> None:
         while True:
@@ -239,7 +245,7 @@ class Ingest:
                 if self.hot is not None:
                     await self.hot.write(batch, stamp)
                 if self.bus is not None:
-                    await self.bus.publish_many(busmod.SAMPLES, self._events(batch, stamp))
+                    await self.bus.publish(busmod.SAMPLES, self._events(batch, stamp))
             except (redis.exceptions.RedisError, OSError) as e:
                 telemetry.HOT_FAILURES.inc()
                 if time.monotonic() - self._last_live_error > 10:

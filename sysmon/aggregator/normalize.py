@@ -30,6 +30,9 @@ from sysmon.core.metrics import (
 )
 from sysmon.pb.v1 import metrics_pb2
 
+# Frame layouts (ref sequences) remembered per stream; a collector has one or a few.
+MAX_LAYOUTS = 64
+
 
 class BatchError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str, *, fatal: bool = False):
@@ -64,6 +67,7 @@ class StreamDecoder:
     refs: dict[int, Series] = field(default_factory=dict)
     _defs: dict[int, tuple[str, tuple[tuple[str, str], ...], str, int]] = field(default_factory=dict)
     _held: set[int] = field(default_factory=set)
+    _layouts: dict[tuple[int, ...], tuple[list[int], dict[int, Series]]] = field(default_factory=dict)
 
     def release(self) -> None:
         """The stream ended: its series no longer count against its host."""
@@ -94,7 +98,6 @@ class StreamDecoder:
                              f"batch seq={seq}: {total} samples exceed the limit of {lim.max_samples_per_batch}")
         lo = now_ms - int(lim.max_past.total_seconds() * 1000)
         hi = now_ms + int(lim.max_future.total_seconds() * 1000)
-        known = self.refs.keys()
         times: list[int] = []
         frame_ids: list[list[int]] = []
         frame_values: list[list[float]] = []
@@ -107,32 +110,44 @@ class StreamDecoder:
                     f"batch seq={seq}: frame {i} time {_iso(t)} is outside the accepted window "
                     f"[{_iso(lo)}, {_iso(hi)}] (at most {lim.max_past} old, {lim.max_future} ahead)",
                 )
-            refs = list(f.refs)
+            refs = tuple(f.refs)
             values = list(f.values)
             if len(refs) != len(values):
                 raise _invalid(seq, f"frame {i} has {len(refs)} refs but {len(values)} values")
-            ref_set = set(refs)
-            if len(ref_set) != len(refs):
-                raise _invalid(seq, f"frame {i} repeats a series ref")
-            unknown = ref_set - known
-            if unknown:
-                raise _invalid(seq, f"frame {i} uses ref {min(unknown)}, which this stream never declared")
+            # A collector sends the same refs in the same order frame after frame: checked once per
+            # stream (a ref never changes meaning on its stream), then looked up.
+            layout = self._layouts.get(refs)
+            if layout is None:
+                layout = self._layout(seq, i, refs)
             bad = first_non_finite(values)
             if bad is not None:
                 s = self.refs[refs[bad]]
                 raise _invalid(seq, f"frame {i}: {format_series(s.name, s.attributes)} value {values[bad]} "
                                     "is not a finite number")
-            series = [self.refs[r] for r in refs]
-            ids = [s.id for s in series]
-            if len(set(ids)) != len(ids):
-                raise _invalid(seq, f"frame {i} gives one series more than one value (two refs declare it)")
-            for s in series:
-                used[s.id] = s
+            used.update(layout[1])
             times.append(t)
-            frame_ids.append(ids)
+            frame_ids.append(layout[0])
             frame_values.append(values)
         return NormalizedBatch(msg.host_id, msg.session_id, seq, list(used.values()), times, frame_ids,
                                frame_values)
+
+    def _layout(self, seq: int, i: int, refs: tuple[int, ...]) -> tuple[list[int], dict[int, Series]]:
+        """The series ids of a frame's refs, and its series by id; every check on the refs."""
+        ref_set = set(refs)
+        if len(ref_set) != len(refs):
+            raise _invalid(seq, f"frame {i} repeats a series ref")
+        unknown = ref_set - self.refs.keys()
+        if unknown:
+            raise _invalid(seq, f"frame {i} uses ref {min(unknown)}, which this stream never declared")
+        series = [self.refs[r] for r in refs]
+        by_id = {s.id: s for s in series}
+        if len(by_id) != len(series):
+            raise _invalid(seq, f"frame {i} gives one series more than one value (two refs declare it)")
+        layout = ([s.id for s in series], by_id)
+        if len(self._layouts) >= MAX_LAYOUTS:
+            self._layouts.clear()
+        self._layouts[refs] = layout
+        return layout
 
     def _check_identity(self, msg: metrics_pb2.MetricBatch) -> None:
         if self.host_id is None:

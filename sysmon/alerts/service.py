@@ -39,7 +39,7 @@ from sysmon.alerts.store import DB_ERRORS
 from sysmon.core import bus as busmod
 from sysmon.core.alert_rule import AlertRuleSpec
 from sysmon.core.backoff import Backoff, wait_any, wait_or_stop
-from sysmon.core.batch import NormalizedBatch
+from sysmon.core.batch import NormalizedBatch, samples_events
 from sysmon.core.hot import HotTier
 from sysmon.core.metrics import Series
 from sysmon.core.settings import AlertsSettings
@@ -456,11 +456,17 @@ class AlertsService:
 
     async def _process(self, m: busmod.Message) -> list[Change]:
         try:
-            ev = events_pb2.SamplesEvent.FromString(m.payload)
+            events = samples_events(m.payload)
         except DecodeError as e:
             telemetry.EVENTS.labels("undecodable").inc()
-            log.warning("bus message %s is not a SamplesEvent (%s); skipped", m.id, e)
+            log.warning("bus message %s is not a SamplesEvents (%s); skipped", m.id, e)
             return []
+        changes: list[Change] = []
+        for ev in events:
+            changes += await self._process_event(ev)
+        return changes
+
+    async def _process_event(self, ev: events_pb2.SamplesEvent) -> list[Change]:
         state = self.state
         wall = now_ms()
         now = min(ev.stored_unix_ms, wall) if ev.stored_unix_ms > 0 else wall

@@ -1,7 +1,8 @@
 """A batch after normalization: global series ids instead of stream refs, checked values.
 
 The aggregator produces it; the storage writer, the hot tier and the bus consume it. Its bus
-form is sysmon.v1.SamplesEvent, encoded and decoded here so that every consumer agrees.
+form is sysmon.v1.SamplesEvent, several to an entry of the samples topic (SamplesEvents), encoded
+and decoded here so that every consumer agrees.
 """
 
 from __future__ import annotations
@@ -49,17 +50,26 @@ class NormalizedBatch:
 
 
 def to_event(
-    batch: NormalizedBatch, stored_unix_ms: int, series: Sequence[Series] | None = None
+    batch: NormalizedBatch, stored_unix_ms: int, series: Sequence[Series] | None = None,
+    into: events_pb2.SamplesEvent | None = None,
 ) -> events_pb2.SamplesEvent:
-    """The bus form of a batch, describing `series` (default: all of the batch's series)."""
-    ev = events_pb2.SamplesEvent(
-        host_id=batch.host_id, session_id=batch.session_id, seq=batch.seq, stored_unix_ms=stored_unix_ms
-    )
+    """The bus form of a batch, describing `series` (default: all of the batch's series); written
+    into `into` (an entry of a SamplesEvents being built) when given."""
+    ev = events_pb2.SamplesEvent() if into is None else into
+    ev.host_id = batch.host_id
+    ev.session_id = batch.session_id
+    ev.seq = batch.seq
+    ev.stored_unix_ms = stored_unix_ms
     for s in batch.series if series is None else series:
         ev.series.add(id=s.id, name=s.name, attributes=s.attributes, unit=s.unit, kind=s.kind)
     for t, ids, values in zip(batch.times_ms, batch.frame_ids, batch.frame_values, strict=True):
         ev.frames.add(time_unix_ms=t, series_ids=ids, values=values)
     return ev
+
+
+def samples_events(payload: bytes) -> Sequence[events_pb2.SamplesEvent]:
+    """The batches one entry of the samples topic carries (raises DecodeError when it is not one)."""
+    return events_pb2.SamplesEvents.FromString(payload).events
 
 
 def from_event(ev: events_pb2.SamplesEvent) -> NormalizedBatch:

@@ -15,6 +15,7 @@ Keys (per host, so a host's data lives and expires together):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import uuid
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from sysmon.core.batch import NormalizedBatch
 from sysmon.core.metrics import Series
@@ -39,6 +41,30 @@ DESCRIBE_EVERY_MS = 600_000
 LATEST_EVERY_MS = 30_000
 
 
+# Adds each batch's frames to its host's sorted set and moves the host's last-seen time forward.
+# KEYS: the last-seen index, then each batch's frames key. ARGV, per batch in KEYS order: host,
+# newest time, frame count, then (time, packed frame) per frame.
+_WRITE_LUA = """
+local a = 1
+for k = 2, #KEYS do
+    local host, newest, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+    a = a + 3
+    for first = 0, n - 1, 200 do  -- in chunks: unpack() is bounded by Lua's stack
+        local members = {}
+        for i = first, math.min(first + 199, n - 1) do
+            members[#members + 1] = ARGV[a + 2 * i]
+            members[#members + 1] = ARGV[a + 2 * i + 1]
+        end
+        redis.call('ZADD', KEYS[k], unpack(members))
+    end
+    a = a + 2 * n
+    redis.call('ZADD', KEYS[1], 'GT', newest, host)
+end
+return #KEYS - 1
+"""
+_WRITE_SHA = hashlib.sha1(_WRITE_LUA.encode()).hexdigest()
+
+
 def frames_key(host: str) -> str:
     return f"hot:frames:{host}"
 
@@ -51,12 +77,17 @@ def series_key(host: str) -> str:
     return f"hot:series:{host}"
 
 
+_FRAME_STRUCTS: dict[int, struct.Struct] = {}
+
+
 def pack_frame(time_ms: int, ids: Sequence[int], values: Sequence[float]) -> bytes:
-    return (
-        struct.pack("<q", time_ms)
-        + np.asarray(ids, dtype="<i8").tobytes()
-        + np.asarray(values, dtype="<f8").tobytes()
-    )
+    n = len(ids)
+    st = _FRAME_STRUCTS.get(n)
+    if st is None:
+        st = struct.Struct(f"<q{n}q{n}d")
+        if len(_FRAME_STRUCTS) < 256:  # frames of a few sizes recur; keep those
+            _FRAME_STRUCTS[n] = st
+    return st.pack(time_ms, *ids, *values)
 
 
 def unpack_frame(data: bytes) -> tuple[int, np.ndarray, np.ndarray]:
@@ -93,6 +124,16 @@ class HotTier:
 
     async def write(self, batches: Iterable[NormalizedBatch], now_ms: int) -> None:
         batches = list(batches)
+        try:
+            await self._write(batches, now_ms)
+        except redis.exceptions.NoScriptError:
+            # Redis restarted (or flushed its scripts): load ours and write again; the writes are
+            # idempotent (the same members, the same newest times).
+            await self.redis.script_load(_WRITE_LUA)
+            self._refreshed.clear()
+            await self._write(batches, now_ms)
+
+    async def _write(self, batches: list[NormalizedBatch], now_ms: int) -> None:
         pipe = self.redis.pipeline(transaction=False)
         # First in the pipeline: was Redis emptied since we last wrote? Then what this pipeline
         # writes lacks descriptions this process believes are there.
@@ -102,18 +143,19 @@ class HotTier:
             # Describe every series again now and then, in case a description was lost otherwise.
             self._described.clear()
             self._described_at = now_ms
+        keys: list[str] = [HOSTS_KEY]
+        args: list[Any] = []
         for b in batches:
             if not b.times_ms:
                 continue
             fk = frames_key(b.host_id)
-            members = {
-                pack_frame(t, ids, vals): t
-                for t, ids, vals in zip(b.times_ms, b.frame_ids, b.frame_values, strict=True)
-                if t > now_ms - self.window_ms
-            }
-            if members:
-                pipe.zadd(fk, members)
-            pipe.zadd(HOSTS_KEY, {b.host_id: b.max_ts}, gt=True)
+            members = [(t, pack_frame(t, ids, vals))
+                       for t, ids, vals in zip(b.times_ms, b.frame_ids, b.frame_values, strict=True)
+                       if t > now_ms - self.window_ms]
+            keys.append(fk)
+            args += (b.host_id, b.max_ts, len(members))
+            for t, m in members:
+                args += (t, m)
             if now_ms - self._refreshed.get(b.host_id, -LATEST_EVERY_MS) >= LATEST_EVERY_MS:
                 self._refreshed[b.host_id] = now_ms
                 pipe.zremrangebyscore(fk, "-inf", f"({now_ms - self.window_ms}")
@@ -125,6 +167,10 @@ class HotTier:
                 pipe.hset(sk, mapping=todo)
                 pipe.expire(sk, LATEST_TTL_S)
                 described.extend(todo)
+        if len(keys) > 1:
+            # Every batch's frames and the fleet's last-seen index in one command: redis-py packs and
+            # parses each command in Python, and two commands a batch were most of the hot tier's cost.
+            pipe.evalsha(_WRITE_SHA, len(keys), *keys, *args)
         results = await pipe.execute()
         self._described.update(described)
         epoch = results[0]

@@ -45,13 +45,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sysmon.agent.collector import Collector
 from sysmon.agent.sampler import SeriesSpec
+from sysmon.core.batch import samples_events
 from sysmon.core.bus import SAMPLES, stream_key
 from sysmon.core.config_model import spec_to_struct
 from sysmon.core.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, runtime_env
 from sysmon.core.metrics import GAUGE, METRIC_GROUPS
 from sysmon.core.settings import AgentSettings
 from sysmon.core.storage import raw
-from sysmon.pb.v1 import config_pb2, config_pb2_grpc, events_pb2
+from sysmon.pb.v1 import config_pb2, config_pb2_grpc
 from tests.helpers import wait_for
 from tests.integration.test_alerts import Receiver
 
@@ -550,10 +551,10 @@ class Platform:
         finally:
             await r.aclose()
         for _, fields in entries:
-            ev = events_pb2.SamplesEvent.FromString(fields[b"p"])
-            if ev.host_id == PROBE_HOST and any(
-                    f.time_unix_ms > since_ms and value in f.values for f in ev.frames):
-                return True
+            for ev in samples_events(fields[b"p"]):
+                if ev.host_id == PROBE_HOST and any(
+                        f.time_unix_ms > since_ms and value in f.values for f in ev.frames):
+                    return True
         return False
 
     async def redis_keys(self) -> dict[str, int]:

@@ -10,7 +10,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from sysmon.aggregator import maintenance
-from sysmon.core.batch import SeriesResolver
+from sysmon.core.batch import SeriesResolver, samples_events
 from sysmon.core.bus import SAMPLES, RedisBus
 from sysmon.core.hot import HotTier
 from sysmon.pb.v1 import events_pb2
@@ -39,7 +39,7 @@ async def test_collector_data_reaches_every_tier(
 
     async def listen() -> None:
         async for m in bus.subscribe(SAMPLES):
-            events.append(events_pb2.SamplesEvent.FromString(m.payload))
+            events.extend(samples_events(m.payload))
 
     listener = asyncio.create_task(listen())
     try:

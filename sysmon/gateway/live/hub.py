@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from sysmon.core import bus as busmod
 from sysmon.core.backoff import Backoff, wait_or_stop
+from sysmon.core.batch import samples_events
 from sysmon.core.hot import HotTier
 from sysmon.gateway import telemetry
 from sysmon.gateway.live import protocol
@@ -133,15 +134,15 @@ class LiveHub:
     # --- events ----------------------------------------------------------------------------------
 
     async def on_samples(self, payload: bytes) -> None:
-        ev = events_pb2.SamplesEvent.FromString(payload)
-        for s in ev.series:
-            self._remember(s.id, SeriesMeta(s.name, dict(s.attributes), s.unit))
-        if not self.clients:
-            return  # nobody watching: no need to regroup the samples or describe series from Redis
-        es = protocol.event_series(ev)
-        if any(sid not in self.meta for sid in es.points):
-            await self._describe(es.host)
-        self.fan_out(es)
+        for ev in samples_events(payload):
+            for s in ev.series:
+                self._remember(s.id, SeriesMeta(s.name, dict(s.attributes), s.unit))
+            if not self.clients:
+                continue  # nobody watching: no need to regroup the samples or describe series from Redis
+            es = protocol.event_series(ev)
+            if any(sid not in self.meta for sid in es.points):
+                await self._describe(es.host)
+            self.fan_out(es)
 
     def fan_out(self, es: protocol.EventSeries) -> None:
         frames: dict[Subscription, str | None] = {}

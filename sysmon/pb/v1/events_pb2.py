@@ -27,7 +27,7 @@ from sysmon.pb.v1 import control_pb2 as sysmon_dot_v1_dot_control__pb2
 from sysmon.pb.v1 import metrics_pb2 as sysmon_dot_v1_dot_metrics__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sysmon/v1/events.proto\x12\tsysmon.v1\x1a\x17sysmon/v1/control.proto\x1a\x17sysmon/v1/metrics.proto\"\xc7\x01\n\nSeriesInfo\x12\n\n\x02id\x18\x01 \x01(\x10\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x39\n\nattributes\x18\x03 \x03(\x0b\x32%.sysmon.v1.SeriesInfo.AttributesEntry\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12#\n\x04kind\x18\x05 \x01(\x0e\x32\x15.sysmon.v1.MetricKind\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\nEventFrame\x12\x14\n\x0ctime_unix_ms\x18\x01 \x01(\x03\x12\x12\n\nseries_ids\x18\x02 \x03(\x10\x12\x0e\n\x06values\x18\x03 \x03(\x01\"\xa6\x01\n\x0cSamplesEvent\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12%\n\x06series\x18\x04 \x03(\x0b\x32\x15.sysmon.v1.SeriesInfo\x12%\n\x06\x66rames\x18\x05 \x03(\x0b\x32\x15.sysmon.v1.EventFrame\x12\x16\n\x0estored_unix_ms\x18\x06 \x01(\x03\"\xb8\x01\n\tHostEvent\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.sysmon.v1.HostState\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12\x30\n\x06labels\x18\x04 \x03(\x0b\x32 .sysmon.v1.HostEvent.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x0c\x43ommandEvent\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12#\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x12.sysmon.v1.Command\"\xb4\x03\n\nAlertEvent\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.sysmon.v1.AlertState\x12\'\n\x08previous\x18\x05 \x01(\x0e\x32\x15.sysmon.v1.AlertState\x12\x10\n\x08severity\x18\x06 \x01(\t\x12\x31\n\x06labels\x18\x07 \x03(\x0b\x32!.sysmon.v1.AlertEvent.LabelsEntry\x12;\n\x0b\x61nnotations\x18\x08 \x03(\x0b\x32&.sysmon.v1.AlertEvent.AnnotationsEntry\x12\r\n\x05value\x18\t \x01(\x01\x12\x19\n\x11\x61\x63tive_at_unix_ms\x18\n \x01(\x03\x12\x14\n\x0ctime_unix_ms\x18\x0b \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*O\n\tHostState\x12\x1a\n\x16HOST_STATE_UNSPECIFIED\x10\x00\x12\x11\n\rHOST_STATE_UP\x10\x01\x12\x13\n\x0fHOST_STATE_DOWN\x10\x02*\x8e\x01\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41LERT_STATE_INACTIVE\x10\x01\x12\x17\n\x13\x41LERT_STATE_PENDING\x10\x02\x12\x16\n\x12\x41LERT_STATE_FIRING\x10\x03\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sysmon/v1/events.proto\x12\tsysmon.v1\x1a\x17sysmon/v1/control.proto\x1a\x17sysmon/v1/metrics.proto\"\xc7\x01\n\nSeriesInfo\x12\n\n\x02id\x18\x01 \x01(\x10\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x39\n\nattributes\x18\x03 \x03(\x0b\x32%.sysmon.v1.SeriesInfo.AttributesEntry\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12#\n\x04kind\x18\x05 \x01(\x0e\x32\x15.sysmon.v1.MetricKind\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\nEventFrame\x12\x14\n\x0ctime_unix_ms\x18\x01 \x01(\x03\x12\x12\n\nseries_ids\x18\x02 \x03(\x10\x12\x0e\n\x06values\x18\x03 \x03(\x01\"\xa6\x01\n\x0cSamplesEvent\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12%\n\x06series\x18\x04 \x03(\x0b\x32\x15.sysmon.v1.SeriesInfo\x12%\n\x06\x66rames\x18\x05 \x03(\x0b\x32\x15.sysmon.v1.EventFrame\x12\x16\n\x0estored_unix_ms\x18\x06 \x01(\x03\"8\n\rSamplesEvents\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.sysmon.v1.SamplesEvent\"\xb8\x01\n\tHostEvent\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.sysmon.v1.HostState\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12\x30\n\x06labels\x18\x04 \x03(\x0b\x32 .sysmon.v1.HostEvent.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x0c\x43ommandEvent\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12#\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x12.sysmon.v1.Command\"\xb4\x03\n\nAlertEvent\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.sysmon.v1.AlertState\x12\'\n\x08previous\x18\x05 \x01(\x0e\x32\x15.sysmon.v1.AlertState\x12\x10\n\x08severity\x18\x06 \x01(\t\x12\x31\n\x06labels\x18\x07 \x03(\x0b\x32!.sysmon.v1.AlertEvent.LabelsEntry\x12;\n\x0b\x61nnotations\x18\x08 \x03(\x0b\x32&.sysmon.v1.AlertEvent.AnnotationsEntry\x12\r\n\x05value\x18\t \x01(\x01\x12\x19\n\x11\x61\x63tive_at_unix_ms\x18\n \x01(\x03\x12\x14\n\x0ctime_unix_ms\x18\x0b \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*O\n\tHostState\x12\x1a\n\x16HOST_STATE_UNSPECIFIED\x10\x00\x12\x11\n\rHOST_STATE_UP\x10\x01\x12\x13\n\x0fHOST_STATE_DOWN\x10\x02*\x8e\x01\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41LERT_STATE_INACTIVE\x10\x01\x12\x17\n\x13\x41LERT_STATE_PENDING\x10\x02\x12\x16\n\x12\x41LERT_STATE_FIRING\x10\x03\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,10 +42,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALERTEVENT_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_ALERTEVENT_ANNOTATIONSENTRY']._loaded_options = None
   _globals['_ALERTEVENT_ANNOTATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_HOSTSTATE']._serialized_start=1226
-  _globals['_HOSTSTATE']._serialized_end=1305
-  _globals['_ALERTSTATE']._serialized_start=1308
-  _globals['_ALERTSTATE']._serialized_end=1450
+  _globals['_HOSTSTATE']._serialized_start=1284
+  _globals['_HOSTSTATE']._serialized_end=1363
+  _globals['_ALERTSTATE']._serialized_start=1366
+  _globals['_ALERTSTATE']._serialized_end=1508
   _globals['_SERIESINFO']._serialized_start=88
   _globals['_SERIESINFO']._serialized_end=287
   _globals['_SERIESINFO_ATTRIBUTESENTRY']._serialized_start=238
@@ -54,16 +54,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTFRAME']._serialized_end=359
   _globals['_SAMPLESEVENT']._serialized_start=362
   _globals['_SAMPLESEVENT']._serialized_end=528
-  _globals['_HOSTEVENT']._serialized_start=531
-  _globals['_HOSTEVENT']._serialized_end=715
-  _globals['_HOSTEVENT_LABELSENTRY']._serialized_start=670
-  _globals['_HOSTEVENT_LABELSENTRY']._serialized_end=715
-  _globals['_COMMANDEVENT']._serialized_start=717
-  _globals['_COMMANDEVENT']._serialized_end=785
-  _globals['_ALERTEVENT']._serialized_start=788
-  _globals['_ALERTEVENT']._serialized_end=1224
-  _globals['_ALERTEVENT_LABELSENTRY']._serialized_start=670
-  _globals['_ALERTEVENT_LABELSENTRY']._serialized_end=715
-  _globals['_ALERTEVENT_ANNOTATIONSENTRY']._serialized_start=1174
-  _globals['_ALERTEVENT_ANNOTATIONSENTRY']._serialized_end=1224
+  _globals['_SAMPLESEVENTS']._serialized_start=530
+  _globals['_SAMPLESEVENTS']._serialized_end=586
+  _globals['_HOSTEVENT']._serialized_start=589
+  _globals['_HOSTEVENT']._serialized_end=773
+  _globals['_HOSTEVENT_LABELSENTRY']._serialized_start=728
+  _globals['_HOSTEVENT_LABELSENTRY']._serialized_end=773
+  _globals['_COMMANDEVENT']._serialized_start=775
+  _globals['_COMMANDEVENT']._serialized_end=843
+  _globals['_ALERTEVENT']._serialized_start=846
+  _globals['_ALERTEVENT']._serialized_end=1282
+  _globals['_ALERTEVENT_LABELSENTRY']._serialized_start=728
+  _globals['_ALERTEVENT_LABELSENTRY']._serialized_end=773
+  _globals['_ALERTEVENT_ANNOTATIONSENTRY']._serialized_start=1232
+  _globals['_ALERTEVENT_ANNOTATIONSENTRY']._serialized_end=1282
 # @@protoc_insertion_point(module_scope)

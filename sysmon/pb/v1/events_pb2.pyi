@@ -180,6 +180,31 @@ class SamplesEvent(_message.Message):
 Global___SamplesEvent: _TypeAlias = SamplesEvent  # noqa: Y015
 
 @_typing.final
+class SamplesEvents(_message.Message):
+    """What one entry of the samples topic carries: the batches the aggregator wrote to the hot tier
+    together (those that arrived within a few milliseconds), in arrival order. One entry for many
+    batches: publishing, reading and acknowledging an entry per batch cost more than the batches.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___SamplesEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___SamplesEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SamplesEvents: _TypeAlias = SamplesEvents  # noqa: Y015
+
+@_typing.final
 class HostEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
