@@ -309,6 +309,16 @@ async def _generate(cfg: GenConfig, conn) -> None:
                 raise RuntimeError(f"{h.host_id}: no welcome")
             h.push = push()
             readers.append(asyncio.create_task(read_control(h)))
+            readers.append(asyncio.create_task(heartbeats(h, first.welcome.heartbeat_interval_ms / 1000)))
+
+    async def heartbeats(h: Host, every: float) -> None:
+        """As a collector does, at the interval the aggregator's Welcome asks for (first ones spread)."""
+        await asyncio.sleep(every * random.random())
+        while True:
+            await h.control.write(control_pb2.AgentMessage(heartbeat=control_pb2.Heartbeat(
+                time_unix_ms=time.time_ns() // 1_000_000, buffered_batches=len(h.inflight), last_seq=h.seq,
+                interval_ms=int(cfg.interval * 1000))))
+            await asyncio.sleep(every)
 
     await asyncio.gather(*(open_host(h, c, p) for h, (c, p) in zip(hosts, stubs, strict=True)))
     conn.send(("ready", len(hosts)))

@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 BatchKey = tuple[str, str, int]
 OUTBOX = 10_000
-HEARTBEAT_MS = 10_000
+# Liveness is gRPC keepalive's job (pings every 15 s from collectors, every 30 s from here); a
+# heartbeat reports the collector's buffer, which is worth a message a minute, not more: at a thousand
+# collectors a heartbeat every 10 s was a hundred messages a second.
+HEARTBEAT_MS = 60_000
 # A session whose stream is taken over this often in a minute has two clients claiming it.
 CONTESTED_REPLACEMENTS = 3
 

@@ -7,6 +7,7 @@ go on (a bad batch is rejected alone; a stream that changes host cannot continue
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,22 @@ from sysmon.pb.v1 import metrics_pb2
 
 # Frame layouts (ref sequences) remembered per stream; a collector has one or a few.
 MAX_LAYOUTS = 64
+# Attribute sets repeat from host to host ({cpu: 0, state: user} on every machine): one dict each,
+# shared by every stream's series, rather than a copy per series (most of the memory of a fleet's
+# declarations).
+_ATTRIBUTES: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+MAX_SHARED_ATTRIBUTES = 100_000
+
+
+def shared_attributes(attrs: dict[str, str]) -> dict[str, str]:
+    """The one dict with these attributes (never to be changed by its holders)."""
+    key = tuple(sorted(attrs.items()))
+    got = _ATTRIBUTES.get(key)
+    if got is None:
+        if len(_ATTRIBUTES) >= MAX_SHARED_ATTRIBUTES:
+            _ATTRIBUTES.clear()
+        got = _ATTRIBUTES[key] = attrs
+    return got
 
 
 class BatchError(Exception):
@@ -65,7 +82,6 @@ class StreamDecoder:
     host_id: str | None = None
     session_id: str | None = None
     refs: dict[int, Series] = field(default_factory=dict)
-    _defs: dict[int, tuple[str, tuple[tuple[str, str], ...], str, int]] = field(default_factory=dict)
     _held: set[int] = field(default_factory=set)
     _layouts: dict[tuple[int, ...], tuple[list[int], dict[int, Series]]] = field(default_factory=dict)
 
@@ -193,12 +209,13 @@ class StreamDecoder:
             except InvalidInput as e:
                 error = error or _invalid(seq, str(e))
                 continue
-            key = (d.name, tuple(sorted(attrs.items())), d.unit, d.kind or GAUGE)
-            prev = self._defs.get(d.ref)
+            kind = d.kind or GAUGE
+            prev = self.refs.get(d.ref)
             if prev is not None:
-                if prev != key:
-                    error = error or _invalid(seq, f"ref {d.ref} is already {format_series(prev[0], dict(prev[1]))} "
-                                                   f"on this stream; it cannot become {format_series(d.name, attrs)}")
+                if (prev.name, prev.unit, prev.kind) != (d.name, d.unit, kind) or prev.attributes != attrs:
+                    was = format_series(prev.name, prev.attributes)
+                    error = error or _invalid(seq, f"ref {d.ref} is already {was} on this stream; it cannot become "
+                                                   f"{format_series(d.name, attrs)}")
                 continue
             if len(self.refs) >= lim.max_series_per_stream:
                 error = error or BatchError(
@@ -216,6 +233,6 @@ class StreamDecoder:
                     )
                     continue
                 self._held.add(sid)
-            self._defs[d.ref] = key
-            self.refs[d.ref] = Series(sid, self.host_id, d.name, attrs, d.unit, d.kind or GAUGE)
+            self.refs[d.ref] = Series(sid, self.host_id, sys.intern(d.name), shared_attributes(attrs),
+                                      sys.intern(d.unit), kind)
         return error
