@@ -6,7 +6,8 @@ handlers check what only they can see, the host a Hello or a batch speaks for.
 
 It also decodes requests leniently: a message that is not valid protobuf ends the call with
 INVALID_ARGUMENT naming the method (not UNKNOWN with a Python class name), counted, and logged
-at most once a minute, so a broken or hostile client cannot flood the log with tracebacks.
+at most once a minute, so a broken or hostile client cannot flood the log with tracebacks. A
+single request is checked here; the handlers of request streams check each message (checked()).
 """
 
 from __future__ import annotations
@@ -43,20 +44,32 @@ MALFORMED_LOG_EVERY_S = 60.0
 
 
 class MalformedRequest(Exception):
-    """Raised from a request stream at a message that is not valid protobuf; the call ends with
-    INVALID_ARGUMENT. A handler that reads its requests in a task of its own re-raises it."""
+    """A message that is not valid protobuf: the call ends with INVALID_ARGUMENT. Raised by a
+    handler that reads a request stream (see checked) and answered by the interceptor."""
 
 
 class Malformed:
     """What the lenient deserializer returns for bytes that are not the message."""
 
-    __slots__ = ("error",)
+    __slots__ = ("error", "guard", "method")
 
-    def __init__(self, error: str):
+    def __init__(self, error: str, method: str, guard: AuthInterceptor):
         self.error = error
+        self.method = method
+        self.guard = guard
 
 
-def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def checked(message: Any, context: grpc.aio.ServicerContext) -> Any:
+    """The message of a request stream, or MalformedRequest when it did not decode. Request streams
+    reach their handlers unwrapped (an async generator around each stream cost a hop per message),
+    so every handler that reads one passes each message through here."""
+    if type(message) is Malformed:
+        raise MalformedRequest(message.guard.malformed(message.method, context.peer(), message.error))
+    return message
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None, method: str,
+             guard: AuthInterceptor) -> Callable[[bytes], Any] | None:
     if deserialize is None:
         return None
 
@@ -64,7 +77,7 @@ def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], An
         try:
             return deserialize(data)
         except DecodeError as e:
-            return Malformed(str(e))
+            return Malformed(str(e), method, guard)
 
     return decode
 
@@ -151,22 +164,12 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, guard: AuthInterceptor,
           authorize: Callable[[grpc.aio.ServicerContext], Awaitable[Principal]]) -> grpc.RpcMethodHandler:
     """The same handler, run with the caller's principal set (or refused before it runs), its
     requests decoded leniently and a malformed one answered with INVALID_ARGUMENT."""
-    kw: dict[str, Any] = {"request_deserializer": _lenient(handler.request_deserializer),
+    kw: dict[str, Any] = {"request_deserializer": _lenient(handler.request_deserializer, method, guard),
                           "response_serializer": handler.response_serializer}
-
-    async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for r in requests:
-            if isinstance(r, Malformed):
-                raise MalformedRequest(guard.malformed(method, context.peer(), r.error))
-            yield r
 
     async def prepare(request: Any, streaming: bool, context: grpc.aio.ServicerContext) -> Any:
         PRINCIPAL.set(await authorize(context))
-        if streaming:
-            return checked(request, context)
-        if isinstance(request, Malformed):
-            raise MalformedRequest(guard.malformed(method, context.peer(), request.error))
-        return request
+        return request if streaming else checked(request, context)
 
     if handler.response_streaming:
         inner_stream = handler.stream_stream if handler.request_streaming else handler.unary_stream

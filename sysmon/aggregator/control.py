@@ -167,7 +167,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request_iterator: AsyncIterator[control_pb2.AgentMessage], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.AggregatorMessage]:
         try:
-            first = await anext(request_iterator)
+            first = auth.checked(await anext(request_iterator), context)
         except StopAsyncIteration:
             return
         if first.WhichOneof("body") != "hello":
@@ -205,7 +205,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         log.info("collector %s connected (labels %s)", hello.host_id, dict(hello.labels))
         if previous is not None:
             self._replace(previous, key, context.peer())
-        reader = asyncio.create_task(self._read(request_iterator, peer))
+        reader = asyncio.create_task(self._read(request_iterator, peer, context))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._register(hello), timeout=5)
         await self._publish_host(hello, events_pb2.HOST_STATE_UP)
@@ -252,12 +252,13 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         else:
             log.info("collector %s reconnected from %s; the older control stream is closed", key[0], by)
 
-    async def _read(self, it: AsyncIterator[control_pb2.AgentMessage], peer: Peer) -> None:
+    async def _read(self, it: AsyncIterator[control_pb2.AgentMessage], peer: Peer,
+                    context: grpc.aio.ServicerContext) -> None:
         # MalformedRequest passes: Connect re-raises it for the interceptor to answer.
         try:
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
                 async for msg in it:
-                    kind = msg.WhichOneof("body")
+                    kind = auth.checked(msg, context).WhichOneof("body")
                     if kind == "heartbeat":
                         peer.last_heartbeat = msg.heartbeat
                     elif kind == "command_result":

@@ -39,6 +39,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         recent: deque[metrics_pb2.BatchRejection] = deque(maxlen=REJECTIONS_KEPT)
         try:
             async for msg in request_iterator:
+                msg = auth.checked(msg, context)
                 received += 1
                 try:
                     batch = decoder.decode(msg, now_ms())

@@ -15,28 +15,33 @@ def nb(times: list[int], ids: list[list[int]], values: list[list[float]], seq: i
 
 def frames_back(batches: list[NormalizedBatch]) -> list[tuple[int, int, list[int], list[float]]]:
     """(batch, time, ids, values) per frame, read back from the columns as the SQL function reads them:
-    a frame's samples follow those of the frames before it."""
+    row k of each matrix, its first f_len[k] elements; the rest of a row is NULL padding."""
     f_batch, f_ts, f_len, ids, vals = frame_columns(batches)
-    out, at = [], 0
-    for b, t, n in zip(f_batch, f_ts, f_len, strict=True):
-        out.append((b, t, ids[at:at + n], vals[at:at + n]))
-        at += n
-    assert at == len(ids) == len(vals)
-    return out
+    assert len(ids) == len(vals) == len(f_len)
+    assert len({len(r) for r in ids} | {len(r) for r in vals}) <= 1, "matrices are rectangular"
+    for n, ri, rv in zip(f_len, ids, vals, strict=True):
+        assert ri[n:] == [None] * (len(ri) - n)
+        assert rv[n:] == [None] * (len(rv) - n)
+    return [(b, t, list(ri[:n]), list(rv[:n])) for b, t, n, ri, rv in zip(f_batch, f_ts, f_len, ids, vals, strict=True)]
 
 
-def test_frame_columns_are_one_entry_per_frame_then_the_samples_in_order() -> None:
+def test_frame_columns_are_one_entry_per_frame_and_a_row_each() -> None:
     a = NormalizedBatch("h1", "s", 1, [], [1_800_000_000_000, 1_800_000_005_000], [[10, 11], [10]], [[1.0, 2.0], [3.0]])
     b = NormalizedBatch("h2", "s", 2, [], [1_800_000_005_000], [[12, -2, 2**62]], [[-0.0, 1e300, 5e-324]])
     assert frame_columns([a, b]) == (
         [1, 1, 2], [1_800_000_000_000, 1_800_000_005_000, 1_800_000_005_000], [2, 1, 3],
-        [10, 11, 10, 12, -2, 2**62], [1.0, 2.0, 3.0, -0.0, 1e300, 5e-324])
+        [[10, 11, None], [10, None, None], [12, -2, 2**62]],
+        [[1.0, 2.0, None], [3.0, None, None], [-0.0, 1e300, 5e-324]])
+    # Rows of one width stay as they came, unpadded.
+    c = nb([5, 6], [[1, 2], [3, 4]], [[0.5, 1.5], [2.5, 3.5]])
+    assert frame_columns([c])[3:] == ([[1, 2], [3, 4]], [[0.5, 1.5], [2.5, 3.5]])
 
 
 def test_empty_frames_and_batches_give_no_frame() -> None:
     assert frame_columns([]) == ([], [], [], [], [])
     # The second batch keeps its position (2) although the first had nothing to store.
-    assert frame_columns([nb([1_800_000_000_000], [[]], [[]]), nb([5], [[7]], [[1.5]])]) == ([2], [5], [1], [7], [1.5])
+    assert frame_columns([nb([1_800_000_000_000], [[]], [[]]), nb([5], [[7]], [[1.5]])]) == (
+        [2], [5], [1], [[7]], [[1.5]])
 
 
 @given(

@@ -10,7 +10,8 @@
 -- Arguments, all arrays (a batch is a position in the b_ arrays, 1-based):
 --   b_host, b_session, b_seq         each batch's identity
 --   f_batch, f_ts, f_len             each non-empty frame: its batch, its time (Unix ms), its sample count
---   s_ids, s_vals                    every frame's series ids and values, frame after frame
+--   s_ids, s_vals                    the frames' series ids and values: a row per frame (in f_ order),
+--                                    its first f_len elements (the rest NULL padding)
 --   span_lo, span_hi                 time spans (Unix ms, [lo, hi)) the batches touch, for the rollup job
 --   stale_hosts                      hosts whose last_seen is to be moved (once a minute each)
 --   new_sessions                     some session may not have a row yet
@@ -21,7 +22,7 @@
 -- because their series already had a value at that time.
 CREATE FUNCTION sysmon_store_frames(
     b_host text[], b_session text[], b_seq int8[],
-    f_batch int4[], f_ts int8[], f_len int4[], s_ids int8[], s_vals float8[],
+    f_batch int4[], f_ts int8[], f_len int4[], s_ids int8[][], s_vals float8[][],
     span_lo int8[], span_hi int8[], stale_hosts text[], new_sessions boolean,
     new_hosts text[], ser_id int8[], ser_host text[], ser_name text[], ser_attrs text[], ser_unit text[],
     ser_kind int2[], merge boolean,
@@ -59,17 +60,15 @@ BEGIN
     IF NOT merge THEN
         INSERT INTO raw_frames (host_id, ts, ids, vals)
         SELECT b_host[f.b], 'epoch'::timestamptz + f.t * INTERVAL '1 millisecond',
-               s_ids[f.o + 1 : f.o + f.n], s_vals[f.o + 1 : f.o + f.n]
-        FROM (SELECT b, t, n, (sum(n) OVER (ORDER BY k) - n)::int4 AS o
-              FROM unnest(f_batch, f_ts, f_len) WITH ORDINALITY AS u(b, t, n, k)) f
+               ARRAY(SELECT unnest(s_ids[f.k:f.k][1:f.n])), ARRAY(SELECT unnest(s_vals[f.k:f.k][1:f.n]))
+        FROM unnest(f_batch, f_ts, f_len) WITH ORDINALITY AS f(b, t, n, k)
         WHERE f.b <> ALL (dup);
     ELSE
         WITH s AS (
             -- Every sample of the batches to store, in the order it arrived.
-            SELECT b_host[f.b] AS h, f.t, x.i, x.v, f.o + x.k AS ord
-            FROM (SELECT b, t, n, (sum(n) OVER (ORDER BY k) - n)::int4 AS o
-                  FROM unnest(f_batch, f_ts, f_len) WITH ORDINALITY AS u(b, t, n, k)) f,
-                 unnest(s_ids[f.o + 1 : f.o + f.n], s_vals[f.o + 1 : f.o + f.n]) WITH ORDINALITY AS x(i, v, k)
+            SELECT b_host[f.b] AS h, f.t, x.i, x.v, (f.k, x.j) AS ord
+            FROM unnest(f_batch, f_ts, f_len) WITH ORDINALITY AS f(b, t, n, k),
+                 unnest(s_ids[f.k:f.k][1:f.n], s_vals[f.k:f.k][1:f.n]) WITH ORDINALITY AS x(i, v, j)
             WHERE f.b <> ALL (dup)
         ), firsts AS (
             SELECT DISTINCT ON (h, t, i) h, t, i, v, ord FROM s ORDER BY h, t, i, ord

@@ -32,32 +32,35 @@ log = logging.getLogger(__name__)
 LAST_SEEN_EVERY_S = 60.0
 
 
-def frame_columns(batches: Sequence[NormalizedBatch]) -> tuple[list[int], list[int], list[int], list[int], list[float]]:
+Row = list[int] | list[float] | list[int | None] | list[float | None]
+
+
+def frame_columns(batches: Sequence[NormalizedBatch]) -> tuple[list[int], list[int], list[int], list[Row], list[Row]]:
     """The batches' non-empty frames as sysmon_store_frames takes them (migration 0009): each frame's
-    batch (1-based position), time and sample count, then every sample's series id and value."""
+    batch (1-based position), time and sample count, then the frames' series ids and values as two
+    matrices, a row per frame, shorter rows padded with NULL.
+
+    Matrices rather than flat arrays: asyncpg checks every element of a list parameter for being a
+    nested list (an abstract-base-class check, a good part of a group commit's CPU), but of a
+    matrix only the rows and the first row's elements."""
     f_batch: list[int] = []
     f_ts: list[int] = []
     f_len: list[int] = []
-    ids: list[int] = []
-    vals: list[float] = []
+    ids: list[Row] = []
+    vals: list[Row] = []
     for k, b in enumerate(batches, 1):
         for t, fids, fvals in zip(b.times_ms, b.frame_ids, b.frame_values, strict=True):
             if fids:
                 f_batch.append(k)
                 f_ts.append(t)
                 f_len.append(len(fids))
-                ids.extend(fids)
-                vals.extend(fvals)
+                ids.append(fids)
+                vals.append(fvals)
+    width = max(f_len, default=0)
+    if any(n != width for n in f_len):
+        ids = [r if len(r) == width else [*r, *[None] * (width - len(r))] for r in ids]
+        vals = [r if len(r) == width else [*r, *[None] * (width - len(r))] for r in vals]
     return f_batch, f_ts, f_len, ids, vals
-
-
-def frame_text(batches: Sequence[NormalizedBatch]) -> tuple[list[int], list[int], list[int], str, str]:
-    """frame_columns with the samples' ids and values as PostgreSQL array literals. asyncpg encodes a
-    list parameter element by element with abstract-base-class checks (about a microsecond each, most
-    of a group commit's CPU); a literal is one string, which PostgreSQL parses in C. repr() is the
-    shortest text that reads back as the same float64, so values stay bit-exact."""
-    f_batch, f_ts, f_len, ids, vals = frame_columns(batches)
-    return f_batch, f_ts, f_len, "{" + ",".join(map(str, ids)) + "}", "{" + ",".join(map(repr, vals)) + "}"
 
 
 def touched_spans(batches: Sequence[NormalizedBatch], gap_ms: int = 60_000) -> list[tuple[int, int]]:
@@ -138,12 +141,11 @@ class SampleWriter:
                                         s.kind)
         ser = list(zip(*new_series.values(), strict=True)) if new_series else [()] * 5
         spans = touched_spans(unique)
-        f_batch, f_ts, f_len, ids, vals = frame_text(unique)
         dup, skipped = await conn.fetchrow(
-            "SELECT * FROM sysmon_store_frames($1, $2, $3, $4, $5, $6, $7::text::int8[], $8::text::float8[], $9, $10, "
-            "$11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+            "SELECT * FROM sysmon_store_frames($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
+            "$17, $18, $19, $20)",
             [b.host_id for b in unique], [b.session_id for b in unique], [b.seq for b in unique],
-            f_batch, f_ts, f_len, ids, vals,
+            *frame_columns(unique),
             [lo for lo, _ in spans], [hi for _, hi in spans], self._stale_hosts(unique),
             not sessions <= self._known_sessions, new_hosts, list(new_series), *[list(c) for c in ser], merge,
         )
