@@ -29,6 +29,7 @@ from sysmon.aggregator.storage import CONNECTION_ERRORS, Storage
 from sysmon.core import bus as busmod
 from sysmon.core.batch import NormalizedBatch, to_event
 from sysmon.core.hot import HotTier
+from sysmon.core.metrics import Series
 from sysmon.pb.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class Ingest:
         self._space = asyncio.Condition()
         self._published: dict[tuple[str, str], int] = {}
         self._announced: set[int] = set()
+        self._announced_lists: dict[str, list[Series]] = {}
         self._announced_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._last_live_error = 0.0
@@ -227,11 +229,17 @@ class Ingest:
         10 minutes)."""
         if time.monotonic() - self._announced_at > ANNOUNCE_EVERY_S:
             self._announced.clear()
+            self._announced_lists.clear()
             self._announced_at = time.monotonic()
         out = events_pb2.SamplesEvents()
         for b in batches:
-            new = [s for s in b.series if s.id not in self._announced]
-            self._announced.update(s.id for s in new)
+            # The batches of a stream's usual layout share one list of series: seen whole once.
+            if self._announced_lists.get(b.host_id) is b.series:
+                new = []
+            else:
+                new = [s for s in b.series if s.id not in self._announced]
+                self._announced.update(s.id for s in new)
+                self._announced_lists[b.host_id] = b.series
             to_event(b, stamp, new, into=out.events.add())
         return out.SerializeToString()
 

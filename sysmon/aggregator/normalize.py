@@ -31,8 +31,10 @@ from sysmon.core.metrics import (
 )
 from sysmon.pb.v1 import metrics_pb2
 
-# Frame layouts (ref sequences) remembered per stream; a collector has one or a few.
+# Frame layouts (ref sequences) remembered per stream; a collector has one or a few. A layout:
+# its series ids in frame order, its series by id, and those as a list.
 MAX_LAYOUTS = 64
+Layout = tuple[list[int], dict[int, Series], list[Series]]
 # Attribute sets repeat from host to host ({cpu: 0, state: user} on every machine): one dict each,
 # shared by every stream's series, rather than a copy per series (most of the memory of a fleet's
 # declarations).
@@ -83,7 +85,7 @@ class StreamDecoder:
     session_id: str | None = None
     refs: dict[int, Series] = field(default_factory=dict)
     _held: set[int] = field(default_factory=set)
-    _layouts: dict[tuple[int, ...], tuple[list[int], dict[int, Series]]] = field(default_factory=dict)
+    _layouts: dict[tuple[int, ...], Layout] = field(default_factory=dict)
 
     def release(self) -> None:
         """The stream ended: its series no longer count against its host."""
@@ -144,10 +146,12 @@ class StreamDecoder:
             times.append(t)
             frame_ids.append(layout[0])
             frame_values.append(values)
-        return NormalizedBatch(msg.host_id, msg.session_id, seq, list(used.values()), times, frame_ids,
-                               frame_values)
+        # A batch of one frame shares its layout's list of series: consumers that remember which
+        # host's series they have seen check the list once, not every series of every batch.
+        series = layout[2] if len(frames) == 1 else list(used.values())
+        return NormalizedBatch(msg.host_id, msg.session_id, seq, series, times, frame_ids, frame_values)
 
-    def _layout(self, seq: int, i: int, refs: tuple[int, ...]) -> tuple[list[int], dict[int, Series]]:
+    def _layout(self, seq: int, i: int, refs: tuple[int, ...]) -> Layout:
         """The series ids of a frame's refs, and its series by id; every check on the refs."""
         ref_set = set(refs)
         if len(ref_set) != len(refs):
@@ -159,7 +163,7 @@ class StreamDecoder:
         by_id = {s.id: s for s in series}
         if len(by_id) != len(series):
             raise _invalid(seq, f"frame {i} gives one series more than one value (two refs declare it)")
-        layout = ([s.id for s in series], by_id)
+        layout = ([s.id for s in series], by_id, list(by_id.values()))
         if len(self._layouts) >= MAX_LAYOUTS:
             self._layouts.clear()
         self._layouts[refs] = layout

@@ -20,6 +20,7 @@ from sysmon.pb.v1 import metrics_pb2, metrics_pb2_grpc
 log = logging.getLogger(__name__)
 
 REJECTIONS_KEPT = 20
+ACCEPTED = telemetry.BATCHES.labels("accepted")  # once, not per batch
 
 
 class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
@@ -56,7 +57,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
                     continue
                 if not self._within_budget(batch.host_id, batch.key, batch.sample_count):
                     continue
-                telemetry.BATCHES.labels("accepted").inc()
+                ACCEPTED.inc()
                 await self.ingest.submit(batch)
         finally:
             decoder.release()

@@ -117,6 +117,7 @@ class HotTier:
         # Per process: series already described and each host's newest time, so that a replayed
         # old batch never overwrites a newer latest value. Rebuilt cheaply after a restart.
         self._described: set[int] = set()
+        self._described_lists: dict[str, list[Series]] = {}  # host -> a series list described whole
         self._described_at = 0
         self._newest: dict[str, int] = {}
         self._refreshed: dict[str, int] = {}  # host -> when its trim and latest hash were last written
@@ -142,9 +143,11 @@ class HotTier:
         if now_ms - self._described_at > DESCRIBE_EVERY_MS:
             # Describe every series again now and then, in case a description was lost otherwise.
             self._described.clear()
+            self._described_lists.clear()
             self._described_at = now_ms
         keys: list[str] = [HOSTS_KEY]
         args: list[Any] = []
+        lists: list[tuple[str, list[Series]]] = []
         for b in batches:
             if not b.times_ms:
                 continue
@@ -161,18 +164,22 @@ class HotTier:
                 pipe.zremrangebyscore(fk, "-inf", f"({now_ms - self.window_ms}")
                 pipe.pexpire(fk, self.window_ms * 2)
                 self._latest(pipe, b)
-            todo = {s.id: series_json(s) for s in b.series if s.id not in self._described}
-            if todo:
-                sk = series_key(b.host_id)
-                pipe.hset(sk, mapping=todo)
-                pipe.expire(sk, LATEST_TTL_S)
-                described.extend(todo)
+            # The batches of a stream's usual layout share one list of series: checked whole once.
+            if self._described_lists.get(b.host_id) is not b.series:
+                todo = {s.id: series_json(s) for s in b.series if s.id not in self._described}
+                if todo:
+                    sk = series_key(b.host_id)
+                    pipe.hset(sk, mapping=todo)
+                    pipe.expire(sk, LATEST_TTL_S)
+                    described.extend(todo)
+                lists.append((b.host_id, b.series))
         if len(keys) > 1:
             # Every batch's frames and the fleet's last-seen index in one command: redis-py packs and
             # parses each command in Python, and two commands a batch were most of the hot tier's cost.
             pipe.evalsha(_WRITE_SHA, len(keys), *keys, *args)
         results = await pipe.execute()
         self._described.update(described)
+        self._described_lists.update(lists)
         epoch = results[0]
         if epoch is None or epoch != self._epoch:
             await self._refill(batches, now_ms, epoch)
@@ -200,6 +207,7 @@ class HotTier:
             epoch = await self.redis.get(EPOCH_KEY)
         self._epoch = epoch
         self._described.clear()
+        self._described_lists.clear()
         self._newest.clear()
         self._refreshed.clear()
         self._described_at = now_ms

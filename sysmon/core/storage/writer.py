@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from sysmon.core.batch import NormalizedBatch
+from sysmon.core.metrics import Series
 from sysmon.core.storage.schema import Mode
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class SampleWriter:
         self.pool = pool
         self.mode = mode
         self._known_series: set[int] = set()
+        self._registered_lists: dict[str, list[Series]] = {}  # host -> a series list registered whole
         self._known_hosts: set[str] = set()
         self._known_sessions: set[tuple[str, str]] = set()
         self._host_touched: dict[str, float] = {}
@@ -135,6 +137,9 @@ class SampleWriter:
         new_hosts = sorted({b.host_id for b in unique} - self._known_hosts)
         new_series: dict[int, tuple[str, str, str, str, int]] = {}
         for b in unique:
+            # The batches of a stream's usual layout share one list of series: checked whole once.
+            if self._registered_lists.get(b.host_id) is b.series:
+                continue
             for s in b.series:
                 if s.id not in self._known_series:
                     new_series[s.id] = (s.host_id, s.name, json.dumps(dict(s.attributes), sort_keys=True), s.unit,
@@ -152,7 +157,9 @@ class SampleWriter:
         # Only after the commit: a failed statement must register its series again.
         if len(self._known_series) + len(new_series) > self._series_cache_size:
             self._known_series.clear()
+            self._registered_lists.clear()
         self._known_series.update(new_series)
+        self._registered_lists.update((b.host_id, b.series) for b in unique)
         self._known_hosts.update(new_hosts)
         if len(self._known_sessions) > 100_000:
             self._known_sessions.clear()
