@@ -3,9 +3,11 @@
 Keys (per host, so a host's data lives and expires together):
   hot:frames:{host}  sorted set, score = frame time (ms), member = packed frame
                      (int64 time, then int64 series ids, then float64 values, little-endian)
-  hot:latest:{host}  hash series_id -> "time_ms value": each series' newest sample as of the host's
-                     last refresh (every LATEST_EVERY_MS); the frames hold anything newer, and
-                     readers overlay them (it outlives the frames, for hosts gone quiet)
+  hot:latest:{host}  hash "f:" + digest of a frame layout (its series ids) -> that layout's newest
+                     packed frame as of the host's last refresh (every LATEST_EVERY_MS); the frames
+                     hold anything newer, and readers overlay them (it outlives the frames, for
+                     hosts gone quiet). Fields named by a series id ("time value") are the form
+                     before layouts, still read.
   hot:series:{host}  hash series_id -> JSON {name, attributes, unit, kind}
   hot:hosts          sorted set host -> newest sample time (ms); the fleet's last-seen index
   hot:epoch          a random token set by the first writer after Redis starts empty; a writer that
@@ -67,6 +69,14 @@ _WRITE_SHA = hashlib.sha1(_WRITE_LUA.encode()).hexdigest()
 
 def frames_key(host: str) -> str:
     return f"hot:frames:{host}"
+
+
+LAYOUT_PREFIX = b"f:"
+
+
+def layout_field(packed: bytes) -> bytes:
+    """The latest hash's field for a packed frame: its layout (the series ids it carries)."""
+    return LAYOUT_PREFIX + hashlib.blake2b(packed[8:8 + (len(packed) - 8) // 2], digest_size=8).digest()
 
 
 def latest_key(host: str) -> str:
@@ -185,13 +195,15 @@ class HotTier:
             await self._refill(batches, now_ms, epoch)
 
     def _latest(self, pipe: Any, b: NormalizedBatch) -> None:
-        """The batch's newest values into the host's latest hash, unless a newer one is there."""
+        """The batch's newest frame of each layout into the host's latest hash, unless a newer one
+        is there. A field per layout (its packed frame), not per series: a host's refresh is one
+        small command instead of one with two arguments per series, which redis-py packs in Python."""
         newest = self._newest.get(b.host_id, 0)
-        latest: dict[int, str] = {}
+        latest: dict[bytes, bytes] = {}
         for t, ids, vals in sorted(zip(b.times_ms, b.frame_ids, b.frame_values, strict=True)):
-            if t >= newest:
-                for sid, v in zip(ids, vals, strict=True):
-                    latest[sid] = f"{t} {v!r}"
+            if t >= newest and len(ids):
+                packed = pack_frame(t, ids, vals)
+                latest[layout_field(packed)] = packed
         if latest:
             lk = latest_key(b.host_id)
             pipe.hset(lk, mapping=latest)
@@ -235,10 +247,17 @@ class HotTier:
         pipe.hgetall(latest_key(host))
         pipe.zrange(frames_key(host), 0, -1)
         raw, frames = await pipe.execute()
+        frames = list(frames)
         out: dict[int, tuple[int, float]] = {}
         for k, v in raw.items():
-            t, val = v.split(b" ") if isinstance(v, bytes) else v.split(" ")
-            out[int(k)] = (int(t), float(val))
+            key = k if isinstance(k, bytes) else k.encode()
+            if key.startswith(LAYOUT_PREFIX):
+                frames.insert(0, v)
+            else:  # written before layout fields: "time value" under the series id
+                t, val = v.split(b" ") if isinstance(v, bytes) else v.split(" ")
+                have = out.get(int(k))
+                if have is None or int(t) >= have[0]:
+                    out[int(k)] = (int(t), float(val))
         for m in frames:
             t, ids, values = unpack_frame(m)
             for sid, v in zip(ids.tolist(), values.tolist(), strict=True):

@@ -135,3 +135,25 @@ async def test_batches_of_many_collectors_arriving_apart_share_a_commit(
     rows = await pool.fetchval("SELECT count(*) FROM samples_raw r JOIN series s USING (series_id) "
                                "WHERE s.host_id LIKE 'group-%'")
     assert rows == 8 * 13
+
+
+async def test_latest_values_outlive_the_frames_per_layout_and_read_the_older_form(
+    redis_client: aioredis.Redis,
+) -> None:
+    from sysmon.core.batch import NormalizedBatch
+    from sysmon.core.hot import frames_key, latest_key
+    from sysmon.core.metrics import Series
+
+    hot = HotTier(redis_client, window_ms=60_000)
+    s = [Series(i, "quiet", "m", {"i": str(i)}, "1") for i in (1, 2, 3)]
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    # Two layouts (series 1+2 every interval, series 3 only now and then), then a newer frame of
+    # the first layout.
+    await hot.write([NormalizedBatch("quiet", "s", 1, s, [now - 2000, now - 1000], [[1, 2], [3]], [[1.0, 2.0], [3.0]])],
+                    now)
+    # Written before layout fields existed: "time value" under the series id, older than the above.
+    await redis_client.hset(latest_key("quiet"), mapping={"4": f"{now - 5000} 4.5", "1": f"{now - 9000} -1.0"})
+    await redis_client.delete(frames_key("quiet"))  # the frames expired: only the latest hash is left
+    assert await hot.latest("quiet") == {1: (now - 2000, 1.0), 2: (now - 2000, 2.0), 3: (now - 1000, 3.0),
+                                         4: (now - 5000, 4.5)}
+    assert len(await redis_client.hkeys(latest_key("quiet"))) == 4  # two layouts + the two older fields
