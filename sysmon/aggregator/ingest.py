@@ -125,9 +125,10 @@ class Ingest:
             self._nack([batch.key], "PostgreSQL is unavailable")
             return
         n = batch.sample_count
-        async with self._space:
-            await self._space.wait_for(lambda: self._queued == 0 or self._queued + n <= self.queue_samples)
-            self._queued += n
+        if self._queued and self._queued + n > self.queue_samples:
+            async with self._space:
+                await self._space.wait_for(lambda: self._queued == 0 or self._queued + n <= self.queue_samples)
+        self._queued += n
         telemetry.QUEUED.set(self._queued)
         self._queue.put_nowait(batch)
 
