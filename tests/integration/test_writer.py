@@ -99,3 +99,19 @@ async def test_two_writers_racing_for_one_frame_store_each_sample_once(pool: asy
     got = await samples(pool)
     assert len(got) == 60
     assert await pool.fetchval("SELECT count(*) FROM raw_frames WHERE host_id = $1", HOST) == 20
+
+
+async def test_frames_of_very_different_sizes_in_one_group_are_stored_whole(pool: asyncpg.Pool) -> None:
+    t = await start(pool)
+    big = [Series(series_id("big-host", "w.metric", {"i": str(i)}), "big-host", "w.metric", {"i": str(i)}, "1")
+           for i in range(1500)]
+    wide = NormalizedBatch("big-host", "s1", 1, big, [t, t + 5000], [[s.id for s in big], [big[7].id]],
+                           [[float(i) for i in range(1500)], [-7.5]])
+    small = batch("s2", 1, [(t, [0], [0.25]), (t + 5000, [1, 2], [1.25, 2.25])])
+    res = await SampleWriter(pool, "plain").store([small, wide])
+    assert (sorted(res.stored), res.samples) == (sorted([small.key, wide.key]), 1504)
+    got = await samples(pool)
+    assert len(got) == 1504
+    assert [got[(s.id, t)] for s in big] == [float(i) for i in range(1500)]
+    assert got[(big[7].id, t + 5000)] == -7.5
+    assert (got[(ID[0], t)], got[(ID[2], t + 5000)]) == (0.25, 2.25)

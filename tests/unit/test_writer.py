@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sysmon.core.batch import NormalizedBatch
-from sysmon.core.storage.writer import frame_columns, touched_spans
+from sysmon.core.storage.writer import ROW, frame_columns, touched_spans
 
 
 def nb(times: list[int], ids: list[list[int]], values: list[list[float]], seq: int = 1) -> NormalizedBatch:
@@ -15,33 +15,39 @@ def nb(times: list[int], ids: list[list[int]], values: list[list[float]], seq: i
 
 def frames_back(batches: list[NormalizedBatch]) -> list[tuple[int, int, list[int], list[float]]]:
     """(batch, time, ids, values) per frame, read back from the columns as the SQL function reads them:
-    row k of each matrix, its first f_len[k] elements; the rest of a row is NULL padding."""
+    the matrices row by row, then each frame's f_len samples after the frames before it."""
     f_batch, f_ts, f_len, ids, vals = frame_columns(batches)
-    assert len(ids) == len(vals) == len(f_len)
-    assert len({len(r) for r in ids} | {len(r) for r in vals}) <= 1, "matrices are rectangular"
-    for n, ri, rv in zip(f_len, ids, vals, strict=True):
-        assert ri[n:] == [None] * (len(ri) - n)
-        assert rv[n:] == [None] * (len(rv) - n)
-    return [(b, t, list(ri[:n]), list(rv[:n])) for b, t, n, ri, rv in zip(f_batch, f_ts, f_len, ids, vals, strict=True)]
+    assert all(len(r) == ROW for r in ids + vals), "rows of ROW columns"
+    flat_ids = [x for r in ids for x in r]
+    flat_vals = [x for r in vals for x in r]
+    total = sum(f_len)
+    assert len(flat_ids) - total < ROW, "at most one row's padding"
+    assert flat_ids[total:] == [None] * (len(flat_ids) - total)
+    assert flat_vals[total:] == [None] * (len(flat_vals) - total)
+    out, at = [], 0
+    for b, t, n in zip(f_batch, f_ts, f_len, strict=True):
+        out.append((b, t, flat_ids[at:at + n], flat_vals[at:at + n]))
+        at += n
+    return out
 
 
-def test_frame_columns_are_one_entry_per_frame_and_a_row_each() -> None:
+def test_frame_columns_are_one_entry_per_frame_then_the_samples_in_rows() -> None:
     a = NormalizedBatch("h1", "s", 1, [], [1_800_000_000_000, 1_800_000_005_000], [[10, 11], [10]], [[1.0, 2.0], [3.0]])
     b = NormalizedBatch("h2", "s", 2, [], [1_800_000_005_000], [[12, -2, 2**62]], [[-0.0, 1e300, 5e-324]])
+    pad = [None] * (ROW - 6)
     assert frame_columns([a, b]) == (
         [1, 1, 2], [1_800_000_000_000, 1_800_000_005_000, 1_800_000_005_000], [2, 1, 3],
-        [[10, 11, None], [10, None, None], [12, -2, 2**62]],
-        [[1.0, 2.0, None], [3.0, None, None], [-0.0, 1e300, 5e-324]])
-    # Rows of one width stay as they came, unpadded.
-    c = nb([5, 6], [[1, 2], [3, 4]], [[0.5, 1.5], [2.5, 3.5]])
-    assert frame_columns([c])[3:] == ([[1, 2], [3, 4]], [[0.5, 1.5], [2.5, 3.5]])
+        [[10, 11, 10, 12, -2, 2**62, *pad]], [[1.0, 2.0, 3.0, -0.0, 1e300, 5e-324, *pad]])
+    # Exactly full rows: no padding row.
+    c = nb([5], [list(range(2 * ROW))], [[0.5] * (2 * ROW)])
+    assert frame_columns([c])[3] == [list(range(ROW)), list(range(ROW, 2 * ROW))]
 
 
 def test_empty_frames_and_batches_give_no_frame() -> None:
     assert frame_columns([]) == ([], [], [], [], [])
     # The second batch keeps its position (2) although the first had nothing to store.
     assert frame_columns([nb([1_800_000_000_000], [[]], [[]]), nb([5], [[7]], [[1.5]])]) == (
-        [2], [5], [1], [[7]], [[1.5]])
+        [2], [5], [1], [[7, *[None] * (ROW - 1)]], [[1.5, *[None] * (ROW - 1)]])
 
 
 @given(
@@ -49,7 +55,7 @@ def test_empty_frames_and_batches_give_no_frame() -> None:
         st.lists(
             st.tuples(
                 st.integers(0, 4_000_000_000_000),
-                st.lists(st.tuples(st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False)), max_size=5),
+                st.lists(st.tuples(st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False)), max_size=80),
             ),
             max_size=4,
         ),

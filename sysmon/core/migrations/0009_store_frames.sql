@@ -10,8 +10,8 @@
 -- Arguments, all arrays (a batch is a position in the b_ arrays, 1-based):
 --   b_host, b_session, b_seq         each batch's identity
 --   f_batch, f_ts, f_len             each non-empty frame: its batch, its time (Unix ms), its sample count
---   s_ids, s_vals                    the frames' series ids and values: a row per frame (in f_ order),
---                                    its first f_len elements (the rest NULL padding)
+--   s_ids, s_vals                    every frame's series ids and values, frame after frame, as
+--                                    matrices read row by row (the last row padded with NULL)
 --   span_lo, span_hi                 time spans (Unix ms, [lo, hi)) the batches touch, for the rollup job
 --   stale_hosts                      hosts whose last_seen is to be moved (once a minute each)
 --   new_sessions                     some session may not have a row yet
@@ -28,6 +28,10 @@ CREATE FUNCTION sysmon_store_frames(
     ser_kind int2[], merge boolean,
     OUT dup int4[], OUT skipped int8
 ) LANGUAGE plpgsql AS $$
+DECLARE
+    -- The samples in order, one-dimensional (sliced frame by frame below).
+    flat_ids int8[] := ARRAY(SELECT x FROM unnest(s_ids) WITH ORDINALITY AS u(x, o) ORDER BY o);
+    flat_vals float8[] := ARRAY(SELECT x FROM unnest(s_vals) WITH ORDINALITY AS u(x, o) ORDER BY o);
 BEGIN
     skipped := 0;
     IF new_sessions THEN
@@ -60,15 +64,17 @@ BEGIN
     IF NOT merge THEN
         INSERT INTO raw_frames (host_id, ts, ids, vals)
         SELECT b_host[f.b], 'epoch'::timestamptz + f.t * INTERVAL '1 millisecond',
-               ARRAY(SELECT unnest(s_ids[f.k:f.k][1:f.n])), ARRAY(SELECT unnest(s_vals[f.k:f.k][1:f.n]))
-        FROM unnest(f_batch, f_ts, f_len) WITH ORDINALITY AS f(b, t, n, k)
+               flat_ids[f.o + 1 : f.o + f.n], flat_vals[f.o + 1 : f.o + f.n]
+        FROM (SELECT b, t, n, (sum(n) OVER (ORDER BY k) - n)::int4 AS o
+              FROM unnest(f_batch, f_ts, f_len) WITH ORDINALITY AS u(b, t, n, k)) f
         WHERE f.b <> ALL (dup);
     ELSE
         WITH s AS (
             -- Every sample of the batches to store, in the order it arrived.
-            SELECT b_host[f.b] AS h, f.t, x.i, x.v, (f.k, x.j) AS ord
-            FROM unnest(f_batch, f_ts, f_len) WITH ORDINALITY AS f(b, t, n, k),
-                 unnest(s_ids[f.k:f.k][1:f.n], s_vals[f.k:f.k][1:f.n]) WITH ORDINALITY AS x(i, v, j)
+            SELECT b_host[f.b] AS h, f.t, x.i, x.v, f.o + x.j AS ord
+            FROM (SELECT b, t, n, (sum(n) OVER (ORDER BY k) - n)::int4 AS o
+                  FROM unnest(f_batch, f_ts, f_len) WITH ORDINALITY AS u(b, t, n, k)) f,
+                 unnest(flat_ids[f.o + 1 : f.o + f.n], flat_vals[f.o + 1 : f.o + f.n]) WITH ORDINALITY AS x(i, v, j)
             WHERE f.b <> ALL (dup)
         ), firsts AS (
             SELECT DISTINCT ON (h, t, i) h, t, i, v, ord FROM s ORDER BY h, t, i, ord

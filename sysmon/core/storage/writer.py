@@ -34,34 +34,38 @@ LAST_SEEN_EVERY_S = 60.0
 
 
 Row = list[int] | list[float] | list[int | None] | list[float | None]
+# Samples per row of the matrices the frames are sent as (see frame_columns).
+ROW = 64
 
 
 def frame_columns(batches: Sequence[NormalizedBatch]) -> tuple[list[int], list[int], list[int], list[Row], list[Row]]:
     """The batches' non-empty frames as sysmon_store_frames takes them (migration 0009): each frame's
-    batch (1-based position), time and sample count, then the frames' series ids and values as two
-    matrices, a row per frame, shorter rows padded with NULL.
+    batch (1-based position), time and sample count, then every sample's series id and value,
+    frame after frame, as two matrices of ROW columns (the last row padded with NULL).
 
     Matrices rather than flat arrays: asyncpg checks every element of a list parameter for being a
-    nested list (an abstract-base-class check, a good part of a group commit's CPU), but of a
-    matrix only the rows and the first row's elements."""
+    nested list (an abstract-base-class check, about a microsecond a sample, a good part of a group
+    commit's CPU), but of a matrix only the rows and the first row's elements. Rows of a fixed
+    width rather than a row per frame: frames of very different sizes pad nothing."""
     f_batch: list[int] = []
     f_ts: list[int] = []
     f_len: list[int] = []
-    ids: list[Row] = []
-    vals: list[Row] = []
+    ids: list[int | None] = []
+    vals: list[float | None] = []
     for k, b in enumerate(batches, 1):
         for t, fids, fvals in zip(b.times_ms, b.frame_ids, b.frame_values, strict=True):
             if fids:
                 f_batch.append(k)
                 f_ts.append(t)
                 f_len.append(len(fids))
-                ids.append(fids)
-                vals.append(fvals)
-    width = max(f_len, default=0)
-    if any(n != width for n in f_len):
-        ids = [r if len(r) == width else [*r, *[None] * (width - len(r))] for r in ids]
-        vals = [r if len(r) == width else [*r, *[None] * (width - len(r))] for r in vals]
-    return f_batch, f_ts, f_len, ids, vals
+                ids.extend(fids)
+                vals.extend(fvals)
+    pad = -len(ids) % ROW
+    if pad:
+        ids.extend([None] * pad)
+        vals.extend([None] * pad)
+    return (f_batch, f_ts, f_len, [ids[i:i + ROW] for i in range(0, len(ids), ROW)],
+            [vals[i:i + ROW] for i in range(0, len(vals), ROW)])
 
 
 def touched_spans(batches: Sequence[NormalizedBatch], gap_ms: int = 60_000) -> list[tuple[int, int]]:
