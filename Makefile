@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/agent.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/live.py
 
