@@ -28,16 +28,22 @@ def stages(dockerfile: str) -> list[list[str]]:
 
 
 def test_the_image_is_multi_stage_non_root_with_the_cli_as_entrypoint() -> None:
-    web, build, runtime = stages((ROOT / "Dockerfile").read_text())
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    web, build, runtime = stages(dockerfile)
     assert web[0].startswith("FROM node:")
     assert web[0].endswith("AS web")
     assert any("npm ci" in i for i in web)
     assert any("npm run build" in i for i in web)
     assert any(i.startswith("COPY --from=web /src/sysmon/gateway/static/") for i in build)
-    assert runtime[0].startswith("FROM python:")
+    assert build[0] == "FROM ${BASE_IMAGE} AS build"
+    assert runtime[0] == "FROM ${BASE_IMAGE}"
+    assert "ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm" in dockerfile
     assert "USER 10001:10001" in runtime
     assert 'ENTRYPOINT ["sysmon"]' in runtime
-    assert any(i.startswith("COPY --from=build") and "/app/sysmon" in i for i in runtime)
+    # The image runs the wheel (the one `python -m build` makes, dashboard inside), installed into /app.
+    assert any("pip wheel" in i and "pip install --no-deps --no-compile --target /app /dist/sysmon-" in i
+               for i in build)
+    assert any(i.startswith("COPY --from=build") and i.endswith("/app/ /app/") for i in runtime)
     assert not any(i.startswith(("RUN apt-get", "RUN pip")) for i in runtime), "nothing built at runtime"
     # The user the manifests run as is the image's.
     from sysmon.operator.manifests import RUN_AS
