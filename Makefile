@@ -51,6 +51,9 @@ $(CHECKOV): | $(STAMP)
 	$(BIN)/python -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'
 
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
 test: $(STAMP) $(ASSETS) $(CHROMIUM) $(KUBECTL) $(CHECKOV)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)

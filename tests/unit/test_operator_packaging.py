@@ -30,7 +30,8 @@ def stages(dockerfile: str) -> list[list[str]]:
 def test_the_image_is_multi_stage_non_root_with_the_cli_as_entrypoint() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     web, build, runtime = stages(dockerfile)
-    assert web[0].startswith("FROM node:")
+    assert web[0] == "FROM ${NODE_IMAGE} AS web"
+    assert "ARG NODE_IMAGE=node:22-bookworm-slim" in dockerfile
     assert web[0].endswith("AS web")
     assert any("npm ci" in i for i in web)
     assert any("npm run build" in i for i in web)

@@ -1,0 +1,95 @@
+"""Woodpecker's pipelines and the compose file against their published schemas (check-jsonschema's
+vendored copies), the Dockerfile through hadolint, and what each pipeline promises: the test
+command CI runs, the image pushed with the registry's secrets, the prod overlay moved on tags."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PIPELINES = sorted((ROOT / ".woodpecker").glob("*.yaml"))
+
+
+def _check_schema(schema: str, path: Path) -> None:
+    run = subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema", schema, str(path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"{path.name} against {schema}:\n{run.stdout}{run.stderr}"
+
+
+def test_the_three_pipelines_exist() -> None:
+    assert [p.name for p in PIPELINES] == ["deploy.yaml", "image.yaml", "test.yaml"]
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+def test_each_pipeline_is_valid_for_woodpecker(path: Path) -> None:
+    _check_schema("vendor.woodpecker-ci", path)
+
+
+def test_the_compose_file_is_valid_for_the_compose_spec() -> None:
+    _check_schema("vendor.compose-spec", ROOT / "docker-compose.yml")
+
+
+def test_hadolint_passes_and_every_ignore_says_why() -> None:
+    run = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "info", "--no-color",
+                          str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    ignores = [i for i, line in enumerate(lines) if "hadolint ignore=" in line]
+    for i in ignores:
+        rules = re.search(r"hadolint ignore=([\w,]+)", lines[i]).group(1).split(",")
+        reason = [line for line in lines[max(0, i - 3):i] if line.startswith("#")]
+        for rule in rules:
+            assert any(rule in line for line in reason), f"line {i + 1}: {rule} is ignored without a reason above it"
+
+
+def _steps(name: str) -> tuple[dict, dict]:
+    pipeline = yaml.safe_load((ROOT / ".woodpecker" / name).read_text())
+    return pipeline, {s["name"]: s for s in pipeline["steps"]}
+
+
+def test_ci_lints_then_runs_what_ci_run_runs() -> None:
+    pipeline, steps = _steps("test.yaml")
+    assert steps["lint"]["commands"] == ["make lint"]
+    assert steps["test"]["commands"] == ["bash .ci/run"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "lint:" in (ROOT / "Makefile").read_text()
+    assert {"push", "pull_request", "tag"} <= set(pipeline["when"][0]["event"])
+
+
+def test_the_image_is_pushed_with_the_registrys_secrets_sha_on_main_version_on_tags() -> None:
+    pipeline, steps = _steps("image.yaml")
+    assert {"event": "push", "branch": "main"} in pipeline["when"]
+    assert any(w.get("event") == "tag" for w in pipeline["when"])
+    env = steps["image"]["environment"]
+    for var, secret in {"REGISTRY": "registry", "REPOSITORY": "repository", "REGISTRY_USERNAME": "registry_username",
+                        "REGISTRY_PASSWORD": "registry_password"}.items():
+        assert env[var] == {"from_secret": secret}
+    script = " ".join(steps["image"]["commands"])
+    assert "$${CI_COMMIT_TAG#v}" in script
+    assert "$CI_COMMIT_SHA" in script
+    assert "sh scripts/push-image.sh" in script
+    push = (ROOT / "scripts" / "push-image.sh").read_text()
+    assert "--password-stdin" in push, "the password never goes on a command line"
+
+
+def test_a_tag_moves_the_prod_overlay_to_its_image_and_commits_it() -> None:
+    pipeline, steps = _steps("deploy.yaml")
+    assert pipeline["when"] == [{"event": "tag", "ref": "refs/tags/v*"}]
+    assert pipeline["depends_on"] == ["image"]
+    edit = steps["set-image"]["commands"]
+    assert "cd kustomize/overlays/prod" in edit
+    assert 'kustomize edit set image "sysmon=$REGISTRY/$REPOSITORY:$${CI_COMMIT_TAG#v}"' in edit
+    assert "kustomize build . > /dev/null" in edit
+    overlay = yaml.safe_load((ROOT / "kustomize" / "overlays" / "prod" / "kustomization.yaml").read_text())
+    assert [i["name"] for i in overlay["images"]] == ["sysmon"], "the name the step sets is the overlay's"
+    commit = " ".join(steps["commit"]["commands"])
+    assert "git add kustomize/overlays/prod/kustomization.yaml" in commit
+    assert "push origin" in commit
+    assert "DEPLOY_TOKEN@" not in commit, "the token stays out of the remote's URL"
