@@ -93,3 +93,22 @@ def test_a_tag_moves_the_prod_overlay_to_its_image_and_commits_it() -> None:
     assert "git add kustomize/overlays/prod/kustomization.yaml" in commit
     assert "push origin" in commit
     assert "DEPLOY_TOKEN@" not in commit, "the token stays out of the remote's URL"
+
+
+def _mib(size: str) -> float:
+    units = {"k": 1 / 1024, "m": 1, "g": 1024}
+    return float(size[:-1]) * units[size[-1].lower()] if size[-1].lower() in units else float(size) / 2**20
+
+
+def test_every_compose_service_has_a_memory_limit_and_all_of_them_fit_a_t2_small() -> None:
+    """2 GiB, less what Ubuntu, Docker and the SSM agent take (about 350 MiB): the limits are
+    bench/compose_memory.py's peaks with headroom (BENCHMARKS.md)."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    limits = {name: _mib(svc["mem_limit"]) for name, svc in compose["services"].items()}
+    assert set(limits) == set(compose["services"])
+    assert sum(limits.values()) <= 2048 - 350
+    redis = compose["services"]["redis"]["command"]
+    assert _mib(redis[redis.index("--maxmemory") + 1].replace("mb", "m")) < limits["redis"] * 0.7
+    pg = " ".join(compose["services"]["timescaledb"]["command"])
+    assert "shared_buffers=128MB" in pg
+    assert compose["services"]["timescaledb"]["environment"]["NO_TS_TUNE"] == "true"
