@@ -183,35 +183,46 @@ def registry(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     shutil.copy(ca.path, certs / "ca.crt")
     htpasswd = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], check=True, capture_output=True, text=True)
     (d / "htpasswd").write_text(htpasswd.stdout)
-    address = f"127.0.0.1:{free_port()}"
-    (d / "config.yml").write_text(json.dumps({  # JSON is YAML
-        "version": 0.1,
-        "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(d / "data")}, "delete": {"enabled": True}},
-        "http": {"addr": address, "secret": secrets.token_hex(16),
-                 "tls": {"certificate": str(server.cert), "key": str(server.key)}},
-        "auth": {"htpasswd": {"realm": "sysmon-test", "path": str(d / "htpasswd")}},
-    }))
-    log = (d / "registry.log").open("wb")
-    proc = subprocess.Popen(["docker-registry", "serve", str(d / "config.yml")], stdout=log, stderr=subprocess.STDOUT)
     context = ssl.create_default_context(cafile=str(ca.path))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"https://{address}/v2/", context=context, timeout=2)
-        except urllib.error.HTTPError as e:
-            if e.code == 401:  # up, and wanting the password
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"docker-registry did not come up:\n{(d / 'registry.log').read_text()}")
-        time.sleep(0.1)
+    log = (d / "registry.log").open("wb")
+    failures = []
+    for _ in range(3):  # a free port can be taken again before the registry binds it: then another
+        address = f"127.0.0.1:{free_port()}"
+        (d / "config.yml").write_text(json.dumps({  # JSON is YAML
+            "version": 0.1,
+            "log": {"level": "info"},
+            "storage": {"filesystem": {"rootdirectory": str(d / "data")}, "delete": {"enabled": True}},
+            "http": {"addr": address, "secret": secrets.token_hex(16),
+                     "tls": {"certificate": str(server.cert), "key": str(server.key)}},
+            "auth": {"htpasswd": {"realm": "sysmon-test", "path": str(d / "htpasswd")}},
+        }))
+        proc = subprocess.Popen(["docker-registry", "serve", str(d / "config.yml")], stdout=log,
+                                stderr=subprocess.STDOUT)
+        if _answers_401(address, context, proc, within=30):
+            break
+        proc.kill()
+        failures.append(f"{address}: exit {proc.wait()}")
+    else:
+        raise AssertionError(f"docker-registry did not come up ({failures}):\n{(d / 'registry.log').read_text()}")
     yield Registry(address, certs)
     proc.terminate()
     proc.wait(10)
     log.close()
+
+
+def _answers_401(address: str, context: ssl.SSLContext, proc: subprocess.Popen, within: float) -> bool:
+    """Up, over TLS, and wanting the password."""
+    deadline = time.monotonic() + within
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"https://{address}/v2/", context=context, timeout=2)
+        except urllib.error.HTTPError as e:
+            if e.code == 401:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -246,12 +257,17 @@ def test_the_registry_wants_the_password(engine: Engine, registry: Registry, pus
 
 
 @pytest.fixture(scope="module")
-def pulled(engine: Engine, registry: Registry, pushed: str) -> str:
+def pulled(engine: Engine, registry: Registry, pushed: str) -> Iterator[str]:
     engine.run("podman", "pull", "--quiet", f"--cert-dir={registry.certs}", pushed, timeout=600)
+    # Resolved through the registry: its digest there is the image's.
+    digests = engine.run("podman", "image", "inspect", "--format", "{{json .RepoDigests}}", pushed).stdout
+    assert any(d.startswith(f"{pushed.rsplit(':', 1)[0]}@sha256:") for d in json.loads(digests)), digests
     size, base = (int(engine.run("podman", "image", "inspect", "--format", "{{.Size}}", i).stdout) / 2**20
                   for i in (pushed, BASE_IMAGE))
     print(f"\nimage {pushed}: {size:.0f} MiB, on a debootstrap minbase {SUITE} base of {base:.0f} MiB")
-    return pushed
+    yield pushed
+    # The name only (the registry's port is new every run); the layers stay cached.
+    engine.run("podman", "rmi", "--force", pushed, check=False)
 
 
 def test_the_pulled_image_reports_its_version_as_a_non_root_user(engine: Engine, pulled: str) -> None:
