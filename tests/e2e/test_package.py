@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,3 +167,20 @@ async def test_up_from_the_wheel_serves_a_dashboard_that_renders(up_from_wheel: 
         finally:
             await browser.close()
     assert not errors, f"JavaScript errors: {errors}"
+
+
+def test_a_build_that_cannot_make_the_dashboard_stops_and_says_how_to_fix_it(tmp_path: Path) -> None:
+    """A checkout without the built assets, on a machine without Node.js: no wheel that would serve
+    / as 503, but an error that names the way out."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "sysmon", src / "sysmon", ignore=shutil.ignore_patterns("static", "__pycache__"))
+    shutil.copytree(ROOT / "web", src / "web", ignore=shutil.ignore_patterns("node_modules"))
+    for f in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / f, src / f)
+    env = _clean_env() | {"PATH": str(Path(sys.executable).parent)}  # python and pip; no node, no npm
+    run = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "out"), str(src)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode != 0
+    assert "the dashboard (web/) is not built and Node.js is not on PATH" in run.stdout + run.stderr
+    assert "make assets" in run.stdout + run.stderr
+    assert not list((tmp_path / "out").glob("*.whl"))

@@ -149,7 +149,7 @@ def test_terraform_validates_the_demo_environment(terraform: str, tmp_path: Path
     assert "The configuration is valid" in _tf(terraform, root, env, "validate", "-no-color").stdout
 
 
-def test_terraform_test_plans_and_applies_the_module_against_a_mocked_aws(terraform: str, tmp_path: Path) -> None:
+def test_terraform_test_plans_the_module_against_a_mocked_aws(terraform: str, tmp_path: Path) -> None:
     copy = tmp_path / "deploy" / "terraform"  # the module finds ../../../../docker-compose.yml
     shutil.copytree(TERRAFORM, copy)
     shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
