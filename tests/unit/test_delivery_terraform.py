@@ -159,3 +159,45 @@ def test_terraform_test_plans_the_module_against_a_mocked_aws(terraform: str, tm
     out = _tf(terraform, module, env, "test", "-no-color").stdout
     assert " 0 failed" in out, out
     assert "passed" in out, out
+
+
+def _render_cloud_init() -> dict:
+    """The module's user data as templatefile() makes it, with example values."""
+    import base64
+    import re
+
+    import yaml
+
+    values = {
+        "region": "eu-west-1", "token_param": "/sysmon/demo/token", "db_param": "/sysmon/demo/db-password",
+        "data_volume_id": "vol0123456789abcdef0",
+        "compose_b64": base64.b64encode((ROOT / "docker-compose.yml").read_bytes()).decode(),
+        "settings_b64": base64.b64encode(b"SYSMON_IMAGE=r/s:1\nCOMPOSE_PROFILES=demo\n").decode(),
+    }
+    text = (TERRAFORM / "modules" / "demo" / "cloud-init.yaml.tftpl").read_text()
+    names = set(re.findall(r"(?<!\$)\$\{(\w+)\}", text))
+    assert names == set(values), f"the template uses {names - set(values)} that main.tf does not pass"
+    assert "%{" not in text
+    rendered = re.sub(r"(?<!\$)\$\{(\w+)\}", lambda m: values[m.group(1)], text).replace("$${", "${")
+    assert rendered.startswith("#cloud-config\n")
+    return yaml.safe_load(rendered)
+
+
+def test_the_cloud_init_user_data_installs_docker_mounts_the_data_volume_and_starts_the_stack() -> None:
+    config = _render_cloud_init()
+    assert {"docker.io", "docker-compose-v2"} <= set(config["packages"])
+    files = {f["path"]: f for f in config["write_files"]}
+    assert json.loads(files["/etc/docker/daemon.json"]["content"])["data-root"] == "/var/lib/sysmon/docker"
+    docker_dropin = files["/etc/systemd/system/docker.service.d/sysmon-data.conf"]["content"]
+    assert "RequiresMountsFor=/var/lib/sysmon" in docker_dropin
+    assert files["/opt/sysmon/docker-compose.yml"]["encoding"] == "b64"
+    unit = files["/etc/systemd/system/sysmon.service"]["content"]
+    assert "ExecStartPre=/usr/local/sbin/sysmon-env" in unit
+    assert "--env-file /run/sysmon/.env up --detach --no-build" in unit
+    assert "systemctl enable --now sysmon.service" in config["runcmd"]
+    # Every shell script in it is valid sh: the boot command and the secrets reader.
+    for script in (config["bootcmd"][0], files["/usr/local/sbin/sysmon-env"]["content"]):
+        run = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True, timeout=30)
+        assert run.returncode == 0, run.stderr
+    assert "vol0123456789abcdef0" in config["bootcmd"][0]
+    assert "mkfs.ext4" in config["bootcmd"][0]
