@@ -105,6 +105,11 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
                     "docker-registry debootstrap apache2-utils where apt-get may run)")
     if os.geteuid() != 0:
         pytest.skip("debootstrap and the container tools run as root here (rootful podman with runc)")
+    # Inside an unprivileged container (a CI runner's step, say) no container can start: say so.
+    probe = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--mount-proc", "true"], capture_output=True,
+                           text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"containers cannot start here (unshare: {probe.stderr.strip()}); run privileged to test this")
     d = tmp_path_factory.mktemp("containers")
     (d / "run").mkdir()
     conf = {
