@@ -93,15 +93,19 @@ def test_no_secret_is_a_terraform_value() -> None:
 def test_checkov_passes_with_reasoned_suppressions_only() -> None:
     if not CHECKOV.exists():
         pytest.fail(f"{CHECKOV} is missing: `make test` installs it (a virtualenv of its own)")
-    run = subprocess.run([str(CHECKOV), "-d", str(TERRAFORM), "--framework", "terraform", "--skip-download",
-                          "--output", "json", "--quiet"], capture_output=True, text=True, timeout=300)
-    report = json.loads(run.stdout)
-    results = report["results"]
-    failed = [(c["check_id"], c["resource"], c["file_path"]) for c in results.get("failed_checks", [])]
+    # Every framework checkov finds there (--skip-download: no call home for policies or guidelines).
+    run = subprocess.run([str(CHECKOV), "-d", str(TERRAFORM), "--skip-download", "--output", "json"],
+                         capture_output=True, text=True, timeout=300)
+    out = json.loads(run.stdout)
+    reports = out if isinstance(out, list) else [out]  # one report per framework that found files
+    assert "terraform" in {r["check_type"] for r in reports}
+    failed = [(c["check_id"], c["resource"], c["file_path"]) for r in reports for c in r["results"]["failed_checks"]]
     assert not failed, failed
     assert run.returncode == 0, run.stderr[-2000:]
-    assert report["summary"]["passed"] > 50
-    for check in results.get("skipped_checks", []):
+    assert sum(r["summary"]["passed"] for r in reports) > 50
+    skipped = [c for r in reports for c in r["results"]["skipped_checks"]]
+    assert len(skipped) == sum(r["summary"]["skipped"] for r in reports)
+    for check in skipped:
         reason = (check.get("check_result") or {}).get("suppress_comment", "")
         assert len(reason) > 20, f"{check['check_id']} on {check['resource']} is suppressed without a reason"
 
