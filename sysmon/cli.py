@@ -400,7 +400,7 @@ class TokenCommand(BaseSettings):
 
 
 class Sysmon(BaseSettings):
-    """sysmon: system monitoring for fleets of machines."""
+    """sysmon: system monitoring for fleets of machines. `sysmon --version` prints the version."""
 
     model_config = SettingsConfigDict(cli_kebab_case=True, cli_prog_name="sysmon", cli_implicit_flags=True)
 
@@ -416,8 +416,23 @@ class Sysmon(BaseSettings):
         CliApp.run_subcommand(self)
 
 
+def installed_version() -> str:
+    """The version of the installed distribution (the wheel's, or the checkout's editable install)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sysmon")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install the project)"
+
+
 def main(argv: list[str] | None = None) -> None:
-    CliApp.run(Sysmon, cli_args=sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    # Outside the settings model: a field would also be read from a VERSION environment variable.
+    if args == ["--version"]:
+        print(f"sysmon {installed_version()}")
+        return
+    CliApp.run(Sysmon, cli_args=args)
 
 
 __all__ = ["is_loopback", "main"]

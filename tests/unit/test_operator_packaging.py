@@ -28,16 +28,23 @@ def stages(dockerfile: str) -> list[list[str]]:
 
 
 def test_the_image_is_multi_stage_non_root_with_the_cli_as_entrypoint() -> None:
-    web, build, runtime = stages((ROOT / "Dockerfile").read_text())
-    assert web[0].startswith("FROM node:")
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    web, build, runtime = stages(dockerfile)
+    assert web[0] == "FROM ${NODE_IMAGE} AS web"
+    assert "ARG NODE_IMAGE=node:22-bookworm-slim" in dockerfile
     assert web[0].endswith("AS web")
     assert any("npm ci" in i for i in web)
     assert any("npm run build" in i for i in web)
     assert any(i.startswith("COPY --from=web /src/sysmon/gateway/static/") for i in build)
-    assert runtime[0].startswith("FROM python:")
+    assert build[0] == "FROM ${BASE_IMAGE} AS build"
+    assert runtime[0] == "FROM ${BASE_IMAGE}"
+    assert "ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm" in dockerfile
     assert "USER 10001:10001" in runtime
     assert 'ENTRYPOINT ["sysmon"]' in runtime
-    assert any(i.startswith("COPY --from=build") and "/app/sysmon" in i for i in runtime)
+    # The image runs the wheel (the one `python -m build` makes, dashboard inside), installed into /app.
+    assert any("pip wheel" in i and "pip install --no-deps --no-compile --target /app /dist/sysmon-" in i
+               for i in build)
+    assert any(i.startswith("COPY --from=build") and i.endswith("/app/ /app/") for i in runtime)
     assert not any(i.startswith(("RUN apt-get", "RUN pip")) for i in runtime), "nothing built at runtime"
     # The user the manifests run as is the image's.
     from sysmon.operator.manifests import RUN_AS
@@ -62,7 +69,10 @@ def test_compose_runs_the_demo_without_a_secret_in_the_file() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     compose = yaml.safe_load(text)
     services = compose["services"]
-    assert set(services) == {"redis", "timescaledb", "aggregator", "gateway", "alerts", "collector"}
+    assert set(services) == {"redis", "timescaledb", "aggregator", "gateway", "alerts", "collector", "caddy"}
+    # Caddy (TLS in front of the gateway) only in the demo profile, the one port-80/443 service.
+    assert services["caddy"]["profiles"] == ["demo"]
+    assert "reverse_proxy gateway:8080" in compose["configs"]["caddyfile"]["content"]
     assert services["timescaledb"]["image"].startswith("timescale/timescaledb:")
     for name, svc in services.items():
         assert "healthcheck" in svc, name
@@ -76,8 +86,8 @@ def test_compose_runs_the_demo_without_a_secret_in_the_file() -> None:
     assert env["SYSMON_TOKEN"] == "${SYSMON_TOKEN:?set SYSMON_TOKEN}"
     assert "${SYSMON_DB_PASSWORD:?" in env["SYSMON_POSTGRES_URL"]
     # Published ports only on loopback.
-    for svc in services.values():
-        for port in svc.get("ports", []):
+    for name, svc in services.items():
+        for port in svc.get("ports", []) if name != "caddy" else []:
             assert port.startswith("127.0.0.1:"), port
     assert services["collector"]["pid"] == "host"
     assert "/:/host:ro,rslave" in services["collector"]["volumes"]
