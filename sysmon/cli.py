@@ -141,6 +141,10 @@ class UpCommand(AggregatorSettings):
     alerts_listen: str = Field(
         "127.0.0.1:9465", description="host:port of the alerts service's /healthz, /readyz, /metrics"
     )
+    http_listen: str = Field(
+        "127.0.0.1:9201", description="host:port of the aggregator's HTTP ingest: Prometheus remote write "
+                                      "(POST /api/v1/write) and OTLP/HTTP (POST /v1/metrics); empty: off"
+    )
 
     def cli_cmd(self) -> None:
         setup_logging(self.log_level)
@@ -170,6 +174,7 @@ class UpCommand(AggregatorSettings):
         try:
             dsn = self.postgres_url or await asyncio.to_thread(pg.start)  # type: ignore[union-attr]
             redis_url = self.redis_url or await asyncio.to_thread(rs.start)  # type: ignore[union-attr]
+            self.http_listen = _free_or_any(self.http_listen, "remote write / OTLP/HTTP")
             try:
                 agg = Aggregator(self, postgres_url=dsn, redis_url=redis_url)
                 await agg.start()
@@ -194,6 +199,7 @@ class UpCommand(AggregatorSettings):
                 "PostgreSQL": ("embedded, " if pg else "") + _redact(dsn),
                 "Redis": ("embedded, " if rs else "") + _redact(redis_url),
                 "aggregator (gRPC)": f"{agg.address} (token {'required' if self.token else 'off: loopback'})",
+                "remote write": f"{agg.http.url}/api/v1/write" if agg.http else "off",
                 "metrics": agg.metrics.url if agg.metrics else "off",
                 "collector": f"{self.host_id}, every {self.interval.total_seconds():g}s",
                 "storage": f"{agg.storage.mode} PostgreSQL",
@@ -228,6 +234,22 @@ class UpCommand(AggregatorSettings):
             if pg is not None:
                 await asyncio.to_thread(pg.stop)
         print("sysmon stopped", flush=True)
+
+
+def _free_or_any(listen: str, what: str) -> str:
+    """`listen`, or any free port on its host when it is taken: on a laptop the default port may
+    be another program's, and `sysmon up` prints where each listener ended up."""
+    from sysmon.core.http_server import bind
+
+    if not listen:
+        return listen
+    try:
+        bind(listen).close()
+    except OSError as e:
+        host = listen.rpartition(":")[0] or "127.0.0.1"
+        log.warning("%s: %s; using a free port", what, e)
+        return f"{host}:0"
+    return listen
 
 
 async def _start_gateway(up: UpCommand, dsn: str, redis_url: str):  # -> sysmon.gateway.server.HttpServer
