@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -32,7 +33,7 @@ from sysmon.aggregator.ingest import Ingest
 from sysmon.aggregator.receipts import NotStored, Receipts
 from sysmon.core.batch import NormalizedBatch
 from sysmon.core.identity import Principal
-from sysmon.core.metrics import Limits, Series, format_series, series_id
+from sysmon.core.metrics import HOST_ID_RE, Limits, Series, format_series, series_id
 
 # A series of a request is active for its host this long after its last sample (as Mimir counts
 # active series), and counts against max_series_per_host meanwhile.
@@ -41,6 +42,23 @@ ACTIVE_FOR_S = 600.0
 COMMIT_TIMEOUT_S = 60.0
 MAX_ERRORS_TOLD = 5
 _SERIES_CACHE_MAX = 1_000_000
+_NOT_HOST_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def clean_host(value: str, default: str) -> str:
+    """A host id from what a sender calls its host (an instance, host.name): characters a host id
+    may not hold become '-'; `default` when nothing is left."""
+    host = _NOT_HOST_CHARS.sub("-", value).lstrip("-._")[:253]
+    return host if host and HOST_ID_RE.match(host) else default
+
+
+class BadRequest(ValueError):
+    """The request cannot be read: answered 400, or 415 for an encoding not spoken (a sender
+    retries neither)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 class Refused(Exception):
@@ -99,12 +117,20 @@ class Samples:
     hosts: dict[str, HostSamples] = field(default_factory=dict)
     refused: int = 0
     errors: list[str] = field(default_factory=list)
+    # What decoding changed that must be undone when the request is not stored (OTLP's running
+    # totals of delta sums): the sender sends it again.
+    undo: list[Callable[[], None]] = field(default_factory=list)
 
     def host(self, host_id: str) -> HostSamples:
         h = self.hosts.get(host_id)
         if h is None:
             h = self.hosts[host_id] = HostSamples()
         return h
+
+    def rollback(self) -> None:
+        for undo in reversed(self.undo):
+            undo()
+        self.undo.clear()
 
     def refuse(self, message: str, n: int = 1) -> None:
         self.refused += n
@@ -154,27 +180,33 @@ class Admission:
         self._pruned = time.monotonic()
 
     async def admit(self, samples: Samples, principal: Principal, protocol: str) -> None:
-        """Store what `samples` carries; returns once committed. Raises Refused when nothing was
-        taken (403, 429, 503) and, after storing what was valid, for what was not (400)."""
+        """Store what `samples` carries; returns once committed, with `samples.refused` saying
+        what was not taken (the protocols answer that differently). Raises Refused when the
+        request cannot be taken (403, 429, 503) or storage refused it (400)."""
         now = time.monotonic()
         self._prune(now)
         for host in samples.hosts:
             if not principal.may_speak_for(host):
+                samples.rollback()
                 raise Refused(403, f"this credential may not send for host {host!r}")
         self._hold_series(samples, now)
         for host, hs in samples.hosts.items():
             wait = self.budget.take(host, hs.sample_count, now)
             if wait:
                 telemetry.OVER_BUDGET.inc()
+                samples.rollback()
                 raise Refused(429, f"host {host} is over its budget of {self.limits.max_samples_per_second_per_host} "
                                    "samples/s", retry_after_s=wait)
         batches = [b for host, hs in samples.hosts.items() for b in self._batches(host, hs)]
         if batches:
-            await self._store(batches)
+            try:
+                await self._store(batches)
+            except Refused:
+                samples.rollback()
+                raise
         telemetry.FOREIGN_SAMPLES.labels(protocol, "stored").inc(sum(b.sample_count for b in batches))
         if samples.refused:
             telemetry.FOREIGN_SAMPLES.labels(protocol, "refused").inc(samples.refused)
-            raise Refused(400, samples.summary())
 
     def _hold_series(self, samples: Samples, now: float) -> None:
         """Count each new series against its host's limit; a series over it is refused with its samples."""

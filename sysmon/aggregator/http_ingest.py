@@ -19,14 +19,16 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import uvicorn
+from google.rpc import status_pb2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sysmon.aggregator import remote_write, telemetry
-from sysmon.aggregator.admission import Admission, Refused, Samples
+from sysmon.aggregator import otlp, remote_write, telemetry
+from sysmon.aggregator.admission import Admission, BadRequest, Refused, Samples
 from sysmon.aggregator.ingest import now_ms
 from sysmon.core.http_server import EmbeddedServer, bind
 from sysmon.core.identity import Authenticator, InvalidCredential, Principal, Scope
@@ -48,36 +50,62 @@ def problem(status: int, detail: str, *, retry_after_s: float = 0.0, headers: di
                          "detail": detail}, status_code=status, headers=h, media_type="application/problem+json")
 
 
+# An error answered in a protocol's own body: (status, message, Retry-After seconds) -> Response.
+ErrorBody = Callable[[int, str, float], Response]
+
+
+def _problem_body(status: int, message: str, retry_after_s: float) -> Response:
+    return problem(status, message, retry_after_s=retry_after_s)
+
+
+def _status_body(status: int, message: str, retry_after_s: float) -> Response:
+    """OTLP/HTTP: every 4xx and 5xx carries a google.rpc.Status."""
+    h = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s else {}
+    body = status_pb2.Status(code=otlp.GRPC_CODES.get(status, grpc.StatusCode.UNKNOWN).value[0], message=message)
+    return Response(body.SerializeToString(), status_code=status, headers=h, media_type=otlp.PROTOBUF)
+
+
 class IngestApp:
-    def __init__(self, admission: Admission, authenticator: Authenticator):
+    def __init__(self, admission: Admission, authenticator: Authenticator, otlp_decoder: otlp.Decoder | None = None):
         self.admission = admission
         self.authenticator = authenticator
         self.limits = admission.limits
         self.metadata: dict[str, int] = {}  # remote write: metric family -> type, as senders told
+        self.otlp = otlp_decoder or otlp.Decoder(admission.series)
 
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/api/v1/write", self.remote_write, methods=["POST"])])
+        return Starlette(routes=[Route("/api/v1/write", self.remote_write, methods=["POST"]),
+                                 Route("/v1/metrics", self.otlp_metrics, methods=["POST"])])
 
-    async def _principal(self, request: Request) -> Principal | Response:
+    async def _principal(self, request: Request, error: ErrorBody) -> Principal | Response:
         try:
             principal = await self.authenticator.authenticate(request.headers.get("authorization"))
         except InvalidCredential as e:
-            return problem(401, str(e), headers={"WWW-Authenticate": 'Bearer realm="sysmon"'})
+            response = error(401, str(e), 0.0)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="sysmon"'
+            return response
         if not principal.allows(Scope.COLLECTOR):
-            return problem(403, f"sending samples needs scope collector; this credential has "
-                                f"{', '.join(sorted(principal.scopes))}")
+            return error(403, f"sending samples needs scope collector; this credential has "
+                              f"{', '.join(sorted(principal.scopes))}", 0.0)
         return principal
 
-    async def _body(self, request: Request) -> bytes | Response:
+    async def _body(self, request: Request, error: ErrorBody) -> bytes | Response:
         limit = self.limits.max_message_bytes
         length = request.headers.get("content-length")
+        too_large = None
         if length is not None and length.isdigit() and int(length) > limit:
-            return problem(413, f"body of {length} bytes exceeds the limit of {limit}", headers=CLOSE)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                return problem(413, f"body exceeds the limit of {limit} bytes", headers=CLOSE)
+            too_large = f"body of {length} bytes exceeds the limit of {limit}"
+        else:
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    too_large = f"body exceeds the limit of {limit} bytes"
+                    break
+        if too_large is not None:
+            response = error(413, too_large, 0.0)
+            response.headers.update(CLOSE)
+            return response
         return bytes(body)
 
     async def remote_write(self, request: Request) -> Response:
@@ -85,35 +113,50 @@ class IngestApp:
             data = remote_write.decompress(body, request.headers.get("content-encoding"), self.limits.max_message_bytes)
             return remote_write.decode(data, self.limits, now_ms(), self.admission.series, self.metadata)
 
-        return await self._ingest(request, "remote_write", decode)
+        def ok(samples: Samples) -> Response:
+            # Prometheus does not send a 400 again: what was valid is stored, the rest is told.
+            return problem(400, samples.summary()) if samples.refused else Response(status_code=204)
+
+        return await self._ingest(request, "remote_write", decode, ok, _problem_body)
+
+    async def otlp_metrics(self, request: Request) -> Response:
+        def decode(body: bytes) -> Samples:
+            data = otlp.http_body(body, request.headers.get("content-type"), request.headers.get("content-encoding"),
+                                  self.limits.max_message_bytes)
+            return self.otlp.decode(otlp.request(data), self.limits, now_ms())
+
+        def ok(samples: Samples) -> Response:
+            return Response(otlp.response(samples).SerializeToString(), media_type=otlp.PROTOBUF)
+
+        return await self._ingest(request, "otlp", decode, ok, _status_body)
 
     async def _ingest(self, request: Request, protocol: str, decode: Callable[[bytes], Samples],
-                      ok: Callable[[], Response] = lambda: Response(status_code=204)) -> Response:
-        response = await self._handle(request, protocol, decode, ok)
+                      ok: Callable[[Samples], Response], error: ErrorBody) -> Response:
+        response = await self._handle(request, protocol, decode, ok, error)
         telemetry.FOREIGN_REQUESTS.labels(protocol, str(response.status_code)).inc()
         return response
 
     async def _handle(self, request: Request, protocol: str, decode: Callable[[bytes], Samples],
-                      ok: Callable[[], Response]) -> Response:
+                      ok: Callable[[Samples], Response], error: ErrorBody) -> Response:
         # The body first, even of a request to be refused: a response before the body is read
         # leaves it in the keep-alive connection, where the sender's next request stalls behind it.
-        body = await self._body(request)
+        body = await self._body(request, error)
         if isinstance(body, Response):
             return body
-        principal = await self._principal(request)
+        principal = await self._principal(request, error)
         if isinstance(principal, Response):
             return principal
         try:
             samples = decode(body)
-        except remote_write.BadRequest as e:
-            return problem(e.status, str(e))
+        except BadRequest as e:
+            return error(e.status, str(e), 0.0)
         try:
             await self.admission.admit(samples, principal, protocol)
         except Refused as e:
             if e.status >= 500:
                 log.warning("%s request not stored (%d): %s", protocol, e.status, e.message)
-            return problem(e.status, e.message, retry_after_s=e.retry_after_s)
-        return ok()
+            return error(e.status, e.message, e.retry_after_s)
+        return ok(samples)
 
 
 class IngestHttpServer:

@@ -19,30 +19,19 @@ sample that breaks a limit is refused alone, and the rest of the request is stor
 from __future__ import annotations
 
 import math
-import re
 import struct
 
 import cramjam
 from google.protobuf.message import DecodeError
 
 from sysmon.aggregator import telemetry
-from sysmon.aggregator.admission import Samples, SeriesCache
-from sysmon.core.metrics import COUNTER, GAUGE, HOST_ID_RE, InvalidInput, Limits, check_series, format_series
+from sysmon.aggregator.admission import BadRequest, Samples, SeriesCache, clean_host
+from sysmon.core.metrics import COUNTER, GAUGE, InvalidInput, Limits, check_series, format_series
 from sysmon.pb.v1 import remote_write_pb2
 
 STALE_NAN_BITS = 0x7FF0000000000002
 COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
 DEFAULT_HOST = "prometheus"
-_NOT_HOST_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-
-
-class BadRequest(ValueError):
-    """The request cannot be read: answered 400, or 415 for an encoding not spoken (a sender
-    retries neither)."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
@@ -67,8 +56,7 @@ def host_of(labels: dict[str, str]) -> str:
         instance = labels.get("instance", "")
         host = instance.rsplit(":", 1)[0] if instance.count(":") == 1 or instance.startswith("[") else instance
         host = host.strip("[]")
-    host = _NOT_HOST_CHARS.sub("-", host).lstrip("-._")
-    return host if host and HOST_ID_RE.match(host) else DEFAULT_HOST
+    return clean_host(host, DEFAULT_HOST)
 
 
 def is_stale_marker(v: float) -> bool:

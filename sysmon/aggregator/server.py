@@ -9,8 +9,9 @@ import logging
 import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
-from sysmon.aggregator import maintenance
+from sysmon.aggregator import maintenance, otlp
 from sysmon.aggregator.admission import Admission
 from sysmon.aggregator.auth import AuthInterceptor, server_credentials
 from sysmon.aggregator.config import ConfigServicer, ConfigStore
@@ -40,6 +41,7 @@ SERVICES = (
     metrics_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
     control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name,
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
+    metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
 )
 
 
@@ -121,9 +123,13 @@ class Aggregator:
         metrics_pb2_grpc.add_MetricsServiceServicer_to_server(push, server)
         # Remote write and OTLP share Push's per-host limits: one host, one budget, however it sends.
         self.admission = Admission(self.ingest, self.receipts, self.limits, push.host_series, push.budget)
+        # One decoder for OTLP/gRPC and OTLP/HTTP: the running totals of delta sums are the same.
+        otlp_decoder = otlp.Decoder(self.admission.series)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
+            otlp.OtlpMetricsServicer(self.admission, otlp_decoder), server)
         if s.http_listen:
             try:
-                self.http = IngestHttpServer(s.http_listen, IngestApp(self.admission, self.authenticator),
+                self.http = IngestHttpServer(s.http_listen, IngestApp(self.admission, self.authenticator, otlp_decoder),
                                              tls_cert=s.tls_cert, tls_key=s.tls_key)
             except OSError as e:
                 raise ConfigurationError(str(e)) from e

@@ -7,8 +7,8 @@ import struct
 import cramjam
 import pytest
 
-from sysmon.aggregator.admission import SeriesCache
-from sysmon.aggregator.remote_write import BadRequest, decode, decompress, host_of, is_stale_marker, kind_of
+from sysmon.aggregator.admission import BadRequest, SeriesCache
+from sysmon.aggregator.remote_write import decode, decompress, host_of, is_stale_marker, kind_of
 from sysmon.core.metrics import COUNTER, GAUGE, Limits
 from sysmon.pb.v1 import remote_write_pb2
 
