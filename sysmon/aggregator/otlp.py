@@ -13,14 +13,16 @@ How OpenTelemetry data points become sysmon series:
 | Sum, cumulative, monotonic | kind counter, stored as sent |
 | Sum, cumulative, not monotonic (an UpDownCounter) | kind gauge: the value is a level |
 | Sum, delta | a running total per series, kept here (1); counter when monotonic, else gauge |
-| Histogram (explicit buckets) | `<name>.count`, `<name>.sum` (counters), `<name>.bucket` with attribute `le` (2) |
-| Summary | `<name>.count`, `<name>.sum` (counters) and `<name>` with attribute `quantile` (gauge) |
+| Histogram (explicit buckets) | `<name>_count`, `<name>_sum` (counters), `<name>_bucket` with attribute `le` (2) |
+| Summary | `<name>_count`, `<name>_sum` (counters) and `<name>` with attribute `quantile` (gauge) |
 | ExponentialHistogram | refused, counted in partial_success |
 | a point flagged "no recorded value" | not stored |
 
 (1) The total starts again at 0 when the aggregator restarts, which rate functions read as a
 counter reset; a request that is not stored is taken out of the totals again.
-(2) `le` is the bucket's upper bound as Prometheus writes it (`0.005`, `1`, `+Inf` last) and the
+(2) Every part keeps the metric's unit, and the suffixes are Prometheus's, so that the Prometheus
+name of `http.server.duration_bucket` in `s` is `http_server_duration_seconds_bucket`
+(sysmon.core.promql.names). `le` is the bucket's upper bound as Prometheus writes it (`0.005`, `1`, `+Inf` last) and the
 count is cumulative over the buckets below, as Prometheus's `_bucket`; delta histograms are summed
 up as delta sums are.
 
@@ -255,20 +257,20 @@ class _Points:
             self.out.refuse(f"{format_series(name, attrs)}: {len(counts)} bucket counts for {len(bounds)} bounds "
                             "(there must be one more count than bounds)")
             return
-        values = [(f"{name}.count", attrs, "", COUNTER, float(p.count), delta),
-                  (f"{name}.sum", attrs, unit, COUNTER, p.sum, delta)]
+        values = [(f"{name}_count", attrs, unit, COUNTER, float(p.count), delta),
+                  (f"{name}_sum", attrs, unit, COUNTER, p.sum, delta)]
         total = 0
         for b, c in zip([*bounds, float("inf")], counts, strict=False):
             total += c
-            values.append((f"{name}.bucket", {**attrs, "le": bound(b)}, "", COUNTER, float(total), delta))
+            values.append((f"{name}_bucket", {**attrs, "le": bound(b)}, unit, COUNTER, float(total), delta))
         self._put(values, p.time_unix_nano, name)
 
     def summary(self, name: str, unit: str, p: metrics_pb2.SummaryDataPoint) -> None:
         if p.flags & NO_VALUE:
             return
         attrs = self._attrs(p)
-        values = [(f"{name}.count", attrs, "", COUNTER, float(p.count), False),
-                  (f"{name}.sum", attrs, unit, COUNTER, p.sum, False)]
+        values = [(f"{name}_count", attrs, unit, COUNTER, float(p.count), False),
+                  (f"{name}_sum", attrs, unit, COUNTER, p.sum, False)]
         values += [(name, {**attrs, "quantile": bound(q.quantile)}, unit, GAUGE, q.value, False)
                    for q in p.quantile_values]
         self._put(values, p.time_unix_nano, name)
