@@ -28,7 +28,7 @@ from sysmon.gateway.deps import require_reader
 from sysmon.gateway.fleet import Fleet
 from sysmon.gateway.live import protocol
 from sysmon.gateway.live.hub import LiveHub
-from sysmon.gateway.routes import alerts, dashboard, health, hosts, live, query
+from sysmon.gateway.routes import alerts, dashboard, health, hosts, live, prometheus, query
 from sysmon.gateway.state import GatewayState
 from sysmon.gateway.status import StatusPolicy
 from sysmon.gateway.telemetry import RequestMetrics
@@ -116,7 +116,7 @@ def create_app(
     problems.install(app)
     app.add_middleware(RequestMetrics)
     auth = [Depends(require_reader)] if authenticator.enabled else []
-    for r in (hosts.router, query.router, alerts.router):
+    for r in (hosts.router, query.router, alerts.router, prometheus.router):
         app.include_router(r, dependencies=auth)
     app.include_router(health.router)
     app.include_router(live.router)
