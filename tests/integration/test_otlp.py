@@ -16,6 +16,7 @@ import pytest
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 
+from tests.gateway_helpers import running_gateway
 from tests.remote_write_helpers import stored
 
 SCRIPT = Path(__file__).resolve().parents[1] / "otel_sdk_process.py"
@@ -60,7 +61,7 @@ async def _check_host(dsn: str, host: str) -> None:
 
 
 @pytest.mark.slow
-async def test_sdk_exports_over_grpc_and_http(start_aggregator, pg_dsn: str) -> None:
+async def test_sdk_exports_over_grpc_and_http(start_aggregator, pg_dsn: str, redis_url: str) -> None:
     agg = await start_aggregator(http_listen="127.0.0.1:0", token=TOKEN)
     await _run_sdk("--protocol", "grpc", "--endpoint", f"http://{agg.address}", "--host", "otel-grpc",
                    "--token", TOKEN)
@@ -68,6 +69,20 @@ async def test_sdk_exports_over_grpc_and_http(start_aggregator, pg_dsn: str) -> 
     await _run_sdk("--protocol", "http", "--endpoint", f"{agg.http.url}/v1/metrics", "--host", "otel-http",
                    "--token", TOKEN, "--delta")
     await _check_host(pg_dsn, "otel-http")
+
+    # Under their Prometheus names in the Prometheus API: unit suffixes, _total, labels from attributes.
+    async with running_gateway(pg_dsn, redis_url) as gw:
+        async def query(expr: str) -> dict[str, float]:
+            r = await gw.http.get("/prometheus/api/v1/query", params={"query": expr})
+            assert r.status_code == 200, r.text
+            return {s["metric"]["host"]: float(s["value"][1]) for s in r.json()["data"]["result"]}
+
+        assert await query('app_requests_total{service_name="checkout", route="/pay"}') == {
+            "otel-grpc": 20.0, "otel-http": 20.0}
+        assert await query("app_temperature_celsius") == {"otel-grpc": 42.5, "otel-http": 42.5}
+        # Buckets 0.1: 1, 1: 3, 10: 4, +Inf: 5; the median's rank 2.5 falls in (0.1, 1], 1.5 of its 2.
+        assert await query("histogram_quantile(0.5, app_latency_seconds_bucket)") == pytest.approx(
+            {"otel-grpc": 0.775, "otel-http": 0.775})
 
 
 async def test_http_answers(start_aggregator, pg_dsn: str) -> None:
