@@ -439,7 +439,11 @@ class Sysmon(BaseSettings):
 
 
 def main(argv: list[str] | None = None) -> None:
-    CliApp.run(Sysmon, cli_args=sys.argv[1:] if argv is None else argv)
+    from sysmon.core.cli_help import HelpSource
+
+    # Flags and defaults in --help as users type them (TOKEN, PATH, 24h), see sysmon.core.cli_help.
+    source = HelpSource(Sysmon, cli_prog_name="sysmon", cli_kebab_case=True, cli_implicit_flags=True)
+    CliApp.run(Sysmon, cli_args=sys.argv[1:] if argv is None else argv, cli_settings_source=source)
 
 
 __all__ = ["is_loopback", "main"]
