@@ -262,7 +262,8 @@ async def _start_gateway(up: UpCommand, dsn: str, redis_url: str):  # -> sysmon.
         rollup_1h_retention=up.rollup_1h_retention, log_level=up.log_level,
     )
     try:
-        server = HttpServer(create_app(settings, loopback_exempt=True), settings.listen)
+        # One process: its process_* and python_* metrics are served by the aggregator's /metrics alone.
+        server = HttpServer(create_app(settings, loopback_exempt=True, process_metrics=False), settings.listen)
     except (ConfigurationError, OSError) as e:
         sys.exit(f"gateway: {e}")
     await server.start()
@@ -297,12 +298,13 @@ async def _start_alerts(up: UpCommand, address: str, dsn: str, redis_url: str, e
                               listen=listen, external_url=external_url, log_level=up.log_level)
 
     try:
-        service = AlertsService(settings(up.alerts_listen), postgres_url=dsn, redis_url=redis_url)
+        service = AlertsService(settings(up.alerts_listen), postgres_url=dsn, redis_url=redis_url,
+                                process_metrics=False)
     except OSError as e:
         # On a laptop the port may be taken by something else: any free one will do.
         host = up.alerts_listen.rpartition(":")[0] or "127.0.0.1"
         log.warning("alerts: %s; using a free port", e)
-        service = AlertsService(settings(f"{host}:0"), postgres_url=dsn, redis_url=redis_url)
+        service = AlertsService(settings(f"{host}:0"), postgres_url=dsn, redis_url=redis_url, process_metrics=False)
     running = _RunningAlerts(service, asyncio.create_task(service.run(), name="alerts"))
     ready = asyncio.create_task(service.ready.wait())
     # Ready, or the service ended (it failed), or a minute passed: whichever comes first.

@@ -25,7 +25,7 @@ from sysmon.core.bus import RedisBus
 from sysmon.core.hot import HotTier
 from sysmon.core.identity import Authenticator
 from sysmon.core.settings import AggregatorSettings, is_loopback
-from sysmon.core.telemetry import MetricsEndpoint, serve_metrics
+from sysmon.core.telemetry import ComponentMetrics, MetricsEndpoint, serve_metrics
 from sysmon.pb.v1 import (
     config_pb2,
     config_pb2_grpc,
@@ -171,7 +171,7 @@ class Aggregator:
             self._spawn(route_commands(self.hub, self.bus, self._stop), "commands")
         if self.http is not None:
             self._spawn(self.http.run(self._stop), "http-ingest")
-        self.metrics = serve_metrics(s.metrics_listen)
+        self.metrics = serve_metrics(s.metrics_listen, ComponentMetrics(["aggregator"]))
         log.info("aggregator listening on %s (TLS %s, auth %s)%s", self.address,
                  "on" if s.tls_cert else "off", _auth_summary(self.authenticator),
                  f"; remote write and OTLP/HTTP on {self.http.url}" if self.http else "")
