@@ -133,7 +133,8 @@ async def _run(request: Request, fn: Any) -> Response:
         return error("unavailable", "storage is unavailable; try again shortly")
 
 
-@router.api_route("/query", methods=["GET", "POST"], summary="PromQL instant query")
+@router.get("/query", summary="PromQL instant query", operation_id="prometheus_query_get")
+@router.post("/query", summary="PromQL instant query (form-encoded)", operation_id="prometheus_query_post")
 async def query(request: Request, state: StateDep) -> Response:
     async def run() -> Response:
         p = await _params(request)
@@ -157,7 +158,8 @@ async def query(request: Request, state: StateDep) -> Response:
     return await _run(request, run)
 
 
-@router.api_route("/query_range", methods=["GET", "POST"], summary="PromQL range query")
+@router.get("/query_range", summary="PromQL range query", operation_id="prometheus_query_range_get")
+@router.post("/query_range", summary="PromQL range query (form-encoded)", operation_id="prometheus_query_range_post")
 async def query_range(request: Request, state: StateDep) -> Response:
     async def run() -> Response:
         p = await _params(request)
@@ -197,7 +199,8 @@ async def _selected(request: Request, state: Any, p: list[tuple[str, str]], requ
     return list(seen.values())
 
 
-@router.api_route("/series", methods=["GET", "POST"], summary="Series matching selectors")
+@router.get("/series", summary="Series matching selectors", operation_id="prometheus_series_get")
+@router.post("/series", summary="Series matching selectors (form-encoded)", operation_id="prometheus_series_post")
 async def series(request: Request, state: StateDep) -> Response:
     async def run() -> Response:
         entries = await _selected(request, state, await _params(request), required=True)
@@ -206,7 +209,8 @@ async def series(request: Request, state: StateDep) -> Response:
     return await _run(request, run)
 
 
-@router.api_route("/labels", methods=["GET", "POST"], summary="Label names")
+@router.get("/labels", summary="Label names", operation_id="prometheus_labels_get")
+@router.post("/labels", summary="Label names (form-encoded)", operation_id="prometheus_labels_post")
 async def labels(request: Request, state: StateDep) -> Response:
     async def run() -> Response:
         entries = await _selected(request, state, await _params(request), required=False)
