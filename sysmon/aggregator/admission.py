@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -153,6 +154,15 @@ class SeriesCache:
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str, tuple[tuple[str, str], ...]], Series] = {}
+        # A protocol's own look-up from what it receives to what it makes of it (remote write: a
+        # series' label pairs -> its host and Series, or why it is refused), checked once.
+        self.resolved: dict[Any, Any] = {}
+
+    def remember(self, key: Any, value: Any) -> Any:
+        if len(self.resolved) >= _SERIES_CACHE_MAX:
+            self.resolved.clear()
+        self.resolved[key] = value
+        return value
 
     def get(self, host: str, name: str, attrs: Mapping[str, str], unit: str, kind: int) -> Series:
         key = (host, name, tuple(sorted(attrs.items())))

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 
 import cramjam
 from google.protobuf.message import DecodeError
 
 from sysmon.aggregator import telemetry
 from sysmon.aggregator.admission import BadRequest, Samples, SeriesCache, clean_host
-from sysmon.core.metrics import COUNTER, GAUGE, InvalidInput, Limits, check_series, format_series
+from sysmon.core.metrics import COUNTER, GAUGE, InvalidInput, Limits, Series, check_series, format_series
 from sysmon.pb.v1 import remote_write_pb2
 
 STALE_NAN_BITS = 0x7FF0000000000002
@@ -85,46 +86,80 @@ def decode(data: bytes, limits: Limits, now_ms: int, cache: SeriesCache,
     """The samples of a decompressed WriteRequest. `metadata` (family name -> type) remembers what
     earlier requests said; Prometheus sends metadata apart from samples."""
     try:
-        req = remote_write_pb2.PromWriteRequest.FromString(data)
+        req = remote_write_pb2.PromWriteRequestRaw.FromString(data)
     except DecodeError as e:
         raise BadRequest(f"body is not a remote write WriteRequest: {e}") from e
     meta = metadata if metadata is not None else {}
     for m in req.metadata:
-        if m.metric_family_name:
+        if m.metric_family_name and meta.get(m.metric_family_name) != m.type:
             meta[m.metric_family_name] = m.type
+            cache.resolved.clear()  # kinds may change with what the sender now says
     out = Samples()
     lo = now_ms - int(limits.max_past.total_seconds() * 1000)
     hi = now_ms + int(limits.max_future.total_seconds() * 1000)
+    resolved = cache.resolved
+    stale = 0
     for ts in req.timeseries:
-        labels = {lb.name: lb.value for lb in ts.labels}
-        name = labels.pop("__name__", "")
         if ts.histograms:
-            out.refuse(f"{format_series(name, labels)}: native histograms are not supported", len(ts.histograms))
-        if not ts.samples:
+            labels = dict(_pairs(ts.labels))
+            out.refuse(f"{format_series(labels.pop('__name__', ''), labels)}: native histograms are not supported",
+                       len(ts.histograms))
+        samples = ts.samples
+        if not samples:
             continue
-        host = host_of(labels)
-        labels.pop("host", None)
-        try:
-            check_series(name, labels, "", limits)
-        except InvalidInput as e:
-            out.refuse(str(e), len(ts.samples))
+        # A sender repeats the same series request after request: what its labels make is looked up
+        # by their encoded bytes.
+        key = tuple(ts.labels)
+        got = resolved.get(key)
+        if got is None:
+            got = cache.remember(key, _resolve(_pairs(key), limits, cache, meta))
+        if type(got) is str:
+            out.refuse(got, len(samples))
             continue
-        series = cache.get(host, name, labels, "", kind_of(name, meta))
+        host, series = got
         hs = out.host(host)
-        for sample in ts.samples:
+        for sample in samples:
             v, t = sample.value, sample.timestamp
-            if not math.isfinite(v):
+            if v - v != 0.0:  # NaN or infinity (the finite case stays cheap)
                 if is_stale_marker(v):
-                    telemetry.STALE_MARKERS.inc()
+                    stale += 1
                 else:
-                    out.refuse(f"{format_series(name, labels)} at {t}: value {v} is not a finite number")
+                    out.refuse(f"{format_series(series.name, series.attributes)} at {t}: value {v} is not a finite "
+                               "number")
                 continue
             if not lo <= t <= hi:
-                out.refuse(f"{format_series(name, labels)}: time {t} is outside the accepted window "
-                           f"(at most {limits.max_past} old, {limits.max_future} ahead)")
+                out.refuse(f"{format_series(series.name, series.attributes)}: time {t} is outside the accepted "
+                           f"window (at most {limits.max_past} old, {limits.max_future} ahead)")
                 continue
             if not hs.add(series, t, v):
-                out.refuse(f"{format_series(name, labels)}: two samples at time {t}")
+                out.refuse(f"{format_series(series.name, series.attributes)}: two samples at time {t}")
         if not hs.frames:
             del out.hosts[host]
+    if stale:
+        telemetry.STALE_MARKERS.inc(stale)
     return out
+
+
+def _pairs(encoded: Sequence[bytes]) -> list[tuple[str, str]]:
+    out = []
+    for raw in encoded:
+        try:
+            lb = remote_write_pb2.PromLabel.FromString(raw)
+        except DecodeError as e:
+            raise BadRequest(f"body is not a remote write WriteRequest: a label does not decode ({e})") from e
+        out.append((lb.name, lb.value))
+    return out
+
+
+def _resolve(pairs: list[tuple[str, str]], limits: Limits, cache: SeriesCache,
+             meta: dict[str, int]) -> tuple[str, Series] | str:
+    """A series' host and Series from its label pairs, or the reason it is refused."""
+    labels = dict(pairs)
+    name = labels.pop("__name__", "")
+    host = host_of(labels)
+    labels.pop("host", None)
+    try:
+        check_series(name, labels, "", limits)
+    except InvalidInput as e:
+        return str(e)
+    return host, cache.get(host, name, labels, "", kind_of(name, meta))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csysmon/v1/remote_write.proto\x12\tsysmon.v1\"(\n\tPromLabel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\".\n\nPromSample\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\"r\n\x0ePromTimeSeries\x12$\n\x06labels\x18\x01 \x03(\x0b\x32\x14.sysmon.v1.PromLabel\x12&\n\x07samples\x18\x02 \x03(\x0b\x32\x15.sysmon.v1.PromSample\x12\x12\n\nhistograms\x18\x04 \x03(\x0c\"\xff\x01\n\x12PromMetricMetadata\x12\x36\n\x04type\x18\x01 \x01(\x0e\x32(.sysmon.v1.PromMetricMetadata.MetricType\x12\x1a\n\x12metric_family_name\x18\x02 \x01(\t\x12\x0c\n\x04help\x18\x04 \x01(\t\x12\x0c\n\x04unit\x18\x05 \x01(\t\"y\n\nMetricType\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07\x43OUNTER\x10\x01\x12\t\n\x05GAUGE\x10\x02\x12\r\n\tHISTOGRAM\x10\x03\x12\x12\n\x0eGAUGEHISTOGRAM\x10\x04\x12\x0b\n\x07SUMMARY\x10\x05\x12\x08\n\x04INFO\x10\x06\x12\x0c\n\x08STATESET\x10\x07\"x\n\x10PromWriteRequest\x12-\n\ntimeseries\x18\x01 \x03(\x0b\x32\x19.sysmon.v1.PromTimeSeries\x12/\n\x08metadata\x18\x03 \x03(\x0b\x32\x1d.sysmon.v1.PromMetricMetadataJ\x04\x08\x02\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csysmon/v1/remote_write.proto\x12\tsysmon.v1\"(\n\tPromLabel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\".\n\nPromSample\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\"r\n\x0ePromTimeSeries\x12$\n\x06labels\x18\x01 \x03(\x0b\x32\x14.sysmon.v1.PromLabel\x12&\n\x07samples\x18\x02 \x03(\x0b\x32\x15.sysmon.v1.PromSample\x12\x12\n\nhistograms\x18\x04 \x03(\x0c\"\xff\x01\n\x12PromMetricMetadata\x12\x36\n\x04type\x18\x01 \x01(\x0e\x32(.sysmon.v1.PromMetricMetadata.MetricType\x12\x1a\n\x12metric_family_name\x18\x02 \x01(\t\x12\x0c\n\x04help\x18\x04 \x01(\t\x12\x0c\n\x04unit\x18\x05 \x01(\t\"y\n\nMetricType\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07\x43OUNTER\x10\x01\x12\t\n\x05GAUGE\x10\x02\x12\r\n\tHISTOGRAM\x10\x03\x12\x12\n\x0eGAUGEHISTOGRAM\x10\x04\x12\x0b\n\x07SUMMARY\x10\x05\x12\x08\n\x04INFO\x10\x06\x12\x0c\n\x08STATESET\x10\x07\"x\n\x10PromWriteRequest\x12-\n\ntimeseries\x18\x01 \x03(\x0b\x32\x19.sysmon.v1.PromTimeSeries\x12/\n\x08metadata\x18\x03 \x03(\x0b\x32\x1d.sysmon.v1.PromMetricMetadataJ\x04\x08\x02\x10\x03\"_\n\x11PromTimeSeriesRaw\x12\x0e\n\x06labels\x18\x01 \x03(\x0c\x12&\n\x07samples\x18\x02 \x03(\x0b\x32\x15.sysmon.v1.PromSample\x12\x12\n\nhistograms\x18\x04 \x03(\x0c\"~\n\x13PromWriteRequestRaw\x12\x30\n\ntimeseries\x18\x01 \x03(\x0b\x32\x1c.sysmon.v1.PromTimeSeriesRaw\x12/\n\x08metadata\x18\x03 \x03(\x0b\x32\x1d.sysmon.v1.PromMetricMetadataJ\x04\x08\x02\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,4 +44,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROMMETRICMETADATA_METRICTYPE']._serialized_end=505
   _globals['_PROMWRITEREQUEST']._serialized_start=507
   _globals['_PROMWRITEREQUEST']._serialized_end=627
+  _globals['_PROMTIMESERIESRAW']._serialized_start=629
+  _globals['_PROMTIMESERIESRAW']._serialized_end=724
+  _globals['_PROMWRITEREQUESTRAW']._serialized_start=726
+  _globals['_PROMWRITEREQUESTRAW']._serialized_end=852
 # @@protoc_insertion_point(module_scope)

@@ -180,3 +180,60 @@ class PromWriteRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PromWriteRequest: _TypeAlias = PromWriteRequest  # noqa: Y015
+
+@_typing.final
+class PromTimeSeriesRaw(_message.Message):
+    """The same WriteRequest as the receiver reads it: each label kept as its encoded bytes (a
+    PromLabel), which are the key of the receiver's series cache, so that a series seen before costs
+    no decoding of its labels.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABELS_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    HISTOGRAMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromSample]: ...
+    @_builtins.property
+    def histograms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        labels: _abc.Iterable[_builtins.bytes] | None = ...,
+        samples: _abc.Iterable[Global___PromSample] | None = ...,
+        histograms: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["histograms", b"histograms", "labels", b"labels", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromTimeSeriesRaw: _TypeAlias = PromTimeSeriesRaw  # noqa: Y015
+
+@_typing.final
+class PromWriteRequestRaw(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMESERIES_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def timeseries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromTimeSeriesRaw]: ...
+    @_builtins.property
+    def metadata(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromMetricMetadata]: ...
+    def __init__(
+        self,
+        *,
+        timeseries: _abc.Iterable[Global___PromTimeSeriesRaw] | None = ...,
+        metadata: _abc.Iterable[Global___PromMetricMetadata] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "timeseries", b"timeseries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromWriteRequestRaw: _TypeAlias = PromWriteRequestRaw  # noqa: Y015
