@@ -7,7 +7,8 @@ Embedded PostgreSQL and Redis and an aggregator process (bench/common.py's Stack
 ingest listener on. Load generator processes POST WriteRequests as Prometheus's remote-write queue
 does: --senders requests in flight per generator (Prometheus's shards), each of --per-request
 samples, one TimeSeries per sample (labels __name__, instance, job, plus one of its own), the fleet
-of --hosts targets x --series series scraped round after round on a virtual clock 5 s apart from
+of --hosts targets x --series series (spread over requests by series, as Prometheus's shards do,
+or --layout host: each host's together) scraped round after round on a virtual clock 5 s apart from
 now-20h, so that every sample is new. Bodies are encoded by hand (labels pre-encoded, a sample is
 a few bytes) and snappy-compressed with cramjam, so that the generator costs little next to the
 aggregator. A request is answered only after its samples are committed (2xx); anything else is
@@ -76,10 +77,16 @@ def body(labels: list[bytes], t_ms: int, value: float) -> bytes:
 
 
 async def _generate(url: str, labels: list[bytes], per_request: int, senders: int, until: float,
-                    out: mp.Queue) -> None:
+                    out: mp.Queue, shuffle: bool) -> None:
     import httpx
 
     start_ms = int(time.time() * 1000) - 20 * 3600_000
+    if shuffle:
+        # Prometheus shards by series hash: a host's samples of one scrape are spread over requests.
+        import random
+
+        labels = labels[:]
+        random.Random(1).shuffle(labels)
     chunks = [labels[i:i + per_request] for i in range(0, len(labels), per_request)]
     work: asyncio.Queue[tuple[int, int]] = asyncio.Queue(maxsize=senders * 2)
     latencies: list[float] = []
@@ -118,9 +125,9 @@ async def _generate(url: str, labels: list[bytes], per_request: int, senders: in
 
 
 def generator(url: str, hosts: int, series: int, per_request: int, senders: int, seconds: float, index: int,
-              out: mp.Queue) -> None:
+              out: mp.Queue, shuffle: bool) -> None:
     asyncio.run(_generate(url, series_labels(hosts, series, index), per_request, senders, time.monotonic() + seconds,
-                          out))
+                          out, shuffle))
 
 
 def main() -> None:
@@ -130,6 +137,8 @@ def main() -> None:
     p.add_argument("--per-request", type=int, default=2000, help="samples per request (max_samples_per_send)")
     p.add_argument("--senders", type=int, default=8, help="requests in flight per generator (shards)")
     p.add_argument("--generators", type=int, default=1)
+    p.add_argument("--layout", choices=("hash", "host"), default="hash",
+                   help="hash: series spread over requests as Prometheus's shards do; host: a host's series together")
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--warmup", type=float, default=5.0)
     a = p.parse_args()
@@ -142,7 +151,8 @@ def main() -> None:
         ctx = mp.get_context("spawn")
         out: mp.Queue = ctx.Queue()
         total = a.warmup + a.duration
-        gens = [ctx.Process(target=generator, args=(url, a.hosts, a.series, a.per_request, a.senders, total, i, out))
+        gens = [ctx.Process(target=generator, args=(url, a.hosts, a.series, a.per_request, a.senders, total, i, out,
+                                                             a.layout == "hash"))
                 for i in range(a.generators)]
         for g in gens:
             g.start()
@@ -173,7 +183,8 @@ def main() -> None:
             "aggregator_cpu_pct": stats["aggregator"].cpu_pct, "postgres_cpu_pct": stats["postgres"].cpu_pct,
             "generator_cpu_pct": gen_cpu, "aggregator_rss_mib": stats["aggregator"].rss_max_mib,
             "hosts": a.hosts * a.generators, "series": a.series, "per_request": a.per_request,
-            "senders": a.senders * a.generators, "duration_s": elapsed, "machine_busy_pct": mon.machine_busy_pct,
+            "senders": a.senders * a.generators, "layout": a.layout, "duration_s": elapsed,
+            "machine_busy_pct": mon.machine_busy_pct,
         }
         print_report("Prometheus remote write, flat out", [
             ("samples stored", f"{fmt(rate, 'samples/s', 0)} ({fmt(stored, '', 0)} in {elapsed:.0f} s)"),

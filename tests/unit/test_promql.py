@@ -63,3 +63,19 @@ def test_bucket_quantile() -> None:
 def test_unsupported_is_named(expr: str, named: str) -> None:
     with pytest.raises(PromQLError, match=named):
         check_supported(parse(expr))
+
+
+def test_rates_over_steps_are_the_rates_of_each_step() -> None:
+    from sysmon.core.promql.engine import rates_over_steps
+
+    rng = np.random.default_rng(7)
+    ts = np.cumsum(rng.integers(4_000, 6_000, 400)).astype(np.int64)
+    vs = np.cumsum(rng.random(400) * 10)
+    vs[150:] -= vs[150] - 3.0  # a counter reset
+    ends = np.arange(int(ts[0]), int(ts[-1]) + 30_000, 7_000, dtype=np.int64)
+    for is_counter, is_rate in ((True, True), (True, False), (False, False)):
+        got = rates_over_steps(ts, vs, ends, 60_000, is_counter, is_rate)
+        for e, g in zip(ends, got, strict=True):
+            a, b = np.searchsorted(ts, e - 60_000, "left"), np.searchsorted(ts, e, "right")
+            want = extrapolated_rate(ts[a:b], vs[a:b], int(e) - 60_000, int(e), 60.0, is_counter, is_rate)
+            assert (math.isnan(g) and want is None) or g == pytest.approx(want, rel=1e-12)

@@ -125,6 +125,43 @@ def extrapolated_rate(ts: np.ndarray, vs: np.ndarray, range_start: int, range_en
     return result / range_s if is_rate else result
 
 
+def rates_over_steps(ts: np.ndarray, vs: np.ndarray, ends: np.ndarray, range_ms: int, is_counter: bool,
+                     is_rate: bool) -> np.ndarray:
+    """extrapolated_rate at every end time at once (NaN where a window holds fewer than 2 samples):
+    a range query evaluates the same range function at each step, and one series' steps are
+    computed together."""
+    out = np.full(len(ends), np.nan)
+    a = np.searchsorted(ts, ends - range_ms, side="left")
+    b = np.searchsorted(ts, ends, side="right") - 1
+    ok = b - a >= 1
+    if not ok.any():
+        return out
+    a, b, e = a[ok], b[ok], ends[ok]
+    first, last = vs[a], vs[b]
+    result = last - first
+    if is_counter:
+        drops = np.zeros(len(vs))
+        fell = vs[1:] < vs[:-1]
+        drops[1:][fell] = vs[:-1][fell]
+        c = np.cumsum(drops)
+        result = result + (c[b] - c[a])
+    t0, t1 = ts[a].astype(np.float64), ts[b].astype(np.float64)
+    to_start = (t0 - (e - range_ms)) / 1000
+    to_end = (e - t1) / 1000
+    sampled = (t1 - t0) / 1000
+    average = sampled / (b - a)
+    if is_counter:
+        zero_ok = (result > 0) & (first >= 0)
+        to_zero = np.where(zero_ok, sampled * (first / np.where(result == 0, 1.0, result)), np.inf)
+        to_start = np.minimum(to_start, to_zero)
+    threshold = average * 1.1
+    interval = sampled + np.where(to_start < threshold, to_start, average / 2) \
+        + np.where(to_end < threshold, to_end, average / 2)
+    result = result * (interval / sampled)
+    out[ok] = result / (range_ms / 1000) if is_rate else result
+    return out
+
+
 def _instant_delta(ts: np.ndarray, vs: np.ndarray, is_rate: bool) -> float | None:
     if len(vs) < 2:
         return None
@@ -321,6 +358,15 @@ class Evaluation:
         check_supported(self.node)
         self.max_series = max_series
         self._data: dict[int, list[SeriesData]] = {}
+        # A range query's evaluation times; functions over ranges then compute all steps per series at once.
+        self._steps: np.ndarray | None = None
+        self._step_index: dict[int, int] = {}
+        self._over_steps: dict[tuple[int, int], np.ndarray] = {}
+        self._selected_steps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def set_steps(self, times: Sequence[int]) -> None:
+        self._steps = np.asarray(times, dtype=np.int64)
+        self._step_index = {int(t): i for i, t in enumerate(times)}
 
     async def load(self, source: Source, start_ms: int, end_ms: int) -> None:
         selectors: list[tuple[Any, int]] = []
@@ -375,6 +421,21 @@ class Evaluation:
 
     def _instant_selector(self, vs: Any, t: int) -> Vector:
         ref = t - _ms(vs.offset)
+        i = self._step_index.get(t) if self._steps is not None else None
+        if i is not None:
+            out = []
+            for k, s in enumerate(self._data[id(vs)]):
+                got = self._selected_steps.get((id(vs), k))
+                if got is None:
+                    assert self._steps is not None
+                    refs = self._steps - _ms(vs.offset)
+                    idx = np.searchsorted(s.ts, refs, side="right") - 1
+                    safe = np.maximum(idx, 0)
+                    valid = (idx >= 0) & (s.ts[safe] >= refs - LOOKBACK_MS) if len(s.ts) else idx >= 0
+                    got = self._selected_steps[(id(vs), k)] = (valid, s.vs[safe] if len(s.vs) else s.vs)
+                if got[0][i]:
+                    out.append(Sample(s.labels, float(got[1][i])))
+            return out
         out = []
         for s in self._data[id(vs)]:
             i = int(np.searchsorted(s.ts, ref, side="right")) - 1
@@ -450,7 +511,23 @@ class Evaluation:
             raise PromQLError(f"{name} needs a range vector selector such as x[5m]")
         q = self._scalar_arg(node.args[0], t, name) if name == "quantile_over_time" else 0.0
         rng = _ms(arg.range)
-        end = t - _ms(arg.vector_selector.offset)
+        offset = _ms(arg.vector_selector.offset)
+        end = t - offset
+        i = self._step_index.get(t) if self._steps is not None else None
+        if name in RATES and i is not None:
+            is_counter, is_rate = RATES[name]
+            out = []
+            for k, d in enumerate(self._data[id(arg.vector_selector)]):
+                key = (id(arg), k)
+                values = self._over_steps.get(key)
+                if values is None:
+                    assert self._steps is not None
+                    values = self._over_steps[key] = rates_over_steps(d.ts, d.vs, self._steps - offset, rng,
+                                                                      is_counter, is_rate)
+                v = values[i]
+                if not math.isnan(v):
+                    out.append(Sample(drop_name(d.labels), float(v)))
+            return out
         out = []
         for r in self._range_selector(arg, t):
             labels = r.labels if name == "last_over_time" else drop_name(r.labels)
@@ -704,8 +781,10 @@ async def range_query(expr: str, start: int, end: int, step: int, source: Source
                           "query resolution (?step=XX)")
     ev = Evaluation(expr, max_series=max_series)
     await ev.load(source, start, end)
+    times = range(start, end + 1, step)
+    ev.set_steps(times)
     out: dict[Labels, list[tuple[int, float]]] = defaultdict(list)
-    for t in range(start, end + 1, step):
+    for t in times:
         v = ev.instant(t)
         if isinstance(v, Scalar):
             out[()].append((t, v.v))
