@@ -93,6 +93,9 @@ class HostSamples:
         frame[1].append(v)
         return True
 
+    def has(self, sid: int, t: int) -> bool:
+        return (sid, t) in self._seen
+
     def drop(self, sid: int) -> int:
         """Take the series' values out; how many there were."""
         dropped = 0
@@ -200,6 +203,8 @@ class Admission:
                 samples.rollback()
                 raise Refused(403, f"this credential may not send for host {host!r}")
         self._hold_series(samples, now)
+        # Every host's budget before anything is stored: a request is taken whole or sent back whole
+        # (the hosts it did fit for have paid for it; the retry pays again, erring on the strict side).
         for host, hs in samples.hosts.items():
             wait = self.budget.take(host, hs.sample_count, now)
             if wait:

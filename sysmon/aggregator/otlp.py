@@ -45,7 +45,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from sysmon.aggregator import auth
+from sysmon.aggregator import auth, telemetry
 from sysmon.aggregator.admission import Admission, BadRequest, HostSamples, Refused, Samples, SeriesCache, clean_host
 from sysmon.aggregator.ingest import now_ms
 from sysmon.core.metrics import COUNTER, GAUGE, InvalidInput, Limits, check_series, first_non_finite, format_series
@@ -214,7 +214,7 @@ class _Points:
                 self.out.refuse(f"{point}: {e}")
                 return
             series.append((self.d.cache.get(self.host, name, attrs, unit, kind), v, delta))
-        if any((s.id, t) in self.hs._seen for s, _, _ in series):
+        if any(self.hs.has(s.id, t) for s, _, _ in series):
             self.out.refuse(f"{format_series(first_name, first_attrs)}: two data points at time {t} ms")
             return
         for s, v, delta in series:
@@ -285,8 +285,6 @@ class OtlpMetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
 
     async def Export(self, request: metrics_service_pb2.ExportMetricsServiceRequest,
                      context: grpc.aio.ServicerContext) -> metrics_service_pb2.ExportMetricsServiceResponse:
-        from sysmon.aggregator import telemetry
-
         samples = self.decoder.decode(request, self.admission.limits, now_ms())
         try:
             await self.admission.admit(samples, auth.current(), "otlp")
