@@ -42,6 +42,8 @@ ACTIVE_FOR_S = 600.0
 # How long a request waits for its commit before it is answered 503 (the sender retries).
 COMMIT_TIMEOUT_S = 60.0
 MAX_ERRORS_TOLD = 5
+# Requests arriving this close together are committed as one (see Admission._join).
+LINGER_S = 0.01
 _SERIES_CACHE_MAX = 1_000_000
 _NOT_HOST_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -92,6 +94,13 @@ class HostSamples:
         frame[0].append(s.id)
         frame[1].append(v)
         return True
+
+    def merge(self, other: HostSamples) -> None:
+        """Add another request's samples; a value for a series and time already here is dropped
+        (storage keeps the first it gets, and a sender sends one value per series and time)."""
+        for t, (ids, values) in other.frames.items():
+            for sid, v in zip(ids, values, strict=True):
+                self.add(other.series[sid], t, v)
 
     def has(self, sid: int, t: int) -> bool:
         return (sid, t) in self._seen
@@ -151,6 +160,14 @@ class Samples:
         return f"{self.refused} sample(s) refused: " + "; ".join(self.errors) + more
 
 
+@dataclass
+class _Round:
+    """The samples of the requests gathered in one linger, by host, and their common outcome."""
+
+    hosts: dict[str, HostSamples]
+    done: asyncio.Future[None]
+
+
 class SeriesCache:
     """Series by (host, name, attributes): a sender repeats the same series request after request,
     and its id (a hash) and interned strings are computed once."""
@@ -180,7 +197,7 @@ class SeriesCache:
 
 class Admission:
     def __init__(self, ingest: Ingest, receipts: Receipts, limits: Limits, host_series: HostSeries,
-                 budget: HostBudget):
+                 budget: HostBudget, *, linger_s: float = LINGER_S):
         self.ingest = ingest
         self.receipts = receipts
         self.limits = limits
@@ -191,6 +208,9 @@ class Admission:
         self._seq = itertools.count(1)
         self._active: dict[str, dict[int, float]] = {}  # host -> series id -> last seen (monotonic)
         self._pruned = time.monotonic()
+        self.linger_s = linger_s
+        self._round: _Round | None = None
+        self._committing: set[asyncio.Task[None]] = set()
 
     async def admit(self, samples: Samples, principal: Principal, protocol: str) -> None:
         """Store what `samples` carries; returns once committed, with `samples.refused` saying
@@ -212,14 +232,13 @@ class Admission:
                 samples.rollback()
                 raise Refused(429, f"host {host} is over its budget of {self.limits.max_samples_per_second_per_host} "
                                    "samples/s", retry_after_s=wait)
-        batches = [b for host, hs in samples.hosts.items() for b in self._batches(host, hs)]
-        if batches:
+        if samples.hosts:
             try:
-                await self._store(batches)
+                await self._join(samples)
             except Refused:
                 samples.rollback()
                 raise
-        telemetry.FOREIGN_SAMPLES.labels(protocol, "stored").inc(sum(b.sample_count for b in batches))
+        telemetry.FOREIGN_SAMPLES.labels(protocol, "stored").inc(samples.sample_count)
         if samples.refused:
             telemetry.FOREIGN_SAMPLES.labels(protocol, "refused").inc(samples.refused)
 
@@ -282,6 +301,53 @@ class Admission:
         used = {i for f in ids for i in f}
         series = list(hs.series.values()) if len(used) == len(hs.series) else [hs.series[i] for i in used]
         return NormalizedBatch(host, self.session_id, next(self._seq), series, times, ids, values)
+
+    async def _join(self, samples: Samples) -> None:
+        """Commit the request's samples with those of the requests that arrive within the linger.
+
+        A host holds one frame per time in storage. A Prometheus shards its series over parallel
+        requests, so each scrape of a host arrives in several requests at once; committed apart,
+        every request after the first would find the host's frame for that time already there and
+        take the writer's slower merging statement. Gathered, they make one frame."""
+        r = self._round
+        if r is None:
+            loop = asyncio.get_running_loop()
+            r = self._round = _Round({}, loop.create_future())
+            # Waiters may all have gone (their senders hung up): the outcome is still looked at.
+            r.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+            loop.call_later(self.linger_s, self._close_round, r)
+        for host, hs in samples.hosts.items():
+            into = r.hosts.get(host)
+            if into is None:
+                r.hosts[host] = hs
+            else:
+                into.merge(hs)
+        try:
+            async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                await asyncio.shield(r.done)
+        except TimeoutError:
+            raise Refused(503, f"storage did not commit within {COMMIT_TIMEOUT_S:.0f}s; send again",
+                          retry_after_s=5.0) from None
+        except Refused as e:
+            raise Refused(e.status, e.message, e.retry_after_s) from None
+
+    def _close_round(self, r: _Round) -> None:
+        if self._round is r:
+            self._round = None
+        task = asyncio.get_running_loop().create_task(self._commit_round(r))
+        self._committing.add(task)
+        task.add_done_callback(self._committing.discard)
+
+    async def _commit_round(self, r: _Round) -> None:
+        try:
+            await self._store([b for host, hs in r.hosts.items() for b in self._batches(host, hs)])
+        except Refused as e:
+            r.done.set_exception(e)
+        except BaseException as e:  # cancelled at shutdown: the senders send again
+            r.done.set_exception(Refused(503, f"not stored ({e.__class__.__name__}); send again", 5.0))
+            raise
+        else:
+            r.done.set_result(None)
 
     async def _store(self, batches: list[NormalizedBatch]) -> None:
         waits = [self.receipts.expect(b.key) for b in batches]

@@ -130,3 +130,21 @@ async def test_storage_down_is_503_with_retry_after(start_aggregator) -> None:
     assert r.status_code == 503
     assert int(r.headers["retry-after"]) >= 1
     assert "PostgreSQL is unavailable" in r.json()["detail"]
+
+
+async def test_a_hosts_scrape_split_over_parallel_requests_is_stored_whole(rw, pg_dsn: str) -> None:
+    # Prometheus shards series over parallel requests: one host's samples of one time arrive in several
+    # at once (gathered into one frame when they arrive together, merged into it when not).
+    import asyncio
+
+    _, client = rw
+    t0 = _now_ms() - 20_000
+    shards = [write_request([({"__name__": f"m_{s}", "instance": "sharded:9100", "shard": str(k)},
+                              [(t0, float(s)), (t0 + 5000, float(s) + 0.5)]) for s in range(k * 10, k * 10 + 10)])
+              for k in range(4)]
+    answers = await asyncio.gather(*(client.post("/api/v1/write", content=b, headers=HEADERS) for b in shards))
+    assert [a.status_code for a in answers] == [204] * 4
+    for k in range(4):
+        for s in range(k * 10, k * 10 + 10):
+            assert await stored(pg_dsn, "sharded", f"m_{s}", {"instance": "sharded:9100", "shard": str(k)}) == [
+                (t0, float(s)), (t0 + 5000, float(s) + 0.5)]
