@@ -41,6 +41,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
@@ -95,6 +96,15 @@ def response(samples: Samples) -> metrics_service_pb2.ExportMetricsServiceRespon
         out.partial_success.rejected_data_points = samples.refused
         out.partial_success.error_message = samples.summary()
     return out
+
+
+def retry_status(code: grpc.StatusCode, message: str, retry_after_s: float) -> bytes:
+    """grpc-status-details-bin: a google.rpc.Status of the call's code and message with a RetryInfo."""
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromMilliseconds(max(1, round(retry_after_s * 1000)))
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(info)
+    return status.SerializeToString()
 
 
 def _text(v: common_pb2.AnyValue) -> str:
@@ -290,9 +300,11 @@ class OtlpMetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
             await self.admission.admit(samples, auth.current(), "otlp")
         except Refused as e:
             telemetry.FOREIGN_REQUESTS.labels("otlp", str(e.status)).inc()
+            code = GRPC_CODES.get(e.status, grpc.StatusCode.UNKNOWN)
             if e.retry_after_s:
-                # OTLP exporters read the delay from RetryInfo; the message says it to a person.
-                context.set_trailing_metadata((("retry-after", str(max(1, round(e.retry_after_s)))),))
-            await context.abort(GRPC_CODES.get(e.status, grpc.StatusCode.UNKNOWN), e.message)
+                # OTLP exporters take the delay from a google.rpc.RetryInfo in the status details.
+                context.set_trailing_metadata((("grpc-status-details-bin", retry_status(code, e.message,
+                                                                                      e.retry_after_s)),))
+            await context.abort(code, e.message)
         telemetry.FOREIGN_REQUESTS.labels("otlp", "200").inc()
         return response(samples)

@@ -115,3 +115,39 @@ async def test_http_answers(start_aggregator, pg_dsn: str) -> None:
         status = status_pb2.Status.FromString(garbage.content)
         assert status.code == 3  # INVALID_ARGUMENT
         assert "ExportMetricsServiceRequest" in status.message
+
+
+async def test_grpc_answers(start_aggregator) -> None:
+    import grpc
+    from google.rpc import error_details_pb2
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+
+    from sysmon.core.embedded import free_port
+
+    req = metrics_service_pb2.ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    rm.resource.attributes.add(key="host.name", value={"string_value": "edge-2"})
+    rm.scope_metrics.add().metrics.add(name="edge.load", unit="1").gauge.data_points.add(
+        time_unix_nano=time.time_ns(), as_double=0.5)
+
+    secured = await start_aggregator(token=TOKEN)
+    async with grpc.aio.insecure_channel(secured.address) as ch:
+        stub = metrics_service_pb2_grpc.MetricsServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.Export(req)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        ok = await stub.Export(req, metadata=(("authorization", f"Bearer {TOKEN}"),))
+        assert ok.partial_success.rejected_data_points == 0
+
+    # PostgreSQL away: UNAVAILABLE with a RetryInfo, which OTLP exporters wait on before sending again.
+    dead = f"postgresql://sysmon@127.0.0.1:{free_port()}/sysmon"
+    down = await start_aggregator(postgres_url=dead, wait_storage=False)
+    async with grpc.aio.insecure_channel(down.address) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await metrics_service_pb2_grpc.MetricsServiceStub(ch).Export(req)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    details = dict(e.value.trailing_metadata() or ())["grpc-status-details-bin"]
+    status = status_pb2.Status.FromString(details)
+    info = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info)
+    assert info.retry_delay.ToMilliseconds() >= 1
