@@ -232,6 +232,12 @@ class Admission:
                 samples.rollback()
                 raise Refused(429, f"host {host} is over its budget of {self.limits.max_samples_per_second_per_host} "
                                    "samples/s", retry_after_s=wait)
+        storage = self.ingest.storage
+        if samples.hosts and not storage.ready.is_set():
+            # Sent back before the live path sees it: the sender's retry comes with new sequence
+            # numbers, and would reach the hot tier and the bus a second time.
+            samples.rollback()
+            raise Refused(503, "PostgreSQL is unavailable; send again", retry_after_s=max(1.0, storage.retry_after()))
         if samples.hosts:
             try:
                 await self._join(samples)
