@@ -63,6 +63,9 @@ async def test_samples_are_stored_before_the_answer(rw, pg_dsn: str, redis_url: 
         (series,) = q.json()["series"]
         assert series["attributes"] == {"job": "api", "instance": "web-1:9100", "code": "200"}
         assert series["values"] == [10.0, 25.0, 40.0]
+        # The hosts the samples named are hosts of the fleet, on the dashboard's list.
+        hosts = {h["host"] for h in (await gw.http.get("/api/v1/hosts")).json()["hosts"]}
+        assert {"web-1", "db-1"} <= hosts
 
 
 async def test_bad_requests_are_answered_4xx_and_valid_samples_kept(rw, pg_dsn: str) -> None:
