@@ -162,14 +162,19 @@ class IngestApp:
 class IngestHttpServer:
     """Serves IngestApp on `listen` (TLS with cert and key) until stopped; bound at construction."""
 
-    def __init__(self, listen: str, app: IngestApp, *, tls_cert: Path | None = None, tls_key: Path | None = None):
+    def __init__(self, listen: str, app: IngestApp, *, tls_cert: Path | None = None, tls_key: Path | None = None,
+                 tls_client_ca: Path | None = None):
         self.socket = bind(listen)
         host, self.port = self.socket.getsockname()[:2]
         self.host = f"[{host}]" if ":" in host else host
         self.scheme = "https" if tls_cert else "http"
-        kw = {}
+        kw: dict[str, object] = {}
         if tls_cert and tls_key:
-            kw = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key), "ssl_cert_reqs": ssl.CERT_NONE}
+            # As the gRPC port: with a client CA, mutual TLS (and the bearer token on top).
+            kw = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key),
+                  "ssl_cert_reqs": ssl.CERT_REQUIRED if tls_client_ca else ssl.CERT_NONE}
+            if tls_client_ca:
+                kw["ssl_ca_certs"] = str(tls_client_ca)
         # Requests in flight wait for their commit: at most this long once stopping.
         self.config = uvicorn.Config(app.app(), log_level="warning", lifespan="off", access_log=False,
                                      timeout_graceful_shutdown=10, **kw)

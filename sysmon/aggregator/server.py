@@ -130,7 +130,7 @@ class Aggregator:
         if s.http_listen:
             try:
                 self.http = IngestHttpServer(s.http_listen, IngestApp(self.admission, self.authenticator, otlp_decoder),
-                                             tls_cert=s.tls_cert, tls_key=s.tls_key)
+                                             tls_cert=s.tls_cert, tls_key=s.tls_key, tls_client_ca=s.tls_client_ca)
             except OSError as e:
                 raise ConfigurationError(str(e)) from e
         control_pb2_grpc.add_ControlServiceServicer_to_server(

@@ -151,3 +151,24 @@ async def test_a_hosts_scrape_split_over_parallel_requests_is_stored_whole(rw, p
         for s in range(k * 10, k * 10 + 10):
             assert await stored(pg_dsn, "sharded", f"m_{s}", {"instance": "sharded:9100", "shard": str(k)}) == [
                 (t0, float(s)), (t0 + 5000, float(s) + 0.5)]
+
+
+async def test_over_tls_when_the_aggregator_has_a_certificate(start_aggregator, tmp_path, pg_dsn: str) -> None:
+    from tests.integration.test_tls import CA
+
+    ca = CA(tmp_path, "rw-test-ca")
+    cert = ca.issue("aggregator", server=True)
+    agg = await start_aggregator(http_listen="127.0.0.1:0", tls_cert=cert.cert, tls_key=cert.key)
+    assert agg.http.url.startswith("https://")
+    t = _now_ms()
+    body = write_request([({"__name__": "up", "instance": "tls-sender:1"}, [(t, 1.0)])])
+    import ssl
+
+    trust = ssl.create_default_context(cafile=str(ca.path))
+    async with httpx.AsyncClient(base_url=agg.http.url, verify=trust, timeout=30) as client:
+        assert (await client.post("/api/v1/write", content=body, headers=HEADERS)).status_code == 204
+    assert await stored(pg_dsn, "tls-sender", "up", {"instance": "tls-sender:1"}) == [(t, 1.0)]
+    plain = agg.http.url.replace("https://", "http://")
+    async with httpx.AsyncClient(base_url=plain, timeout=10) as client:
+        with pytest.raises(httpx.HTTPError):
+            await client.post("/api/v1/write", content=body, headers=HEADERS)
