@@ -1,9 +1,12 @@
-"""The series and samples PromQL reads: the series catalog under Prometheus names, raw samples.
+"""The series and samples PromQL reads: the series catalog under Prometheus names, and samples
+from the tiers.
 
 The catalog (every series' Prometheus labels, names.py) is read from PostgreSQL at most every
-few seconds and matched in memory; samples come from the raw tier through storage.raw.read, sealed
-blocks and open frames alike. A query therefore reaches back as far as the raw tier keeps samples
-(24 h by default); older ranges answer with what is there.
+few seconds and matched in memory. Samples within the raw tier's retention (24 h by default) are
+the raw samples (storage.raw.read: sealed blocks and open frames alike), exactly as stored. Older
+than that, each 1-minute rollup stands for one sample at the end of its minute: a counter's
+maximum (its last value, counters only grow between resets) and a gauge's mean; so a rate over
+last week's hour is computed from minutely points, as in a downsampled Prometheus (Thanos).
 """
 
 from __future__ import annotations
@@ -13,15 +16,21 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import numpy as np
 
+from sysmon.core.metrics import COUNTER
 from sysmon.core.promql.engine import NAME, Labels, Matcher, PromQLError, SeriesData
 from sysmon.core.promql.names import prom_label, prom_name
 from sysmon.core.storage import raw
 
 CATALOG_TTL_S = 5.0
+ROLLUP_MS = 60_000
+# Raw samples are read up to this much before the retention's edge (retention drops whole
+# partitions, some time after the edge passes them).
+EDGE_MARGIN_MS = 10 * 60_000
 KIND_TYPES = {1: "gauge", 2: "gauge", 3: "counter"}
 
 
@@ -66,8 +75,9 @@ def matches(labels: dict[str, str], matchers: Sequence[Matcher], compiled: Seque
 
 
 class PostgresSource:
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, raw_retention: timedelta = timedelta(hours=24)):
         self.pool = pool
+        self.raw_retention_ms = int(raw_retention.total_seconds() * 1000)
         self._catalog: list[CatalogEntry] = []
         self._dicts: list[dict[str, str]] = []
         self._loaded = -1e9
@@ -98,8 +108,38 @@ class PostgresSource:
         entries = await self.matching(matchers)
         if not entries:
             return []
-        start = datetime.fromtimestamp(start_ms / 1000, UTC)
-        end = datetime.fromtimestamp((end_ms + 1) / 1000, UTC)
+        cut = max(start_ms, int(time.time() * 1000) - self.raw_retention_ms + EDGE_MARGIN_MS)
+        ids = [e.id for e in entries]
         async with self.pool.acquire() as conn:
-            got = await raw.read(conn, [e.id for e in entries], start, end)
-        return [SeriesData(e.labels, *got[e.id]) for e in entries if e.id in got]
+            got = await raw.read(conn, ids, _dt(cut), _dt(end_ms + 1)) if cut <= end_ms else {}
+            old = await self._rollups(conn, entries, start_ms, min(cut, end_ms + 1)) if start_ms < cut else {}
+        out = []
+        for e in entries:
+            parts = [p for p in (old.get(e.id), got.get(e.id)) if p is not None]
+            if len(parts) == 2:
+                out.append(SeriesData(e.labels, np.concatenate([parts[0][0], parts[1][0]]),
+                                      np.concatenate([parts[0][1], parts[1][1]])))
+            elif parts:
+                out.append(SeriesData(e.labels, *parts[0]))
+        return out
+
+    async def _rollups(self, conn: asyncpg.Connection, entries: Sequence[CatalogEntry], start_ms: int,
+                       end_ms: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """One point per 1-minute rollup ending in [start_ms, end_ms): a counter's max, a gauge's mean."""
+        counters = [e.id for e in entries if e.kind == COUNTER]
+        rows = await conn.fetch(
+            """
+            SELECT series_id, array_agg((extract(epoch FROM bucket) * 1000)::int8 + $4 - 1 ORDER BY bucket),
+                   array_agg(CASE WHEN series_id = ANY($5::int8[]) THEN max::float8
+                                  ELSE (sum / count)::float8 END ORDER BY bucket)
+            FROM rollup_1m
+            WHERE series_id = ANY($1::int8[]) AND bucket >= $2 AND bucket < $3 AND count > 0
+            GROUP BY series_id
+            """,
+            [e.id for e in entries], _dt(start_ms - ROLLUP_MS + 1), _dt(end_ms - ROLLUP_MS + 1), ROLLUP_MS, counters,
+        )
+        return {r[0]: (np.asarray(r[1], dtype=np.int64), np.asarray(r[2], dtype=np.float64)) for r in rows}
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)

@@ -111,7 +111,7 @@ def parse_step(s: str | None) -> int:
 def _source(request: Request, state: Any) -> PostgresSource:
     src = getattr(request.app.state, "promql_source", None)
     if src is None:
-        src = request.app.state.promql_source = PostgresSource(state.pool)
+        src = request.app.state.promql_source = PostgresSource(state.pool, state.settings.raw_retention)
     return src
 
 
