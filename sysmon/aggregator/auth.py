@@ -36,6 +36,8 @@ METHOD_SCOPES: dict[str, tuple[Scope, ...]] = {
     "/sysmon.v1.ControlService/Connect": (Scope.COLLECTOR,),
     "/sysmon.v1.ConfigService/Watch": (Scope.COLLECTOR, Scope.READER),
     "/sysmon.v1.ConfigService/Apply": (Scope.ADMIN,),
+    # OTLP/gRPC metrics (sysmon.aggregator.otlp): samples, as Push.
+    "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export": (Scope.COLLECTOR,),
 }
 
 PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal", default=ANONYMOUS)

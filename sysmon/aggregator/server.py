@@ -9,19 +9,23 @@ import logging
 import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
-from sysmon.aggregator import maintenance
+from sysmon.aggregator import maintenance, otlp
+from sysmon.aggregator.admission import Admission
 from sysmon.aggregator.auth import AuthInterceptor, server_credentials
 from sysmon.aggregator.config import ConfigServicer, ConfigStore
 from sysmon.aggregator.control import ControlHub, ControlServicer, route_commands
+from sysmon.aggregator.http_ingest import IngestApp, IngestHttpServer
 from sysmon.aggregator.ingest import Ingest
 from sysmon.aggregator.push import MetricsServicer
+from sysmon.aggregator.receipts import Receipts
 from sysmon.aggregator.storage import Storage
 from sysmon.core.bus import RedisBus
 from sysmon.core.hot import HotTier
 from sysmon.core.identity import Authenticator
 from sysmon.core.settings import AggregatorSettings, is_loopback
-from sysmon.core.telemetry import MetricsEndpoint, serve_metrics
+from sysmon.core.telemetry import ComponentMetrics, MetricsEndpoint, serve_metrics
 from sysmon.pb.v1 import (
     config_pb2,
     config_pb2_grpc,
@@ -37,6 +41,7 @@ SERVICES = (
     metrics_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
     control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name,
     config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
+    metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
 )
 
 
@@ -59,11 +64,12 @@ class Aggregator:
             self.authenticator = Authenticator.from_settings(settings, certificate_hosts=settings.client_cert_hosts)
         except ValueError as e:
             raise ConfigurationError(str(e)) from e
-        if not self.authenticator.enabled and not is_loopback(settings.listen) and not settings.insecure_no_auth:
-            raise ConfigurationError(
-                f"refusing to listen on {settings.listen} without authentication: set SYSMON_TOKEN, "
-                "SYSMON_TOKEN_SECRET or SYSMON_KUBE_AUDIENCE (or --insecure-no-auth for a trusted network)"
-            )
+        for listen in (settings.listen, settings.http_listen):
+            if listen and not self.authenticator.enabled and not is_loopback(listen) and not settings.insecure_no_auth:
+                raise ConfigurationError(
+                    f"refusing to listen on {listen} without authentication: set SYSMON_TOKEN, "
+                    "SYSMON_TOKEN_SECRET or SYSMON_KUBE_AUDIENCE (or --insecure-no-auth for a trusted network)"
+                )
         self.settings = settings
         self.limits = settings.limits()
         self.storage = Storage(postgres_url, settings)
@@ -71,8 +77,10 @@ class Aggregator:
         self.hot = HotTier(self.redis, int(settings.hot_window.total_seconds() * 1000)) if self.redis else None
         self.bus = RedisBus(self.redis) if self.redis else None
         self.hub = ControlHub()
+        # Acknowledgements go to collectors' control streams, or to an HTTP request waiting for them.
+        self.receipts = Receipts(self.hub)
         self.ingest = Ingest(
-            self.storage, self.hot, self.bus, self.hub,
+            self.storage, self.hot, self.bus, self.receipts,
             writers=settings.writers,
             queue_samples=settings.writer_queue_samples,
             commit_max_samples=settings.commit_max_samples,
@@ -88,6 +96,7 @@ class Aggregator:
         self._server: grpc.aio.Server | None = None
         self.health_port: int | None = None
         self._health_server: grpc.aio.Server | None = None
+        self.http: IngestHttpServer | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -110,8 +119,20 @@ class Aggregator:
                 ("grpc.http2.max_ping_strikes", 2),
             ],
         )
-        metrics_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(self.ingest, self.hub, self.limits),
-                                                              server)
+        push = MetricsServicer(self.ingest, self.hub, self.limits)
+        metrics_pb2_grpc.add_MetricsServiceServicer_to_server(push, server)
+        # Remote write and OTLP share Push's per-host limits: one host, one budget, however it sends.
+        self.admission = Admission(self.ingest, self.receipts, self.limits, push.host_series, push.budget)
+        # One decoder for OTLP/gRPC and OTLP/HTTP: the running totals of delta sums are the same.
+        otlp_decoder = otlp.Decoder(self.admission.series)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
+            otlp.OtlpMetricsServicer(self.admission, otlp_decoder), server)
+        if s.http_listen:
+            try:
+                self.http = IngestHttpServer(s.http_listen, IngestApp(self.admission, self.authenticator, otlp_decoder),
+                                             tls_cert=s.tls_cert, tls_key=s.tls_key, tls_client_ca=s.tls_client_ca)
+            except OSError as e:
+                raise ConfigurationError(str(e)) from e
         control_pb2_grpc.add_ControlServiceServicer_to_server(
             ControlServicer(self.hub, self.storage, self.bus, self.limits, s.aggregator_id,
                             on_session_end=self.ingest.forget_session, on_identity=self.auth.note_fleet_token),
@@ -148,9 +169,12 @@ class Aggregator:
         self._spawn(self.config.follow(self._stop), "config")
         if self.bus is not None:
             self._spawn(route_commands(self.hub, self.bus, self._stop), "commands")
-        self.metrics = serve_metrics(s.metrics_listen)
-        log.info("aggregator listening on %s (TLS %s, auth %s)", self.address,
-                 "on" if s.tls_cert else "off", _auth_summary(self.authenticator))
+        if self.http is not None:
+            self._spawn(self.http.run(self._stop), "http-ingest")
+        self.metrics = serve_metrics(s.metrics_listen, ComponentMetrics(["aggregator"]))
+        log.info("aggregator listening on %s (TLS %s, auth %s)%s", self.address,
+                 "on" if s.tls_cert else "off", _auth_summary(self.authenticator),
+                 f"; remote write and OTLP/HTTP on {self.http.url}" if self.http else "")
 
     @property
     def address(self) -> str:
@@ -172,6 +196,11 @@ class Aggregator:
         await self.health.enter_graceful_shutdown()
         self._stop.set()
         await self._server.stop(grace)
+        http = next((t for t in self._tasks if t.get_name() == "http-ingest"), None)
+        if http is not None:
+            # Before the writers stop: requests in flight are answered once their batches commit.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(http), timeout=15)
         if self._health_server is not None:
             await self._health_server.stop(None)
             self._health_server = None

@@ -56,3 +56,17 @@ ROLLUP_SKIPPED = Counter(
     "sysmon_aggregator_rollup_series_skipped_total",
     "Series whose rollup buckets over a range could not be computed from their data and were skipped", ["tier"],
 )
+FOREIGN_SAMPLES = Counter(
+    "sysmon_aggregator_foreign_samples_total",
+    "Samples received over Prometheus remote write and OTLP, by protocol and outcome (stored, refused)",
+    ["protocol", "outcome"],
+)
+FOREIGN_REQUESTS = Counter(
+    "sysmon_aggregator_foreign_requests_total",
+    "Prometheus remote write and OTLP requests, by protocol and HTTP status (gRPC codes mapped to it)",
+    ["protocol", "status"],
+)
+STALE_MARKERS = Counter(
+    "sysmon_aggregator_stale_markers_total",
+    "Prometheus staleness markers received (they end a series; not stored as samples)",
+)

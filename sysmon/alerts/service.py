@@ -44,6 +44,7 @@ from sysmon.core.hot import HotTier
 from sysmon.core.metrics import Series
 from sysmon.core.settings import AlertsSettings
 from sysmon.core.storage import schema
+from sysmon.core.telemetry import ComponentMetrics
 from sysmon.pb.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ COUNTED = (
 
 
 class AlertsService:
-    def __init__(self, settings: AlertsSettings, *, postgres_url: str, redis_url: str):
+    def __init__(self, settings: AlertsSettings, *, postgres_url: str, redis_url: str, process_metrics: bool = True):
         self.settings = settings
         self.postgres_url = postgres_url
         self.redis_url = redis_url
@@ -116,7 +117,9 @@ class AlertsService:
         self.delivery: Delivery | None = None
         self.am: AlertmanagerNotifier | None = None
         self.feed = RuleFeed(settings, self._on_rules)
-        self.endpoint = HttpEndpoint(settings.listen, self.readiness) if settings.listen else None
+        # /metrics: the alerts service's families, and the process's unless another component serves them.
+        own = ComponentMetrics(["alerts"], process=process_metrics)
+        self.endpoint = HttpEndpoint(settings.listen, self.readiness, own) if settings.listen else None
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._queue: asyncio.Queue[busmod.Message] = asyncio.Queue(maxsize=QUEUE)

@@ -21,7 +21,9 @@ MAX_SEQ = 2**63 - 1
 
 GAUGE = 1
 RATE = 2
-KINDS = {GAUGE: "gauge", RATE: "rate"}
+# A cumulative counter stored as sent (Prometheus remote write, OTLP cumulative sums).
+COUNTER = 3
+KINDS = {GAUGE: "gauge", RATE: "rate", COUNTER: "counter"}
 
 # What a collector can be told to sample; see sysmon.agent.sampler.METRICS for each group's series.
 METRIC_GROUPS = ("cpu", "memory", "paging", "filesystem", "disk", "network", "process", "system")

@@ -126,6 +126,10 @@ class AggregatorSettings(ConnectionSettings, StorageSettings, IdentitySettings):
     metrics_listen: str = Field(
         "127.0.0.1:9464", description="host:port of the Prometheus /metrics endpoint; empty to disable"
     )
+    http_listen: str = Field(
+        "", description="host:port of the HTTP ingest listener: Prometheus remote write (POST /api/v1/write) "
+                        "and OTLP/HTTP (POST /v1/metrics); TLS as the gRPC listener; empty: off"
+    )
     aggregator_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
     max_attributes: int = Field(16, ge=1, le=128)

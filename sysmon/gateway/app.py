@@ -23,12 +23,13 @@ from sysmon.core.identity import Authenticator
 from sysmon.core.query import QueryLimits, QueryService, TierPolicy
 from sysmon.core.settings import GatewaySettings, is_loopback
 from sysmon.core.storage.schema import create_pool
+from sysmon.core.telemetry import ComponentMetrics
 from sysmon.gateway import problems
 from sysmon.gateway.deps import require_reader
 from sysmon.gateway.fleet import Fleet
 from sysmon.gateway.live import protocol
 from sysmon.gateway.live.hub import LiveHub
-from sysmon.gateway.routes import alerts, dashboard, health, hosts, live, query
+from sysmon.gateway.routes import alerts, dashboard, health, hosts, live, prometheus, query
 from sysmon.gateway.state import GatewayState
 from sysmon.gateway.status import StatusPolicy
 from sysmon.gateway.telemetry import RequestMetrics
@@ -63,6 +64,7 @@ def create_app(
     redis: aioredis.Redis | None = None,
     bus: Bus | None = None,
     loopback_exempt: bool = False,
+    process_metrics: bool = True,
 ) -> FastAPI:
     authenticator = resolve_authenticator(settings, loopback_exempt=loopback_exempt)
     if pool is None and not settings.postgres_url:
@@ -113,10 +115,12 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    # /metrics: the gateway's families, and the process's unless another component serves them.
+    app.state.metrics = ComponentMetrics(["gateway"], process=process_metrics)
     problems.install(app)
     app.add_middleware(RequestMetrics)
     auth = [Depends(require_reader)] if authenticator.enabled else []
-    for r in (hosts.router, query.router, alerts.router):
+    for r in (hosts.router, query.router, alerts.router, prometheus.router):
         app.include_router(r, dependencies=auth)
     app.include_router(health.router)
     app.include_router(live.router)

@@ -36,6 +36,8 @@ AGGREGATOR_GRPC_PORT = 50051
 AGGREGATOR_METRICS_PORT = 9464
 # Plaintext, grpc.health.v1 only: where the kubelet's gRPC probe (which has no TLS) asks when TLS is on.
 AGGREGATOR_HEALTH_PORT = 50052
+# Prometheus remote write (/api/v1/write) and OTLP/HTTP (/v1/metrics); TLS and tokens as the gRPC port.
+AGGREGATOR_INGEST_PORT = 9201
 GATEWAY_PORT = 8080
 # The alerts service's HTTP port (/healthz, /readyz, /metrics).
 ALERTS_PORT = 8081
@@ -244,6 +246,7 @@ def config_data(fleet: Fleet, component: str) -> dict[str, str]:
         return {
             "SYSMON_LISTEN": f"0.0.0.0:{AGGREGATOR_GRPC_PORT}",
             "SYSMON_METRICS_LISTEN": f"0.0.0.0:{AGGREGATOR_METRICS_PORT}",
+            "SYSMON_HTTP_LISTEN": f"0.0.0.0:{AGGREGATOR_INGEST_PORT}",
             **_retention_env(spec),
             **_server_tls_env(spec.tls),
             **_server_identity_env(fleet),
@@ -487,6 +490,7 @@ def aggregator_deployment(fleet: Fleet) -> dict[str, Any]:
     ports = [
         {"name": "grpc", "containerPort": AGGREGATOR_GRPC_PORT, "protocol": "TCP"},
         {"name": "metrics", "containerPort": AGGREGATOR_METRICS_PORT, "protocol": "TCP"},
+        {"name": "ingest", "containerPort": AGGREGATOR_INGEST_PORT, "protocol": "TCP"},
     ]
     if spec.tls:
         ports.append({"name": "grpc-health", "containerPort": AGGREGATOR_HEALTH_PORT, "protocol": "TCP"})
@@ -544,6 +548,8 @@ def service(fleet: Fleet, component: str) -> dict[str, Any]:
             {"name": "grpc", "port": AGGREGATOR_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
              "appProtocol": "grpc"},
             {"name": "metrics", "port": AGGREGATOR_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            {"name": "ingest", "port": AGGREGATOR_INGEST_PORT, "targetPort": "ingest", "protocol": "TCP",
+             "appProtocol": "http"},
         ]
     else:
         port = GATEWAY_PORT if component == "gateway" else ALERTS_PORT

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from sysmon.core.embedded import free_port
@@ -30,7 +31,7 @@ class Up:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sysmon", "up", "--data-dir", str(self.data_dir), "--listen", self.grpc,
             "--metrics-listen", f"127.0.0.1:{free_port()}", "--interval", "200ms", "--host-id", "up-host",
-            "--port", str(free_port()), "--alerts-listen", "127.0.0.1:0",
+            "--port", str(free_port()), "--alerts-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
             start_new_session=True,  # a process group of its own, as a shell gives a command
         )
@@ -61,6 +62,26 @@ class Up:
         return code
 
 
+async def _each_metrics_endpoint_serves_its_own(up: Up) -> None:
+    """One process, three /metrics: each family on one endpoint only, the process's on the aggregator's."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    urls = {"aggregator": up.info("metrics"), "gateway": up.info("dashboard").split()[0].rstrip("/") + "/metrics",
+            "alerts": up.info("alerts").rsplit("; ", 1)[1]}
+    families: dict[str, set[str]] = {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        for component, url in urls.items():
+            r = await client.get(url)
+            assert r.status_code == 200, url
+            families[component] = {f.name for f in text_string_to_metric_families(r.text)}
+    for component, names in families.items():
+        others = set().union(*(n for c, n in families.items() if c != component))
+        assert not names & others, f"{component} serves {sorted(names & others)} as well"
+        assert any(n.startswith(f"sysmon_{component}_") for n in names), component
+    assert any(n.startswith("process_") for n in families["aggregator"])
+    assert up.info("remote write").endswith("/api/v1/write")
+
+
 async def _raw_rows(dsn: str) -> int:
     """Samples stored, in open rows or (an hour sealed while the test ran) in blocks."""
     conn = await asyncpg.connect(dsn)
@@ -82,6 +103,7 @@ async def test_up_runs_everything_and_keeps_data_across_runs(short_dir: Path) ->
         dsn = first.info("PostgreSQL").removeprefix("embedded, ")
         assert first.info("Redis").startswith("embedded, unix://")
         rows = await wait_for(lambda: _raw_rows(dsn), within=30, message="samples stored by sysmon up")
+        await _each_metrics_endpoint_serves_its_own(first)
     finally:
         code = await first.interrupt()
     assert code == 0, "\n".join(first.lines[-30:])

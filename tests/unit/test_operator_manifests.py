@@ -325,9 +325,19 @@ def test_with_tls_the_aggregator_is_probed_on_its_plaintext_health_port() -> Non
         assert c[probe]["grpc"] == {"port": 50052}
     assert {"name": "grpc-health", "containerPort": 50052, "protocol": "TCP"} in c["ports"]
     assert by_key(children)["ConfigMap", "prod-aggregator"]["data"]["SYSMON_HEALTH_LISTEN"] == "0.0.0.0:50052"
-    # Probes go to the pod; the Service offers only the TLS port (and metrics).
+    # Probes go to the pod; the Service offers only the TLS port (and metrics, and the HTTP ingest).
     svc = by_key(children)["Service", "prod-aggregator"]
-    assert [p["port"] for p in svc["spec"]["ports"]] == [50051, 9464]
+    assert [p["port"] for p in svc["spec"]["ports"]] == [50051, 9464, 9201]
+
+
+def test_the_aggregator_takes_remote_write_and_otlp_http_on_its_service() -> None:
+    children = m.desired_children(fleet({}))
+    assert by_key(children)["ConfigMap", "prod-aggregator"]["data"]["SYSMON_HTTP_LISTEN"] == "0.0.0.0:9201"
+    (c,) = pod_of(children, "Deployment", "prod-aggregator")["containers"]
+    assert {"name": "ingest", "containerPort": 9201, "protocol": "TCP"} in c["ports"]
+    svc = by_key(children)["Service", "prod-aggregator"]
+    assert {"name": "ingest", "port": 9201, "targetPort": "ingest", "protocol": "TCP",
+            "appProtocol": "http"} in svc["spec"]["ports"]
 
 
 @pytest.mark.parametrize("mutual", [False, True])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -46,5 +46,6 @@ async def readyz(state: StateDep) -> Response:
 
 
 @router.get("/metrics", summary="Prometheus metrics of this gateway", response_class=Response)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    # The gateway's own families (and the process's, unless another component serves them: sysmon up).
+    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

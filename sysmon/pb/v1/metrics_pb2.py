@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sysmon/v1/metrics.proto\x12\tsysmon.v1\"\xc6\x01\n\tSeriesDef\x12\x0b\n\x03ref\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x38\n\nattributes\x18\x03 \x03(\x0b\x32$.sysmon.v1.SeriesDef.AttributesEntry\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12#\n\x04kind\x18\x05 \x01(\x0e\x32\x15.sysmon.v1.MetricKind\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x05\x46rame\x12\x14\n\x0ctime_unix_ms\x18\x01 \x01(\x03\x12\x0c\n\x04refs\x18\x02 \x03(\r\x12\x0e\n\x06values\x18\x03 \x03(\x01\"\x87\x01\n\x0bMetricBatch\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12$\n\x06series\x18\x04 \x03(\x0b\x32\x14.sysmon.v1.SeriesDef\x12 \n\x06\x66rames\x18\x05 \x03(\x0b\x32\x10.sysmon.v1.Frame\"<\n\x0e\x42\x61tchRejection\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"p\n\x0bPushSummary\x12\x18\n\x10\x62\x61tches_received\x18\x01 \x01(\x04\x12\x18\n\x10\x62\x61tches_rejected\x18\x02 \x01(\x04\x12-\n\nrejections\x18\x03 \x03(\x0b\x32\x19.sysmon.v1.BatchRejection*V\n\nMetricKind\x12\x1b\n\x17METRIC_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11METRIC_KIND_GAUGE\x10\x01\x12\x14\n\x10METRIC_KIND_RATE\x10\x02\x32J\n\x0eMetricsService\x12\x38\n\x04Push\x12\x16.sysmon.v1.MetricBatch\x1a\x16.sysmon.v1.PushSummary(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sysmon/v1/metrics.proto\x12\tsysmon.v1\"\xc6\x01\n\tSeriesDef\x12\x0b\n\x03ref\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x38\n\nattributes\x18\x03 \x03(\x0b\x32$.sysmon.v1.SeriesDef.AttributesEntry\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12#\n\x04kind\x18\x05 \x01(\x0e\x32\x15.sysmon.v1.MetricKind\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x05\x46rame\x12\x14\n\x0ctime_unix_ms\x18\x01 \x01(\x03\x12\x0c\n\x04refs\x18\x02 \x03(\r\x12\x0e\n\x06values\x18\x03 \x03(\x01\"\x87\x01\n\x0bMetricBatch\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12$\n\x06series\x18\x04 \x03(\x0b\x32\x14.sysmon.v1.SeriesDef\x12 \n\x06\x66rames\x18\x05 \x03(\x0b\x32\x10.sysmon.v1.Frame\"<\n\x0e\x42\x61tchRejection\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"p\n\x0bPushSummary\x12\x18\n\x10\x62\x61tches_received\x18\x01 \x01(\x04\x12\x18\n\x10\x62\x61tches_rejected\x18\x02 \x01(\x04\x12-\n\nrejections\x18\x03 \x03(\x0b\x32\x19.sysmon.v1.BatchRejection*o\n\nMetricKind\x12\x1b\n\x17METRIC_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11METRIC_KIND_GAUGE\x10\x01\x12\x14\n\x10METRIC_KIND_RATE\x10\x02\x12\x17\n\x13METRIC_KIND_COUNTER\x10\x03\x32J\n\x0eMetricsService\x12\x38\n\x04Push\x12\x16.sysmon.v1.MetricBatch\x1a\x16.sysmon.v1.PushSummary(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERIESDEF_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_SERIESDEF_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_METRICKIND']._serialized_start=614
-  _globals['_METRICKIND']._serialized_end=700
+  _globals['_METRICKIND']._serialized_end=725
   _globals['_SERIESDEF']._serialized_start=39
   _globals['_SERIESDEF']._serialized_end=237
   _globals['_SERIESDEF_ATTRIBUTESENTRY']._serialized_start=188
@@ -48,6 +48,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHREJECTION']._serialized_end=498
   _globals['_PUSHSUMMARY']._serialized_start=500
   _globals['_PUSHSUMMARY']._serialized_end=612
-  _globals['_METRICSSERVICE']._serialized_start=702
-  _globals['_METRICSSERVICE']._serialized_end=776
+  _globals['_METRICSSERVICE']._serialized_start=727
+  _globals['_METRICSSERVICE']._serialized_end=801
 # @@protoc_insertion_point(module_scope)

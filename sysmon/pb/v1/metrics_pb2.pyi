@@ -76,6 +76,10 @@ class _MetricKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetricKind
     """An instantaneous value (utilization, usage, load)."""
     METRIC_KIND_RATE: _MetricKind.ValueType  # 2
     """A per-second rate the collector derived from a cumulative counter."""
+    METRIC_KIND_COUNTER: _MetricKind.ValueType  # 3
+    """A cumulative counter stored as sent (Prometheus remote write, OTLP cumulative sums): rate
+    functions take its differences, allowing for resets.
+    """
 
 class MetricKind(_MetricKind, metaclass=_MetricKindEnumTypeWrapper): ...
 
@@ -84,6 +88,10 @@ METRIC_KIND_GAUGE: MetricKind.ValueType  # 1
 """An instantaneous value (utilization, usage, load)."""
 METRIC_KIND_RATE: MetricKind.ValueType  # 2
 """A per-second rate the collector derived from a cumulative counter."""
+METRIC_KIND_COUNTER: MetricKind.ValueType  # 3
+"""A cumulative counter stored as sent (Prometheus remote write, OTLP cumulative sums): rate
+functions take its differences, allowing for resets.
+"""
 Global___MetricKind: _TypeAlias = MetricKind  # noqa: Y015
 
 @_typing.final
