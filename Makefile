@@ -82,6 +82,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/live.py
 	$(BIN)/python bench/compose_memory.py
+	$(BIN)/python bench/remote_write.py
+	$(BIN)/python bench/promql.py
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
