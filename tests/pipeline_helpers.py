@@ -119,3 +119,60 @@ def percentile_cont(values: Sequence[float], q: float) -> float:
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
+
+
+# --- SQS through moto's server ----------------------------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def lambda_records(messages: Sequence[dict[str, Any]], queue_arn: str, region: str = "us-east-1") -> list[dict]:
+    """ReceiveMessage's messages (AttributeNames and MessageAttributeNames "All") as the records of the
+    event Lambda's poller builds from them."""
+    out = []
+    for m in messages:
+        out.append({
+            "messageId": m["MessageId"],
+            "receiptHandle": m["ReceiptHandle"],
+            "body": m["Body"],
+            "attributes": dict(m.get("Attributes", {})),
+            "messageAttributes": {
+                k: {"stringValue": v.get("StringValue"), "stringListValues": [], "binaryListValues": [],
+                    "dataType": v["DataType"]}
+                for k, v in m.get("MessageAttributes", {}).items()
+            },
+            "md5OfMessageAttributes": m.get("MD5OfMessageAttributes"),
+            "md5OfBody": m["MD5OfBody"],
+            "eventSource": "aws:sqs",
+            "eventSourceARN": queue_arn,
+            "awsRegion": region,
+        })
+    return out
+
+
+def poll_like_lambda(sqs: Any, queue_url: str, handler: Any, *, max_polls: int = 1000,
+                     visibility_timeout: int | None = None) -> list[dict]:
+    """What Lambda's event source mapping does, until the queue gives nothing: receive up to 10
+    messages, invoke the function with them, delete those not in batchItemFailures. Returns the
+    responses."""
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    responses = []
+    for _ in range(max_polls):
+        kw: dict[str, Any] = {"VisibilityTimeout": visibility_timeout} if visibility_timeout is not None else {}
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"],
+                                  MessageAttributeNames=["All"], WaitTimeSeconds=0, **kw).get("Messages", [])
+        if not got:
+            break
+        response = handler({"Records": lambda_records(got, arn)}, LambdaContext())
+        responses.append(response)
+        failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
+        done = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)
+                if m["MessageId"] not in failed]
+        if done:
+            sqs.delete_message_batch(QueueUrl=queue_url, Entries=done)
+    return responses

@@ -43,6 +43,7 @@ class Encoded:
     body: str
     encoding: str
     raw_bytes: int  # the protobuf's size before deflate and base64
+    samples: int = 0
 
     @property
     def attributes(self) -> dict[str, dict[str, str]]:
@@ -62,10 +63,11 @@ class Encoded:
 def encode(events: Sequence[events_pb2.SamplesEvent] | events_pb2.SamplesEvents, level: int = 6) -> Encoded:
     msg = events if isinstance(events, events_pb2.SamplesEvents) else events_pb2.SamplesEvents(events=events)
     raw = msg.SerializeToString()
+    n = sum(len(f.values) for ev in msg.events for f in ev.frames)
     packed = zlib.compress(raw, level)
     if len(packed) < len(raw):
-        return Encoded(base64.b64encode(packed).decode("ascii"), DEFLATE, len(raw))
-    return Encoded(base64.b64encode(raw).decode("ascii"), IDENTITY, len(raw))
+        return Encoded(base64.b64encode(packed).decode("ascii"), DEFLATE, len(raw), n)
+    return Encoded(base64.b64encode(raw).decode("ascii"), IDENTITY, len(raw), n)
 
 
 def _attribute(attributes: Mapping[str, Any], name: str) -> str | None:

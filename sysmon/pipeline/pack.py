@@ -1,0 +1,97 @@
+"""Events into SQS messages and messages into SendMessageBatch calls, within SQS's limits; pure.
+
+Messages are filled towards `message_bytes` from an estimate of how well the last ones deflated,
+then checked: a message over the limit is split in two, and a batch that alone is larger than a
+message is split by frames into parts, each describing only its own series (the handler tells
+parts apart by their first frame's time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sysmon.pb.v1 import events_pb2
+from sysmon.pipeline import wire
+
+_B64 = 4 / 3
+
+
+@dataclass
+class Packer:
+    message_bytes: int = 64 * 1024
+    level: int = 6
+    # deflated / raw of recent messages; starts pessimistic (no gain), so the first message is never too big
+    ratio: float = 1.0
+    messages: int = field(default=0, init=False)
+    splits: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.message_bytes <= wire.MAX_MESSAGE_BYTES:
+            raise ValueError(f"message_bytes must be between 1024 and {wire.MAX_MESSAGE_BYTES}")
+
+    def _estimate(self, raw: int) -> float:
+        return raw * self.ratio * _B64 + 160  # attributes and base64 padding
+
+    def pack(self, events: Sequence[events_pb2.SamplesEvent]) -> list[wire.Encoded]:
+        out: list[wire.Encoded] = []
+        cur: list[events_pb2.SamplesEvent] = []
+        raw = 0
+        for ev in events:
+            n = ev.ByteSize() + 6  # the field tag and length in SamplesEvents
+            if cur and self._estimate(raw + n) > self.message_bytes:
+                out += self._encode(cur)
+                cur, raw = [], 0
+            cur.append(ev)
+            raw += n
+        if cur:
+            out += self._encode(cur)
+        self.messages += len(out)
+        return out
+
+    def _encode(self, events: list[events_pb2.SamplesEvent]) -> list[wire.Encoded]:
+        enc = wire.encode(events, self.level)
+        if enc.raw_bytes:
+            deflated = len(enc.body) / _B64 / enc.raw_bytes
+            self.ratio = 0.7 * self.ratio + 0.3 * deflated
+        if enc.size <= self.message_bytes:
+            return [enc]
+        self.splits += 1
+        if len(events) > 1:
+            half = len(events) // 2
+            return self._encode(events[:half]) + self._encode(events[half:])
+        parts = split_frames(events[0])
+        if len(parts) == 1:
+            raise ValueError(f"one frame of {events[0].host_id} seq {events[0].seq} is larger than a message "
+                             f"({enc.size} > {self.message_bytes} bytes)")
+        return [e for p in parts for e in self._encode([p])]
+
+
+def split_frames(ev: events_pb2.SamplesEvent) -> list[events_pb2.SamplesEvent]:
+    """The event as two parts of about half its frames each, each with its own series only."""
+    if len(ev.frames) < 2:
+        return [ev]
+    half = len(ev.frames) // 2
+    infos = {s.id: s for s in ev.series}
+    out = []
+    for frames in (ev.frames[:half], ev.frames[half:]):
+        p = events_pb2.SamplesEvent(host_id=ev.host_id, session_id=ev.session_id, seq=ev.seq,
+                                    stored_unix_ms=ev.stored_unix_ms)
+        p.frames.extend(frames)
+        ids = {i for f in frames for i in f.series_ids}
+        p.series.extend(infos[i] for i in sorted(ids) if i in infos)
+        out.append(p)
+    return out
+
+
+def calls(messages: Sequence[wire.Encoded]) -> list[list[wire.Encoded]]:
+    """Messages grouped into SendMessageBatch calls: at most 10 to a call, and 256 KiB in all."""
+    out: list[list[wire.Encoded]] = []
+    size = 0
+    for m in messages:
+        if not out or len(out[-1]) == wire.MAX_BATCH_MESSAGES or size + m.size > wire.MAX_CALL_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(m)
+        size += m.size
+    return out
