@@ -2,8 +2,9 @@
 
 Messages are filled towards `message_bytes` from an estimate of how well the last ones deflated,
 then checked: a message over the limit is split in two, and a batch that alone is larger than a
-message is split by frames into parts, each describing only its own series (the handler tells
-parts apart by their first frame's time).
+message is split into parts (by frames, and by series when one frame is too large), each describing
+only its own series; the handler tells parts apart by their first sample (first frame's time and
+its first series).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from sysmon.pb.v1 import events_pb2
 from sysmon.pipeline import wire
 
 _B64 = 4 / 3
+# Room for one sample and the longest description the limits allow (16 attributes of 64 + 256 characters).
+MIN_MESSAGE_BYTES = 16 * 1024
 
 
 @dataclass
@@ -27,8 +30,8 @@ class Packer:
     splits: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        if not 1024 <= self.message_bytes <= wire.MAX_MESSAGE_BYTES:
-            raise ValueError(f"message_bytes must be between 1024 and {wire.MAX_MESSAGE_BYTES}")
+        if not MIN_MESSAGE_BYTES <= self.message_bytes <= wire.MAX_MESSAGE_BYTES:
+            raise ValueError(f"message_bytes must be between {MIN_MESSAGE_BYTES} and {wire.MAX_MESSAGE_BYTES}")
 
     def _estimate(self, raw: int) -> float:
         return raw * self.ratio * _B64 + 160  # attributes and base64 padding
@@ -62,7 +65,9 @@ class Packer:
             return self._encode(events[:half]) + self._encode(events[half:])
         parts = split_frames(events[0])
         if len(parts) == 1:
-            raise ValueError(f"one frame of {events[0].host_id} seq {events[0].seq} is larger than a message "
+            parts = split_series(events[0])
+        if len(parts) == 1:  # one sample with its description; a message of 16 KiB always holds that
+            raise ValueError(f"one sample of {events[0].host_id} seq {events[0].seq} is larger than a message "
                              f"({enc.size} > {self.message_bytes} bytes)")
         return [e for p in parts for e in self._encode([p])]
 
@@ -80,6 +85,25 @@ def split_frames(ev: events_pb2.SamplesEvent) -> list[events_pb2.SamplesEvent]:
         p.frames.extend(frames)
         ids = {i for f in frames for i in f.series_ids}
         p.series.extend(infos[i] for i in sorted(ids) if i in infos)
+        out.append(p)
+    return out
+
+
+def split_series(ev: events_pb2.SamplesEvent) -> list[events_pb2.SamplesEvent]:
+    """The event as two parts of about half its series each (for a frame larger than a message)."""
+    ids = sorted({i for f in ev.frames for i in f.series_ids})
+    if len(ids) < 2:
+        return [ev]
+    infos = {s.id: s for s in ev.series}
+    out = []
+    for chosen in (set(ids[:len(ids) // 2]), set(ids[len(ids) // 2:])):
+        p = events_pb2.SamplesEvent(host_id=ev.host_id, session_id=ev.session_id, seq=ev.seq,
+                                    stored_unix_ms=ev.stored_unix_ms)
+        for f in ev.frames:
+            keep = [(i, v) for i, v in zip(f.series_ids, f.values, strict=True) if i in chosen]
+            if keep:
+                p.frames.add(time_unix_ms=f.time_unix_ms, series_ids=[i for i, _ in keep], values=[v for _, v in keep])
+        p.series.extend(infos[i] for i in sorted(chosen) if i in infos)
         out.append(p)
     return out
 

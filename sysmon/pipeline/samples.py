@@ -32,9 +32,10 @@ BUCKET_MS = 60_000  # the 1-minute tier's buckets, aligned to the epoch
 MAX_TIME_MS = 253_402_300_799_999
 LIMITS = Limits()
 
-# (host_id, session_id, seq, first frame's time): a batch, or the part of one that the exporter
-# sent in one message when the batch alone was larger than a message.
-PartKey = tuple[str, str, int, int]
+# (host_id, session_id, seq, first frame's time, its first series): a batch, or the part of one that
+# the exporter sent in one message when the batch alone was larger than a message. Parts hold
+# disjoint samples, so their first samples differ.
+PartKey = tuple[str, str, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,10 @@ def attributes_json(name: str, attributes: Mapping[str, str]) -> str:
 
 
 def part_key(ev: events_pb2.SamplesEvent) -> PartKey:
-    return (ev.host_id, ev.session_id, ev.seq, ev.frames[0].time_unix_ms if ev.frames else 0)
+    if not ev.frames:
+        return (ev.host_id, ev.session_id, ev.seq, 0, 0)
+    f = ev.frames[0]
+    return (ev.host_id, ev.session_id, ev.seq, f.time_unix_ms, f.series_ids[0] if f.series_ids else 0)
 
 
 def check(events: Sequence[events_pb2.SamplesEvent]) -> list[events_pb2.SamplesEvent]:

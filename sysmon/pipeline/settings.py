@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from sysmon.core.durations import Duration
 from sysmon.core.settings import ConnectionSettings
 from sysmon.pipeline import wire
+from sysmon.pipeline.pack import MIN_MESSAGE_BYTES
 
 
 class SqsExporterSettings(ConnectionSettings):
@@ -22,7 +23,9 @@ class SqsExporterSettings(ConnectionSettings):
         "sqs-exporter-0", description="consumer name in the group; keep it across restarts to resume where it stopped"
     )
     metrics_listen: str = Field("127.0.0.1:9466", description="host:port of /metrics; empty: off")
-    message_bytes: int = Field(64 * 1024, description=f"fill messages up to this size (1024-{wire.MAX_MESSAGE_BYTES})")
+    message_bytes: int = Field(
+        64 * 1024, description=f"fill messages up to this size ({MIN_MESSAGE_BYTES}-{wire.MAX_MESSAGE_BYTES})"
+    )
     linger: Duration = Field(timedelta(milliseconds=500),
                              description="wait this long for more samples before sending a call that is not full")
     retry_max: Duration = Field(timedelta(seconds=30), description="longest wait between attempts of a failed call")
@@ -30,8 +33,8 @@ class SqsExporterSettings(ConnectionSettings):
     @field_validator("message_bytes")
     @classmethod
     def _message_bytes(cls, v: int) -> int:
-        if not 1024 <= v <= wire.MAX_MESSAGE_BYTES:
-            raise ValueError(f"must be between 1024 and {wire.MAX_MESSAGE_BYTES} (SQS's limit)")
+        if not MIN_MESSAGE_BYTES <= v <= wire.MAX_MESSAGE_BYTES:
+            raise ValueError(f"must be between {MIN_MESSAGE_BYTES} and {wire.MAX_MESSAGE_BYTES} (SQS's limit)")
         return v
 
     @field_validator("queue_url")

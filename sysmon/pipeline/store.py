@@ -5,7 +5,7 @@ whichever PostgreSQL it is given (often one of its own), needs none of the platf
 creates or upgrades its four tables at a cold start under an advisory lock, recording the version.
 
 Idempotence: the batches (or parts of batches) already stored are keyed by
-(host, session, seq, first frame time), as sysmon's storage keys batches, and a message adds only
+(host, session, seq, first sample), as sysmon's storage keys batches, and a message adds only
 those it does not find, in the same transaction as the rollups, so a message delivered twice
 changes nothing. Per-host rows are merged (least/greatest/+) from the same aggregate expressions as
 the built-in 1-minute tier (sysmon.core.storage.rollups.TIER_1M): exact numeric sums of each
@@ -39,14 +39,15 @@ CREATE TABLE IF NOT EXISTS pipeline_series (
     metric_key bigint NOT NULL
 );
 CREATE INDEX IF NOT EXISTS pipeline_series_metric ON pipeline_series (metric_key);
--- Batches (or parts of one, from their first frame) already stored: a message delivered again adds nothing.
+-- Batches (or parts of one, by their first sample) already stored: a message delivered again adds nothing.
 CREATE TABLE IF NOT EXISTS pipeline_batches (
     host_id    text NOT NULL,
     session_id text NOT NULL,
     seq        bigint NOT NULL,
     first_ms   bigint NOT NULL,
+    first_series bigint NOT NULL,
     stored_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (host_id, session_id, seq, first_ms)
+    PRIMARY KEY (host_id, session_id, seq, first_ms, first_series)
 );
 CREATE INDEX IF NOT EXISTS pipeline_batches_stored_at ON pipeline_batches (stored_at);
 -- Per host (per series) and minute: the columns and numbers of sysmon's rollup_1m.
@@ -114,15 +115,16 @@ async def store(conn: asyncpg.Connection, events: list[events_pb2.SamplesEvent])
     keys = list(dict.fromkeys(part_key(ev) for ev in events))
     async with conn.transaction():
         new = {
-            (r["host_id"], r["session_id"], r["seq"], r["first_ms"])
+            (r["host_id"], r["session_id"], r["seq"], r["first_ms"], r["first_series"])
             for r in await conn.fetch(
                 """
-                INSERT INTO pipeline_batches (host_id, session_id, seq, first_ms)
-                SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[])
+                INSERT INTO pipeline_batches (host_id, session_id, seq, first_ms, first_series)
+                SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
                 ON CONFLICT DO NOTHING
-                RETURNING host_id, session_id, seq, first_ms
+                RETURNING host_id, session_id, seq, first_ms, first_series
                 """,
                 [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [k[3] for k in keys],
+                [k[4] for k in keys],
             )
         }
         fresh, seen = [], set()
