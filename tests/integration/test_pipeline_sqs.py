@@ -21,6 +21,7 @@ import asyncpg
 import boto3
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from sysmon.core import bus as busmod
 from sysmon.core.storage import rollups
@@ -327,3 +328,93 @@ async def test_credentials_from_secrets_manager(moto_url: str, pg_dsn: str, monk
             len(f.values) for ev in events for f in ev.frames)
     finally:
         await conn.close()
+
+
+class FaultyEndpoint:
+    """An HTTP/1.1 proxy to the SQS endpoint that answers the next requests with the given failures
+    (status, JSON body), as SQS answers when it throttles or fails, and passes the rest through."""
+
+    def __init__(self, target: str):
+        self.target_host, port = target.removeprefix("http://").rsplit(":", 1)
+        self.target_port = int(port)
+        self.failures: list[tuple[int, dict[str, str]]] = []
+        self.answered: list[int] = []
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    @staticmethod
+    async def _read_message(r: asyncio.StreamReader) -> bytes:
+        head = await r.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        return head + (await r.readexactly(length) if length else b"")
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection(self.target_host, self.target_port)
+        try:
+            while True:
+                request = await self._read_message(reader)
+                if self.failures:
+                    status, body = self.failures.pop(0)
+                    data = json.dumps(body).encode()
+                    writer.write(f"HTTP/1.1 {status} Error\r\nContent-Type: application/x-amz-json-1.0\r\n"
+                                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+                    self.answered.append(status)
+                else:
+                    up_w.write(request)
+                    writer.write(await self._read_message(up_r))
+                    self.answered.append(200)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            up_w.close()
+            writer.close()
+
+
+async def test_throttling_and_server_errors_are_retried_with_backoff_until_accepted(
+    sqs: Any, moto_url: str, redis_url: str, redis_client: aioredis.Redis, lambda_db: asyncpg.Connection,
+) -> None:
+    queue, _ = make_queues(sqs)
+    endpoint = FaultyEndpoint(moto_url)
+    await endpoint.start()
+    throttled = (400, {"__type": "com.amazonaws.sqs#RequestThrottled", "message": "Rate exceeded"})
+    unavailable = (503, {"__type": "com.amazonaws.sqs#ServiceUnavailable", "message": "try again"})
+    endpoint.failures = [throttled, unavailable, throttled]
+    bus = busmod.RedisBus(redis_client)
+    events = recorded_events(["node-a"], frames=12, per_batch=4)
+
+    def failed(reason: str) -> float:
+        return REGISTRY.get_sample_value("sysmon_exporter_sqs_failed_messages_total", {"reason": reason}) or 0.0
+
+    before = {r: failed(r) for r in ("throttled", "server")}
+    try:
+        async with exporting(exporter_settings(queue, endpoint.url), redis_url) as exporter:
+            for ev in events:
+                await bus.publish(busmod.SAMPLES, events_pb2.SamplesEvents(events=[ev]).SerializeToString())
+            await wait_for(lambda: forwarded(redis_client, "sqs-exporter"), message="every batch sent")
+    finally:
+        await endpoint.stop()
+    assert endpoint.answered[:3] == [400, 503, 400]
+    assert exporter.failures == 3
+    assert failed("throttled") > before["throttled"]
+    assert failed("server") > before["server"]
+    responses = await asyncio.to_thread(poll_like_lambda, sqs, queue, lambda_handler.handler)
+    assert all(r == {"batchItemFailures": []} for r in responses)
+    rows = {(s, int(b.timestamp() * 1000)): v
+            for (s, b), v in (await host_rows(lambda_db, "pipeline_rollup_1m")).items()}
+    assert rows == {k: (m.min, m.max, m.sum, m.count) for k, m in minutes(events).items()}

@@ -14,7 +14,7 @@ import pytest
 
 from sysmon.core.metrics import series_id
 from sysmon.pb.v1 import events_pb2
-from sysmon.pipeline import lambda_handler, samples, wire
+from sysmon.pipeline import lambda_handler, samples, store, wire
 from tests.pipeline_helpers import LambdaContext, minutes, percentile_cont, recorded_events, sqs_event, sqs_record
 
 HOSTS = ["node-a", "node-b", "node-c"]
@@ -182,3 +182,19 @@ def test_credentials_from_an_rds_secret() -> None:
         lambda_handler.resolve_dsn({})
     with pytest.raises(lambda_handler.ConfigError, match="has no password"):
         lambda_handler.resolve_dsn({"SYSMON_POSTGRES_SECRET": "s"}, lambda name: {"username": "u", "host": "h"})
+
+
+async def test_concurrent_invocations_leave_every_fleet_row_complete(pg_dsn: str) -> None:
+    """Eight containers store eight hosts' batches of the same minutes at once: each fleet row is
+    recomputed under its (metric, minute) lock, so none misses a host another was committing."""
+    hosts = [f"node-{i}" for i in range(8)]
+    events = recorded_events(hosts, frames=12, per_batch=12)
+    conns = [await asyncpg.connect(pg_dsn) for _ in hosts]
+    try:
+        await store.ensure_schema(conns[0])
+        await asyncio.gather(*(store.store(c, samples.check([ev])) for c, ev in zip(conns, events, strict=True)))
+        counts = {r["hosts"] for r in await conns[0].fetch("SELECT hosts FROM pipeline_fleet_1m")}
+        assert counts == {8}
+    finally:
+        for c in conns:
+            await c.close()
