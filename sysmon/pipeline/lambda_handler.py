@@ -88,6 +88,7 @@ class Database:
         self.env = env
         self.loop = asyncio.new_event_loop()
         self.conn: asyncpg.Connection | None = None
+        self.catalog = samples.Catalog()
         self.connects = 0
         self._pruned_at = 0.0
 
@@ -96,9 +97,12 @@ class Database:
 
     async def connection(self) -> asyncpg.Connection:
         if self.conn is None or self.conn.is_closed():
-            self.conn = await asyncpg.connect(resolve_dsn(self.env), timeout=CONNECT_TIMEOUT_S,
-                                              server_settings={"application_name": "sysmon-pipeline"})
+            # Custom plans always: a generic plan of the unnest() statements guesses the arrays' sizes
+            # and, once chosen (after five executions), made the fleet statement 20 times slower.
+            self.conn = await asyncpg.connect(resolve_dsn(self.env), timeout=CONNECT_TIMEOUT_S, server_settings={
+                "application_name": "sysmon-pipeline", "plan_cache_mode": "force_custom_plan"})
             self.connects += 1
+            self.catalog.stored.clear()  # perhaps another server now (a failover): insert series again
             await store.ensure_schema(self.conn)
             logger.info("connected to PostgreSQL", extra={"connects": self.connects})
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_S or self._pruned_at == 0.0:
@@ -108,10 +112,10 @@ class Database:
                 logger.info("forgot old batch keys", extra={"batch_keys": forgot})
         return self.conn
 
-    async def store(self, events: list) -> store.Stored:
+    async def store(self, checked: samples.Checked) -> store.Stored:
         conn = await self.connection()
         try:
-            return await store.store(conn, events)
+            return await store.store(conn, checked, self.catalog)
         except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
             # The connection is gone (PostgreSQL restarted, the network dropped): the next record connects again.
             conn.terminate()
@@ -145,14 +149,16 @@ def reset() -> None:
 
 def record_handler(record: SQSRecord) -> store.Stored:
     try:
-        events = samples.check(wire.decode(record.body, record.raw_event.get("messageAttributes") or {}).events)
+        db = database()
+        checked = samples.check(wire.decode(record.body, record.raw_event.get("messageAttributes") or {}).events,
+                                db.catalog)
     except wire.WireError as e:
         # Named in the log with the message id; the record goes back to the queue, and after
         # maxReceiveCount to the dead-letter queue, where it can be read.
         logger.error("malformed record", extra={"message_id": record.message_id, "reason": str(e)})
         metrics.add_metric(name="MalformedRecords", unit=MetricUnit.Count, value=1)
         raise
-    stored = database().run(database().store(events))
+    stored = db.run(db.store(checked))
     metrics.add_metric(name="BatchesStored", unit=MetricUnit.Count, value=stored.parts)
     metrics.add_metric(name="DuplicateBatches", unit=MetricUnit.Count, value=stored.duplicates)
     metrics.add_metric(name="SamplesStored", unit=MetricUnit.Count, value=stored.samples)

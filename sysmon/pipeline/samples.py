@@ -81,29 +81,74 @@ def part_key(ev: events_pb2.SamplesEvent) -> PartKey:
     return (ev.host_id, ev.session_id, ev.seq, f.time_unix_ms, f.series_ids[0] if f.series_ids else 0)
 
 
-def check(events: Sequence[events_pb2.SamplesEvent]) -> list[events_pb2.SamplesEvent]:
-    """The events, each checked whole; WireError names the first thing wrong."""
-    for i, ev in enumerate(events):
-        try:
-            _check_event(ev)
-        except InvalidInput as e:
-            raise WireError(f"event {i} ({ev.host_id[:64]!r} seq {ev.seq}): {e}") from None
-    return list(events)
+class Catalog:
+    """The series descriptions this container has checked, and those it knows are stored.
 
+    Nearly every description in a message was seen in an earlier one: compared (in C) with the one
+    checked then, it is not checked and hashed again; a series stored once is not inserted again.
+    """
 
-def _check_event(ev: events_pb2.SamplesEvent) -> None:
-    check_host_id(ev.host_id, LIMITS)
-    check_session_id(ev.session_id, LIMITS)
-    if ev.seq > MAX_SEQ:
-        raise InvalidInput("seq", f"{ev.seq} is above {MAX_SEQ}")
-    described = set()
-    for s in ev.series:
+    MAX_SERIES = 200_000  # then it starts over (memory stays bounded)
+
+    def __init__(self) -> None:
+        self._rows: dict[int, tuple[str, events_pb2.SeriesInfo, SeriesRow]] = {}
+        self.stored: set[int] = set()
+
+    def row(self, host_id: str, s: events_pb2.SeriesInfo) -> SeriesRow:
+        hit = self._rows.get(s.id)
+        if hit is not None and hit[0] == host_id and hit[1] == s:
+            return hit[2]
         check_series(s.name, s.attributes, s.unit, LIMITS)
         if s.kind not in KINDS:
             raise InvalidInput("series.kind", f"{s.name}: kind {s.kind} is not one of {sorted(KINDS)}")
-        if s.id != series_id(ev.host_id, s.name, s.attributes):
+        attrs = dict(s.attributes)
+        if s.id != series_id(host_id, s.name, attrs):
             raise InvalidInput("series.id", f"{s.name}: id {s.id} is not the id of this host's series")
-        described.add(s.id)
+        row = SeriesRow(s.id, host_id, s.name, json.dumps(dict(canonical_attributes(attrs)), separators=(",", ":")),
+                        s.unit, s.kind, metric_key(s.name, attrs))
+        if len(self._rows) >= self.MAX_SERIES:
+            self._rows.clear()
+            self.stored.clear()
+        info = events_pb2.SeriesInfo()
+        info.CopyFrom(s)
+        self._rows[s.id] = (host_id, info, row)
+        return row
+
+
+@dataclass
+class Checked:
+    events: list[events_pb2.SamplesEvent]
+    # Every series the message describes; a series is described once per message (per host), in
+    # whichever of its events comes first.
+    rows: dict[int, SeriesRow]
+
+
+def check(events: Sequence[events_pb2.SamplesEvent], catalog: Catalog | None = None) -> Checked:
+    """The events of one message, each checked whole; WireError names the first thing wrong."""
+    catalog = Catalog() if catalog is None else catalog
+    rows: dict[int, SeriesRow] = {}
+    described: dict[str, set[int]] = {}
+    for i, ev in enumerate(events):
+        try:
+            check_host_id(ev.host_id, LIMITS)
+            check_session_id(ev.session_id, LIMITS)
+            if ev.seq > MAX_SEQ:
+                raise InvalidInput("seq", f"{ev.seq} is above {MAX_SEQ}")
+            ids = described.setdefault(ev.host_id, set())
+            for s in ev.series:
+                rows[s.id] = catalog.row(ev.host_id, s)
+                ids.add(s.id)
+        except InvalidInput as e:
+            raise WireError(f"event {i} ({ev.host_id[:64]!r} seq {ev.seq}): {e}") from None
+    for i, ev in enumerate(events):
+        try:
+            _check_frames(ev, described[ev.host_id])
+        except InvalidInput as e:
+            raise WireError(f"event {i} ({ev.host_id[:64]!r} seq {ev.seq}): {e}") from None
+    return Checked(list(events), rows)
+
+
+def _check_frames(ev: events_pb2.SamplesEvent, described: set[int]) -> None:
     samples = 0
     for f in ev.frames:
         if not 0 <= f.time_unix_ms <= MAX_TIME_MS:
@@ -113,33 +158,27 @@ def _check_event(ev: events_pb2.SamplesEvent) -> None:
         bad = first_non_finite(f.values)
         if bad is not None:
             raise InvalidInput("frames.values", f"value {f.values[bad]} of series {f.series_ids[bad]} is not finite")
-        missing = set(f.series_ids) - described
-        if missing:
-            raise InvalidInput("frames.series_ids", f"series {sorted(missing)[:5]} are not described in the event")
+        if not described.issuperset(f.series_ids):
+            missing = sorted(set(f.series_ids) - described)
+            raise InvalidInput("frames.series_ids",
+                               f"series {missing[:5]} of this host are not described in the message")
         samples += len(f.values)
     if samples > LIMITS.max_samples_per_batch:
         raise InvalidInput("frames", f"{samples} samples, more than {LIMITS.max_samples_per_batch}")
 
 
-def flatten(events: Iterable[events_pb2.SamplesEvent]) -> Samples:
+def flatten(events: Iterable[events_pb2.SamplesEvent], rows: Mapping[int, SeriesRow]) -> Samples:
     """The samples of checked events as columns, with the series they belong to."""
     out = Samples()
+    used: set[int] = set()
     for ev in events:
-        keys: dict[int, int] = {}
-        for s in ev.series:
-            row = out.series.get(s.id)
-            if row is None:
-                attrs = dict(s.attributes)
-                row = SeriesRow(s.id, ev.host_id, s.name,
-                                json.dumps(dict(canonical_attributes(attrs)), separators=(",", ":")),
-                                s.unit, s.kind, metric_key(s.name, attrs))
-                out.series[s.id] = row
-            keys[s.id] = row.metric_key
         for f in ev.frames:
             n = len(f.values)
             out.series_ids.extend(f.series_ids)
             out.times_ms.extend([f.time_unix_ms] * n)
             out.values.extend(f.values)
             bucket = f.time_unix_ms - f.time_unix_ms % BUCKET_MS
-            out.fleet_buckets.update((keys[i], bucket) for i in f.series_ids)
+            used.update(f.series_ids)
+            out.fleet_buckets.update((rows[i].metric_key, bucket) for i in f.series_ids)
+    out.series = {i: rows[i] for i in used}
     return out

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from sysmon.pb.v1 import events_pb2
-from sysmon.pipeline.samples import flatten, part_key
+from sysmon.pipeline.samples import Catalog, Checked, flatten, part_key
 
 SCHEMA_VERSION = 1
 _LOCK_SCHEMA = 0x5359534D50  # "SYSMP"
@@ -110,8 +109,9 @@ def _lock_key(metric_key: int, bucket_ms: int) -> int:
     return int.from_bytes(h.digest(), "big", signed=True)
 
 
-async def store(conn: asyncpg.Connection, events: list[events_pb2.SamplesEvent]) -> Stored:
-    """Store checked events (sysmon.pipeline.samples.check) in one transaction."""
+async def store(conn: asyncpg.Connection, checked: Checked, catalog: Catalog | None = None) -> Stored:
+    """Store a checked message (sysmon.pipeline.samples.check) in one transaction."""
+    events = checked.events
     keys = list(dict.fromkeys(part_key(ev) for ev in events))
     async with conn.transaction():
         new = {
@@ -133,10 +133,11 @@ async def store(conn: asyncpg.Connection, events: list[events_pb2.SamplesEvent])
             if k in new and k not in seen:  # the same part twice in one message counts once
                 seen.add(k)
                 fresh.append(ev)
-        samples = flatten(fresh)
+        samples = flatten(fresh, checked.rows)
         if not samples:
             return Stored(len(fresh), len(keys) - len(new), 0, 0, 0)
-        rows = sorted(samples.series.values(), key=lambda r: r.series_id)
+        stored = catalog.stored if catalog is not None else set()
+        rows = sorted((r for r in samples.series.values() if r.series_id not in stored), key=lambda r: r.series_id)
         await conn.execute(
             """
             INSERT INTO pipeline_series (series_id, host_id, name, attributes, unit, kind, metric_key)
@@ -185,7 +186,10 @@ async def store(conn: asyncpg.Connection, events: list[events_pb2.SamplesEvent])
             """,
             [m for m, _ in buckets], [b for _, b in buckets],
         )
-        return Stored(len(fresh), len(keys) - len(new), len(samples), host_rows, int(status.split()[-1]))
+        fleet_rows = int(status.split()[-1])
+    if catalog is not None:  # committed: these series need no insert again
+        catalog.stored.update(r.series_id for r in rows)
+    return Stored(len(fresh), len(keys) - len(new), len(samples), host_rows, fleet_rows)
 
 
 async def prune(conn: asyncpg.Connection, keep_days: float) -> int:

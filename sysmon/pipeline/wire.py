@@ -2,8 +2,8 @@
 
 A message body is text (SQS rejects most binary), so the payload is base64 of a
 sysmon.v1.SamplesEvents, deflated when that makes it smaller. Two message attributes say what the
-body is; both sides check them. Every event in a message describes every series its frames refer
-to, so that each message can be handled alone, in any order, by any invocation.
+body is; both sides check them. A message describes every series its frames refer to (once, in the
+first event that has it), so that each message can be handled alone, in any order, by any invocation.
 """
 
 from __future__ import annotations
@@ -60,8 +60,18 @@ class Encoded:
                                     for k, v in self.attributes.items())
 
 
-def encode(events: Sequence[events_pb2.SamplesEvent] | events_pb2.SamplesEvents, level: int = 6) -> Encoded:
-    msg = events if isinstance(events, events_pb2.SamplesEvents) else events_pb2.SamplesEvents(events=events)
+def encode(events: Sequence[events_pb2.SamplesEvent], level: int = 6) -> Encoded:
+    """One message of complete events; a series is described once, in the first event that has it."""
+    msg = events_pb2.SamplesEvents()
+    seen: set[int] = set()
+    for ev in events:
+        e = msg.events.add()
+        e.CopyFrom(ev)
+        if not seen.isdisjoint(s.id for s in e.series):
+            keep = [s for s in e.series if s.id not in seen]
+            del e.series[:]
+            e.series.extend(keep)
+        seen.update(s.id for s in e.series)
     raw = msg.SerializeToString()
     n = sum(len(f.values) for ev in msg.events for f in ev.frames)
     packed = zlib.compress(raw, level)

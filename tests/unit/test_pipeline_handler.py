@@ -114,6 +114,12 @@ def _bad_records() -> dict[str, dict]:
         e = wire.encode([ev])
         return sqs_record(e.body, e.attributes)
 
+    other = recorded_events(["node-b"], frames=2, per_batch=2)[0]
+    theft = events_pb2.SamplesEvent()
+    theft.CopyFrom(other)
+    del theft.series[:]  # node-b's frames, pointing at node-a's series that the message describes
+    theft.frames[0].series_ids[:] = [s.id for s in good.series][:len(theft.frames[0].series_ids)]
+    stolen = wire.encode([good, theft])
     raw = base64.b64encode(zlib.compress(b"\xff" * 64)).decode()
     bomb = base64.b64encode(zlib.compress(b"\x00" * (wire.MAX_DECODED_BYTES + 1))).decode()
     return {
@@ -126,6 +132,7 @@ def _bad_records() -> dict[str, dict]:
         "forged series id": with_event(lambda ev: setattr(ev.series[0], "id", 777)),
         "bad host id": with_event(lambda ev: setattr(ev, "host_id", "../etc")),
         "ids and values differ": with_event(lambda ev: ev.frames[0].values.append(1.0)),
+        "another host's series": sqs_record(stolen.body, stolen.attributes),
     }
 
 
@@ -141,13 +148,15 @@ async def test_malformed_records_are_reported_and_the_others_stored(handler_db: 
     assert (await host_rows(handler_db)).keys() == expected.keys()
 
 
-@pytest.mark.parametrize("reason", ["NaN value", "forged series id", "inflates past the limit", "no attributes"])
+@pytest.mark.parametrize("reason", ["NaN value", "forged series id", "inflates past the limit", "no attributes",
+                                    "another host's series"])
 def test_a_malformed_message_is_refused_with_its_reason(reason: str) -> None:
     r = _bad_records()[reason]
     with pytest.raises(wire.WireError) as e:
         samples.check(wire.decode(r["body"], r["messageAttributes"]).events)
     words = {"NaN value": "not finite", "forged series id": "not the id of this host's series",
-             "inflates past the limit": "inflates past", "no attributes": "content-type"}[reason]
+             "inflates past the limit": "inflates past", "no attributes": "content-type",
+             "another host's series": "of this host are not described"}[reason]
     assert words in str(e.value)
 
 

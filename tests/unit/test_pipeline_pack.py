@@ -15,7 +15,7 @@ from tests.pipeline_helpers import recorded_events
 def _keys_and_samples(messages: list[wire.Encoded]) -> tuple[list[samples.PartKey], int]:
     keys, n = [], 0
     for m in messages:
-        evs = samples.check(wire.decode(m.body, m.attributes).events)
+        evs = samples.check(wire.decode(m.body, m.attributes).events).events
         keys += [samples.part_key(ev) for ev in evs]
         n += sum(len(f.values) for ev in evs for f in ev.frames)
     return keys, n
