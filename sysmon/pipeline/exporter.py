@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (OSError, TimeoutError, redis.exceptions.RedisError)
 READ_AHEAD = 2000  # bus entries queued ahead of packing
 MAX_ENTRIES_PER_FLUSH = 500
+# A flush also ends at this many payload bytes, so that one never holds the event loop for long.
+MAX_FLUSH_BYTES = 2 * 1024 * 1024
 LAG_EVERY_S = 2.0
 # Series descriptions learned but not seen again for this long are forgotten (memory stays bounded).
 DESCRIBE_TTL_S = 3600.0
@@ -123,6 +125,9 @@ class SqsExporter:
         self.acked = 0
         self.failures = 0
         self.connected = asyncio.Event()
+        # Entries queued or being sent: a reader that subscribes again (after a Redis error) is handed
+        # its pending entries again, and these must not be sent twice.
+        self._inflight: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         redis = aioredis.from_url(self.redis_url, decode_responses=False, health_check_interval=10)
@@ -145,8 +150,11 @@ class SqsExporter:
                 async for m in bus.subscribe(busmod.SAMPLES, group=s.consumer_group, consumer=s.consumer,
                                              batch=MAX_ENTRIES_PER_FLUSH):
                     self.connected.set()
-                    await self._queue.put(m)
                     backoff.reset()
+                    if m.id in self._inflight:
+                        continue
+                    self._inflight.add(m.id)
+                    await self._queue.put(m)
             except REDIS_ERRORS as e:
                 delay = backoff.next_delay()
                 log.warning("bus unavailable (%s); reading again in %.1fs", e, delay)
@@ -182,15 +190,22 @@ class SqsExporter:
             getter.cancel()
             return []
         msgs.append(getter.result())
+        size = len(msgs[0].payload)
         deadline = time.monotonic() + self.settings.linger.total_seconds()
-        while len(msgs) < MAX_ENTRIES_PER_FLUSH:
-            while not self._queue.empty() and len(msgs) < MAX_ENTRIES_PER_FLUSH:
+
+        def full() -> bool:
+            return len(msgs) >= MAX_ENTRIES_PER_FLUSH or size >= MAX_FLUSH_BYTES
+
+        while not full():
+            while not self._queue.empty() and not full():
                 msgs.append(self._queue.get_nowait())
+                size += len(msgs[-1].payload)
             left = deadline - time.monotonic()
-            if left <= 0 or len(msgs) >= MAX_ENTRIES_PER_FLUSH:
+            if left <= 0 or full():
                 break
             try:
                 msgs.append(await asyncio.wait_for(self._queue.get(), left))
+                size += len(msgs[-1].payload)
             except TimeoutError:
                 break
         return msgs
@@ -209,6 +224,8 @@ class SqsExporter:
                     log.warning("bus entry %s is not a SamplesEvents: skipped", m.id)
                     continue
                 for ev in evs:
+                    if len(events) % 200 == 199:
+                        await asyncio.sleep(0)  # the reader and the lag gauge get their turn
                     while True:
                         try:
                             events.append(await describer.complete(ev, now))
@@ -218,7 +235,8 @@ class SqsExporter:
                             if await wait_or_stop(stop, 1.0):
                                 return
             describer.forget(now)
-            messages = self.packer.pack(events)
+            # Packing is pure CPU (protobuf, deflate, base64): off the event loop, which keeps the bus read.
+            messages = await asyncio.to_thread(self.packer.pack, events)
             for call in pack.calls(messages):
                 if not await self._send(call, stop):
                     return  # stopping: the entries stay unacknowledged and are sent again after a restart
@@ -281,6 +299,7 @@ class SqsExporter:
                 for i in range(0, len(entries), 1000):
                     await bus.redis.xack(key, self.settings.consumer_group, *(m.id for m in entries[i:i + 1000]))
                 self.acked += len(entries)
+                self._inflight.difference_update(m.id for m in entries)
                 telemetry.ENTRIES.inc(len(entries))
                 return
             except REDIS_ERRORS as e:

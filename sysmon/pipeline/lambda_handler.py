@@ -113,9 +113,15 @@ class Database:
         return self.conn
 
     async def store(self, checked: samples.Checked) -> store.Stored:
+        return await self._on_connection(lambda conn: store.store(conn, checked, self.catalog))
+
+    async def refresh_fleet(self, buckets: set[tuple[int, int]]) -> int:
+        return await self._on_connection(lambda conn: store.refresh_fleet(conn, buckets))
+
+    async def _on_connection(self, work: Callable[[asyncpg.Connection], Any]) -> Any:
         conn = await self.connection()
         try:
-            return await store.store(conn, checked, self.catalog)
+            return await work(conn)
         except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
             # The connection is gone (PostgreSQL restarted, the network dropped): the next record connects again.
             conn.terminate()
@@ -129,6 +135,9 @@ class Database:
 
 
 _db: Database | None = None
+# The fleet rows the records of this invocation touched, refreshed once after them all.
+_touched: set[tuple[int, int]] = set()
+DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def database() -> Database:
@@ -159,6 +168,7 @@ def record_handler(record: SQSRecord) -> store.Stored:
         metrics.add_metric(name="MalformedRecords", unit=MetricUnit.Count, value=1)
         raise
     stored = db.run(db.store(checked))
+    _touched.update(stored.fleet_buckets)
     metrics.add_metric(name="BatchesStored", unit=MetricUnit.Count, value=stored.parts)
     metrics.add_metric(name="DuplicateBatches", unit=MetricUnit.Count, value=stored.duplicates)
     metrics.add_metric(name="SamplesStored", unit=MetricUnit.Count, value=stored.samples)
@@ -168,8 +178,21 @@ def record_handler(record: SQSRecord) -> store.Stored:
 @metrics.log_metrics
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    _touched.clear()
     response = process_partial_response(event=event, record_handler=record_handler, processor=processor,
                                         context=context)
+    if _touched:
+        try:
+            rows = database().run(database().refresh_fleet(_touched))
+            metrics.add_metric(name="FleetRowsRefreshed", unit=MetricUnit.Count, value=rows)
+        except DB_ERRORS as e:
+            # The per-host rows are committed; delivered again (as duplicates) the records refresh the
+            # fleet rows they touch, so every record goes back to the queue.
+            logger.error("fleet refresh failed: every record of the batch is delivered again",
+                         extra={"reason": str(e)})
+            response = {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event.get("Records", [])]}
+        finally:
+            _touched.clear()
     failures = response.get("batchItemFailures", [])
     metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=len(failures))
     metrics.add_metric(name="Records", unit=MetricUnit.Count, value=len(event.get("Records", [])))

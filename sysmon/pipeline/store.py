@@ -9,18 +9,20 @@ Idempotence: the batches (or parts of batches) already stored are keyed by
 those it does not find, in the same transaction as the rollups, so a message delivered twice
 changes nothing. Per-host rows are merged (least/greatest/+) from the same aggregate expressions as
 the built-in 1-minute tier (sysmon.core.storage.rollups.TIER_1M): exact numeric sums of each
-float8's shortest text. A fleet row is recomputed whole from the per-host rows, under a lock per
-(metric, minute) held to commit, so that concurrent invocations never leave one stale.
+float8's shortest text. A fleet row is recomputed whole from the per-host rows, once per
+invocation for every row its records touched, under a lock per (metric, minute) held to commit, so
+that concurrent invocations never leave one stale.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import asyncpg
 
-from sysmon.pipeline.samples import Catalog, Checked, flatten, part_key
+from sysmon.pipeline.samples import Catalog, Checked, flatten, part_key, touched_buckets
 
 SCHEMA_VERSION = 1
 _LOCK_SCHEMA = 0x5359534D50  # "SYSMP"
@@ -99,7 +101,10 @@ class Stored:
     duplicates: int  # already stored before: skipped
     samples: int
     host_rows: int
-    fleet_rows: int
+    # (metric_key, minute start in ms) of every fleet row the message's samples belong to, stored now
+    # or before: refresh_fleet() recomputes them (a delivery again also recomputes what it touches,
+    # so a fleet refresh that failed after the rollups committed is made good by the redelivery).
+    fleet_buckets: frozenset[tuple[int, int]] = frozenset()
 
 
 def _lock_key(metric_key: int, bucket_ms: int) -> int:
@@ -110,9 +115,10 @@ def _lock_key(metric_key: int, bucket_ms: int) -> int:
 
 
 async def store(conn: asyncpg.Connection, checked: Checked, catalog: Catalog | None = None) -> Stored:
-    """Store a checked message (sysmon.pipeline.samples.check) in one transaction."""
+    """Store a checked message's per-host rollups (sysmon.pipeline.samples.check) in one transaction."""
     events = checked.events
     keys = list(dict.fromkeys(part_key(ev) for ev in events))
+    rows: list = []
     async with conn.transaction():
         new = {
             (r["host_id"], r["session_id"], r["seq"], r["first_ms"], r["first_series"])
@@ -134,8 +140,9 @@ async def store(conn: asyncpg.Connection, checked: Checked, catalog: Catalog | N
                 seen.add(k)
                 fresh.append(ev)
         samples = flatten(fresh, checked.rows)
+        touched = samples.fleet_buckets if len(fresh) == len(events) else touched_buckets(events, checked.rows)
         if not samples:
-            return Stored(len(fresh), len(keys) - len(new), 0, 0, 0)
+            return Stored(len(fresh), len(keys) - len(new), 0, 0, frozenset(touched))
         stored = catalog.stored if catalog is not None else set()
         rows = sorted((r for r in samples.series.values() if r.series_id not in stored), key=lambda r: r.series_id)
         await conn.execute(
@@ -150,9 +157,7 @@ async def store(conn: asyncpg.Connection, checked: Checked, catalog: Catalog | N
             [r.attributes for r in rows], [r.unit for r in rows], [r.kind for r in rows],
             [r.metric_key for r in rows],
         )
-        buckets = sorted(samples.fleet_buckets)
-        await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k ORDER BY k",
-                           sorted({_lock_key(m, b) for m, b in buckets}))
+        # Rows in one order in every transaction (ORDER BY): concurrent invocations never deadlock.
         status = await conn.execute(
             """
             INSERT INTO pipeline_rollup_1m AS r (series_id, bucket, min, max, sum, count)
@@ -168,6 +173,23 @@ async def store(conn: asyncpg.Connection, checked: Checked, catalog: Catalog | N
             samples.series_ids, samples.times_ms, samples.values,
         )
         host_rows = int(status.split()[-1])
+    if catalog is not None:  # committed: these series need no insert again
+        catalog.stored.update(r.series_id for r in rows)
+    return Stored(len(fresh), len(keys) - len(new), len(samples), host_rows, frozenset(touched))
+
+
+async def refresh_fleet(conn: asyncpg.Connection, buckets: Iterable[tuple[int, int]]) -> int:
+    """Recompute the fleet rows of (metric_key, minute ms) from the per-host rows committed so far.
+
+    Under a lock per row, held to commit, and after the rollups it follows were committed: whichever
+    refresh of a row runs last started after every rollup committed before it, so it sees them all.
+    """
+    wanted = sorted(set(buckets))
+    if not wanted:
+        return 0
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k ORDER BY k",
+                           sorted({_lock_key(m, b) for m, b in wanted}))
         status = await conn.execute(
             """
             INSERT INTO pipeline_fleet_1m AS f (metric_key, bucket, name, attributes, hosts, p50, p95, max, peak)
@@ -180,16 +202,14 @@ async def store(conn: asyncpg.Connection, checked: Checked, catalog: Catalog | N
             JOIN pipeline_rollup_1m r ON r.series_id = s.series_id
                  AND r.bucket = 'epoch'::timestamptz + w.b * interval '1 millisecond'
             GROUP BY 1, 2
+            ORDER BY 1, 2
             ON CONFLICT (metric_key, bucket) DO UPDATE
             SET hosts = EXCLUDED.hosts, p50 = EXCLUDED.p50, p95 = EXCLUDED.p95, max = EXCLUDED.max,
                 peak = EXCLUDED.peak
             """,
-            [m for m, _ in buckets], [b for _, b in buckets],
+            [m for m, _ in wanted], [b for _, b in wanted],
         )
-        fleet_rows = int(status.split()[-1])
-    if catalog is not None:  # committed: these series need no insert again
-        catalog.stored.update(r.series_id for r in rows)
-    return Stored(len(fresh), len(keys) - len(new), len(samples), host_rows, fleet_rows)
+    return int(status.split()[-1])
 
 
 async def prune(conn: asyncpg.Connection, keep_days: float) -> int:

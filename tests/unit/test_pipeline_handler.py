@@ -15,6 +15,7 @@ import pytest
 from sysmon.core.metrics import series_id
 from sysmon.pb.v1 import events_pb2
 from sysmon.pipeline import lambda_handler, samples, store, wire
+from tests.helpers import wait_for
 from tests.pipeline_helpers import LambdaContext, minutes, percentile_cont, recorded_events, sqs_event, sqs_record
 
 HOSTS = ["node-a", "node-b", "node-c"]
@@ -201,9 +202,53 @@ async def test_concurrent_invocations_leave_every_fleet_row_complete(pg_dsn: str
     conns = [await asyncpg.connect(pg_dsn) for _ in hosts]
     try:
         await store.ensure_schema(conns[0])
-        await asyncio.gather(*(store.store(c, samples.check([ev])) for c, ev in zip(conns, events, strict=True)))
+        async def container(conn: asyncpg.Connection, ev: events_pb2.SamplesEvent) -> None:
+            stored = await store.store(conn, samples.check([ev]))
+            await store.refresh_fleet(conn, stored.fleet_buckets)
+
+        await asyncio.gather(*(container(c, ev) for c, ev in zip(conns, events, strict=True)))
         counts = {r["hosts"] for r in await conns[0].fetch("SELECT hosts FROM pipeline_fleet_1m")}
         assert counts == {8}
     finally:
         for c in conns:
             await c.close()
+
+
+async def test_a_fleet_refresh_waits_for_another_refresh_of_the_same_row(pg_dsn: str) -> None:
+    """Two refreshes of one (metric, minute) never interleave: the later one starts after the earlier
+    committed, so it reads every host the earlier one saw, and more."""
+    a, b = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
+    try:
+        await store.ensure_schema(a)
+        stored = await store.store(a, samples.check(recorded_events(["node-a"], frames=2, per_batch=2)))
+        first = min(stored.fleet_buckets)
+        async with a.transaction():
+            await a.execute("SELECT pg_advisory_xact_lock($1)", store._lock_key(*first))
+            refresh = asyncio.create_task(store.refresh_fleet(b, stored.fleet_buckets))
+            pid = b.get_server_pid()
+            await wait_for(lambda: a.fetchval("SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted "
+                                              "AND locktype = 'advisory'", pid),
+                           message="the second refresh waiting for the row's lock")
+            assert not refresh.done()
+        assert await refresh == len(stored.fleet_buckets)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_failed_fleet_refresh_sends_the_batch_back_and_the_redelivery_makes_it_good(
+    handler_db: asyncpg.Connection,
+) -> None:
+    events = recorded_events(HOSTS, frames=6, per_batch=6)
+    records = sqs_event([wire.encode([ev]) for ev in events])["Records"]
+    assert await invoke({"Records": records[:1]}) == {"batchItemFailures": []}  # the tables exist
+    # The fleet table refuses writes for a while (a full disk, a lock timeout, ...).
+    await handler_db.execute("ALTER TABLE pipeline_fleet_1m ADD CONSTRAINT refuse CHECK (hosts < 0) NOT VALID")
+    response = await invoke({"Records": records[1:]})
+    assert {f["itemIdentifier"] for f in response["batchItemFailures"]} == {r["messageId"] for r in records[1:]}
+    assert await handler_db.fetchval("SELECT max(hosts) FROM pipeline_fleet_1m") == 1
+    await handler_db.execute("ALTER TABLE pipeline_fleet_1m DROP CONSTRAINT refuse")
+    # Delivered again: every batch is a duplicate now, and still the fleet rows are refreshed.
+    assert await invoke({"Records": records[1:]}) == {"batchItemFailures": []}
+    assert {r["hosts"] for r in await handler_db.fetch("SELECT hosts FROM pipeline_fleet_1m")} == {3}
+    assert await host_rows(handler_db) == {k: (m.min, m.max, m.sum, m.count) for k, m in minutes(events).items()}
