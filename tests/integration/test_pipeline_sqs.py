@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -418,3 +419,63 @@ async def test_throttling_and_server_errors_are_retried_with_backoff_until_accep
     rows = {(s, int(b.timestamp() * 1000)): v
             for (s, b), v in (await host_rows(lambda_db, "pipeline_rollup_1m")).items()}
     assert rows == {k: (m.min, m.max, m.sum, m.count) for k, m in minutes(events).items()}
+
+
+async def test_a_reader_that_subscribes_again_sends_nothing_twice(
+    sqs: Any, moto_url: str, redis_url: str, redis_client: aioredis.Redis,
+) -> None:
+    """Redis drops the exporter's connections while its batches wait for SQS: subscribing again hands
+    it its pending entries once more, and it still sends each batch once."""
+    queue, _ = make_queues(sqs)
+    endpoint = FaultyEndpoint(moto_url)
+    await endpoint.start()
+    endpoint.failures = [(503, {"__type": "com.amazonaws.sqs#ServiceUnavailable", "message": "later"})] * 3
+    events = recorded_events(["node-a", "node-b"], frames=12, per_batch=4)
+    bus = busmod.RedisBus(redis_client)
+    try:
+        async with exporting(exporter_settings(queue, endpoint.url), redis_url) as exporter:
+            for ev in events:
+                await bus.publish(busmod.SAMPLES, events_pb2.SamplesEvents(events=[ev]).SerializeToString())
+            await wait_for(lambda: exporter.failures >= 1, message="a failed send")
+            await redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            await wait_for(lambda: forwarded(redis_client, "sqs-exporter"), message="every batch sent")
+    finally:
+        await endpoint.stop()
+    assert exporter.sent_samples == sum(len(f.values) for ev in events for f in ev.frames)
+    received = 0
+    while got := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, MessageAttributeNames=["All"]).get(
+            "Messages", []):
+        for m in got:
+            received += sum(len(f.values) for ev in wire.decode(m["Body"], m["MessageAttributes"]).events
+                            for f in ev.frames)
+    assert received == exporter.sent_samples
+
+
+async def test_sysmon_export_sqs_runs_until_signalled(sqs: Any, moto_url: str, redis_url: str,
+                                                      redis_client: aioredis.Redis) -> None:
+    queue, _ = make_queues(sqs)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYSMON_")} | {
+        "SYSMON_REDIS_URL": redis_url, "SYSMON_METRICS_LISTEN": f"127.0.0.1:{port}"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sysmon", "export", "sqs", "--queue-url", queue, "--endpoint-url", moto_url,
+        "--region", REGION, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        bus = busmod.RedisBus(redis_client)
+        events = recorded_events(["node-a"], frames=8, per_batch=4)
+        for ev in events:
+            await bus.publish(busmod.SAMPLES, events_pb2.SamplesEvents(events=[ev]).SerializeToString())
+
+        def sent() -> float:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    return _metric(r.read().decode(), "sysmon_exporter_sqs_sent_samples_total")
+            except OSError:
+                return 0.0
+
+        total = sum(len(f.values) for ev in events for f in ev.frames)
+        await wait_for(lambda: sent() == total, within=30, message="the CLI's exporter forwarding every sample")
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err.decode()[-2000:]
