@@ -43,6 +43,10 @@ LAG_EVERY_S = 2.0
 DESCRIBE_TTL_S = 3600.0
 
 
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
 def sqs_client(settings: SqsExporterSettings) -> Any:
     """A boto3 SQS client that tries once: retries are this exporter's, with waits a stop interrupts."""
     import boto3
@@ -164,16 +168,16 @@ class SqsExporter:
         key = busmod.stream_key(busmod.SAMPLES)
         while not stop.is_set():
             with contextlib.suppress(*REDIS_ERRORS):
-                groups = {busmod._s(g["name"]): g for g in await redis.xinfo_groups(key)}
+                groups = {_text(g["name"]): g for g in await redis.xinfo_groups(key)}
                 g = groups.get(self.settings.consumer_group)
                 if g is not None:
-                    last = busmod._s(g["last-delivered-id"])
+                    last = _text(g["last-delivered-id"])
                     if g.get("lag") is not None:  # Redis 7
                         undelivered = int(g["lag"])
                     else:
                         undelivered = len(await redis.xrange(key, f"({last}", "+", count=10_000))
                     telemetry.LAG.set(int(g["pending"]) + undelivered)
-                    newest = busmod._s((await redis.xinfo_stream(key))["last-generated-id"])
+                    newest = _text((await redis.xinfo_stream(key))["last-generated-id"])
                     telemetry.LAG_SECONDS.set(max(0, int(newest.split("-")[0]) - int(last.split("-")[0])) / 1000)
             await wait_or_stop(stop, LAG_EVERY_S)
 
