@@ -2,11 +2,13 @@
 
     handler = sysmon.pipeline.lambda_handler.handler
 
-Each SQS record is decoded and checked (sysmon.pipeline.wire, .samples), then stored in one
-transaction of its own (sysmon.pipeline.store): a record that fails is reported in
-`batchItemFailures` by Powertools' BatchProcessor, and only it is delivered again (the event
-source mapping needs `function_response_types = ["ReportBatchItemFailures"]`); after the queue's
-maxReceiveCount it lands in the dead-letter queue.
+Each SQS record is decoded and checked (sysmon.pipeline.wire, .samples) by Powertools'
+BatchProcessor: a record that fails is reported in `batchItemFailures`, and only it is delivered
+again (the event source mapping needs `function_response_types = ["ReportBatchItemFailures"]`);
+after the queue's maxReceiveCount it lands in the dead-letter queue. The records that pass are then
+stored together in one transaction (sysmon.pipeline.store): one commit and one statement per table
+for the whole batch. When that fails (PostgreSQL away), nothing of it is stored and every one of
+them is reported, to come again.
 
 Configuration, from the environment:
 - SYSMON_POSTGRES_URL: a PostgreSQL DSN; or
@@ -112,21 +114,23 @@ class Database:
                 logger.info("forgot old batch keys", extra={"batch_keys": forgot})
         return self.conn
 
-    async def store(self, checked: samples.Checked) -> store.Stored:
+    async def store(self, checked: list[samples.Checked]) -> store.Stored:
         return await self._on_connection(lambda conn: store.store(conn, checked, self.catalog))
 
-    async def refresh_fleet(self, buckets: set[tuple[int, int]]) -> int:
-        return await self._on_connection(lambda conn: store.refresh_fleet(conn, buckets))
-
     async def _on_connection(self, work: Callable[[asyncpg.Connection], Any]) -> Any:
-        conn = await self.connection()
-        try:
-            return await work(conn)
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
-            # The connection is gone (PostgreSQL restarted, the network dropped): the next record connects again.
-            conn.terminate()
-            self.conn = None
-            raise
+        """The work on the container's connection; once more on a new one when that was found gone
+        (an idle timeout, a failover between invocations). Safe: stored batches are not stored twice."""
+        for attempt in (1, 2):
+            conn = await self.connection()
+            try:
+                return await work(conn)
+            except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as e:
+                conn.terminate()
+                self.conn = None
+                if attempt == 2:
+                    raise
+                logger.warning("the PostgreSQL connection was lost; connecting again", extra={"reason": str(e)})
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         if self.conn is not None:
@@ -135,8 +139,8 @@ class Database:
 
 
 _db: Database | None = None
-# The fleet rows the records of this invocation touched, refreshed once after them all.
-_touched: set[tuple[int, int]] = set()
+# The records of this invocation that passed their checks, stored together after them all.
+_passed: list[tuple[str, samples.Checked]] = []
 DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -156,43 +160,41 @@ def reset() -> None:
     _db = None
 
 
-def record_handler(record: SQSRecord) -> store.Stored:
+def record_handler(record: SQSRecord) -> None:
     try:
-        db = database()
         checked = samples.check(wire.decode(record.body, record.raw_event.get("messageAttributes") or {}).events,
-                                db.catalog)
+                                database().catalog)
     except wire.WireError as e:
         # Named in the log with the message id; the record goes back to the queue, and after
         # maxReceiveCount to the dead-letter queue, where it can be read.
         logger.error("malformed record", extra={"message_id": record.message_id, "reason": str(e)})
         metrics.add_metric(name="MalformedRecords", unit=MetricUnit.Count, value=1)
         raise
-    stored = db.run(db.store(checked))
-    _touched.update(stored.fleet_buckets)
-    metrics.add_metric(name="BatchesStored", unit=MetricUnit.Count, value=stored.parts)
-    metrics.add_metric(name="DuplicateBatches", unit=MetricUnit.Count, value=stored.duplicates)
-    metrics.add_metric(name="SamplesStored", unit=MetricUnit.Count, value=stored.samples)
-    return stored
+    _passed.append((record.message_id, checked))
 
 
 @metrics.log_metrics
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    _touched.clear()
+    _passed.clear()
     response = process_partial_response(event=event, record_handler=record_handler, processor=processor,
                                         context=context)
-    if _touched:
+    if _passed:
         try:
-            rows = database().run(database().refresh_fleet(_touched))
-            metrics.add_metric(name="FleetRowsRefreshed", unit=MetricUnit.Count, value=rows)
+            stored = database().run(database().store([c for _, c in _passed]))
+            metrics.add_metric(name="BatchesStored", unit=MetricUnit.Count, value=stored.parts)
+            metrics.add_metric(name="DuplicateBatches", unit=MetricUnit.Count, value=stored.duplicates)
+            metrics.add_metric(name="SamplesStored", unit=MetricUnit.Count, value=stored.samples)
+            metrics.add_metric(name="FleetRowsRefreshed", unit=MetricUnit.Count, value=stored.fleet_rows)
         except DB_ERRORS as e:
-            # The per-host rows are committed; delivered again (as duplicates) the records refresh the
-            # fleet rows they touch, so every record goes back to the queue.
-            logger.error("fleet refresh failed: every record of the batch is delivered again",
-                         extra={"reason": str(e)})
-            response = {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event.get("Records", [])]}
+            # Nothing of the batch was stored (one transaction): every record that passed comes again.
+            logger.error("storing the batch failed: its records are delivered again",
+                         extra={"reason": str(e), "records": len(_passed)})
+            failed = {f["itemIdentifier"] for f in response["batchItemFailures"]} | {m for m, _ in _passed}
+            response = {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in event.get("Records", [])
+                                              if r["messageId"] in failed]}
         finally:
-            _touched.clear()
+            _passed.clear()
     failures = response.get("batchItemFailures", [])
     metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=len(failures))
     metrics.add_metric(name="Records", unit=MetricUnit.Count, value=len(event.get("Records", [])))

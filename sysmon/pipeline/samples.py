@@ -167,16 +167,6 @@ def _check_frames(ev: events_pb2.SamplesEvent, described: set[int]) -> None:
         raise InvalidInput("frames", f"{samples} samples, more than {LIMITS.max_samples_per_batch}")
 
 
-def touched_buckets(events: Iterable[events_pb2.SamplesEvent], rows: Mapping[int, SeriesRow]) -> set[tuple[int, int]]:
-    """(metric_key, minute ms) of every sample of the events."""
-    out: set[tuple[int, int]] = set()
-    for ev in events:
-        for f in ev.frames:
-            bucket = f.time_unix_ms - f.time_unix_ms % BUCKET_MS
-            out.update((rows[i].metric_key, bucket) for i in f.series_ids)
-    return out
-
-
 def flatten(events: Iterable[events_pb2.SamplesEvent], rows: Mapping[int, SeriesRow]) -> Samples:
     """The samples of checked events as columns, with the series they belong to."""
     out = Samples()

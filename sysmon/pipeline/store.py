@@ -9,20 +9,21 @@ Idempotence: the batches (or parts of batches) already stored are keyed by
 those it does not find, in the same transaction as the rollups, so a message delivered twice
 changes nothing. Per-host rows are merged (least/greatest/+) from the same aggregate expressions as
 the built-in 1-minute tier (sysmon.core.storage.rollups.TIER_1M): exact numeric sums of each
-float8's shortest text. A fleet row is recomputed whole from the per-host rows, once per
-invocation for every row its records touched, under a lock per (metric, minute) held to commit, so
-that concurrent invocations never leave one stale.
+float8's shortest text. A fleet row is recomputed whole from the per-host rows, under a lock per
+(metric, minute) held to commit, so that concurrent invocations never leave one stale. An
+invocation's records are stored in one transaction (one commit, one statement per table): a
+database failure sends them all back, and their redelivery stores what it did not.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from sysmon.pipeline.samples import Catalog, Checked, flatten, part_key, touched_buckets
+from sysmon.pipeline.samples import Catalog, Checked, flatten, part_key
 
 SCHEMA_VERSION = 1
 _LOCK_SCHEMA = 0x5359534D50  # "SYSMP"
@@ -101,10 +102,7 @@ class Stored:
     duplicates: int  # already stored before: skipped
     samples: int
     host_rows: int
-    # (metric_key, minute start in ms) of every fleet row the message's samples belong to, stored now
-    # or before: refresh_fleet() recomputes them (a delivery again also recomputes what it touches,
-    # so a fleet refresh that failed after the rollups committed is made good by the redelivery).
-    fleet_buckets: frozenset[tuple[int, int]] = frozenset()
+    fleet_rows: int
 
 
 def _lock_key(metric_key: int, bucket_ms: int) -> int:
@@ -114,8 +112,21 @@ def _lock_key(metric_key: int, bucket_ms: int) -> int:
     return int.from_bytes(h.digest(), "big", signed=True)
 
 
-async def store(conn: asyncpg.Connection, checked: Checked, catalog: Catalog | None = None) -> Stored:
-    """Store a checked message's per-host rollups (sysmon.pipeline.samples.check) in one transaction."""
+def merge(messages: Sequence[Checked]) -> Checked:
+    """The checked messages of one invocation as one (their series descriptions pooled)."""
+    if len(messages) == 1:
+        return messages[0]
+    rows = {}
+    for m in messages:
+        rows.update(m.rows)
+    return Checked([ev for m in messages for ev in m.events], rows)
+
+
+async def store(conn: asyncpg.Connection, messages: Checked | Sequence[Checked],
+                catalog: Catalog | None = None) -> Stored:
+    """Store checked messages (sysmon.pipeline.samples.check) in one transaction: their batches not
+    stored before, the per-host rows, and the fleet rows they touch, recomputed."""
+    checked = merge([messages] if isinstance(messages, Checked) else messages)
     events = checked.events
     keys = list(dict.fromkeys(part_key(ev) for ev in events))
     rows: list = []
@@ -136,13 +147,12 @@ async def store(conn: asyncpg.Connection, checked: Checked, catalog: Catalog | N
         fresh, seen = [], set()
         for ev in events:
             k = part_key(ev)
-            if k in new and k not in seen:  # the same part twice in one message counts once
+            if k in new and k not in seen:  # the same part twice counts once
                 seen.add(k)
                 fresh.append(ev)
         samples = flatten(fresh, checked.rows)
-        touched = samples.fleet_buckets if len(fresh) == len(events) else touched_buckets(events, checked.rows)
         if not samples:
-            return Stored(len(fresh), len(keys) - len(new), 0, 0, frozenset(touched))
+            return Stored(len(fresh), len(keys) - len(new), 0, 0, 0)
         stored = catalog.stored if catalog is not None else set()
         rows = sorted((r for r in samples.series.values() if r.series_id not in stored), key=lambda r: r.series_id)
         await conn.execute(
@@ -157,7 +167,8 @@ async def store(conn: asyncpg.Connection, checked: Checked, catalog: Catalog | N
             [r.attributes for r in rows], [r.unit for r in rows], [r.kind for r in rows],
             [r.metric_key for r in rows],
         )
-        # Rows in one order in every transaction (ORDER BY): concurrent invocations never deadlock.
+        # One statement, rows in one order (ORDER BY) in every transaction: concurrent invocations
+        # never deadlock on the rows of one host's series.
         status = await conn.execute(
             """
             INSERT INTO pipeline_rollup_1m AS r (series_id, bucket, min, max, sum, count)
@@ -173,16 +184,18 @@ async def store(conn: asyncpg.Connection, checked: Checked, catalog: Catalog | N
             samples.series_ids, samples.times_ms, samples.values,
         )
         host_rows = int(status.split()[-1])
+        fleet_rows = await refresh_fleet(conn, samples.fleet_buckets)
     if catalog is not None:  # committed: these series need no insert again
         catalog.stored.update(r.series_id for r in rows)
-    return Stored(len(fresh), len(keys) - len(new), len(samples), host_rows, frozenset(touched))
+    return Stored(len(fresh), len(keys) - len(new), len(samples), host_rows, fleet_rows)
 
 
 async def refresh_fleet(conn: asyncpg.Connection, buckets: Iterable[tuple[int, int]]) -> int:
-    """Recompute the fleet rows of (metric_key, minute ms) from the per-host rows committed so far.
+    """Recompute the fleet rows of (metric_key, minute ms) from the per-host rows.
 
-    Under a lock per row, held to commit, and after the rollups it follows were committed: whichever
-    refresh of a row runs last started after every rollup committed before it, so it sees them all.
+    Under a lock per row held to commit, taken after this transaction wrote its per-host rows: the
+    transaction that takes a row's lock last sees its own rows and every other's (they committed
+    before it got the lock, or they take the lock after it), so the row is whole whatever the order.
     """
     wanted = sorted(set(buckets))
     if not wanted:
