@@ -239,6 +239,9 @@ class SqsExporter:
                             if await wait_or_stop(stop, 1.0):
                                 return
             describer.forget(now)
+            # A host's batches side by side: a message describes each series once, so a host's frames
+            # together in one message share its descriptions (most of a message's bytes otherwise).
+            events.sort(key=lambda ev: (ev.host_id, ev.session_id, ev.seq))
             # Packing is pure CPU (protobuf, deflate, base64): off the event loop, which keeps the bus read.
             messages = await asyncio.to_thread(self.packer.pack, events)
             for call in pack.calls(messages):
