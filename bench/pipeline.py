@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -182,6 +183,7 @@ def main() -> None:
         moto_proc.wait(10)
         rd.stop()
         pg.stop()
+        shutil.rmtree(data, ignore_errors=True)
 
     records = sum(len(e["Records"]) for e in events)
     full = [t for t, e in zip(h["times"], events, strict=True) if len(e["Records"]) == 10]
