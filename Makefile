@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/live.py
+	$(BIN)/python bench/pipeline.py
 
 # The Lambda pipeline's deployment zip (build/sysmon-pipeline-lambda.zip): the handler's share of the
 # package and its dependencies as manylinux wheels; checked against Lambda's size limits.
