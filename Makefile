@@ -24,7 +24,7 @@ CHECKOV  := $(VENV)/checkov/bin/checkov
 DELIVERY_TOOLS := /usr/bin/buildah /usr/bin/podman /usr/bin/skopeo /usr/sbin/runc /usr/bin/docker-registry \
                   /usr/sbin/debootstrap /usr/bin/htpasswd /usr/bin/caddy
 
-.PHONY: run test lint bench proto clean assets
+.PHONY: run test lint bench proto clean assets lambda
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo 'sysmon needs Python 3.11 or newer on PATH (python3.11, python3.12, python3.13 or python3)'; exit 1; }
@@ -84,6 +84,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/compose_memory.py
 	$(BIN)/python bench/remote_write.py
 	$(BIN)/python bench/promql.py
+	$(BIN)/python bench/pipeline.py
+
+# The Lambda pipeline's deployment zip (build/sysmon-pipeline-lambda.zip): the handler's share of the
+# package and its dependencies as manylinux wheels; checked against Lambda's size limits.
+# ARGS="--python 3.13 --arch arm64" for another runtime.
+lambda: $(STAMP)
+	$(BIN)/python scripts/build_lambda.py $(ARGS)
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py

@@ -1,4 +1,4 @@
-"""sysmon up | agent | aggregator | gateway | alerts: the only place where components are wired together.
+"""sysmon up | agent | aggregator | gateway | alerts | export sqs: the only place where components are wired together.
 
 Every flag is also read from a SYSMON_* environment variable (--postgres-url is
 SYSMON_POSTGRES_URL, and so on).
@@ -35,6 +35,7 @@ from sysmon.core.settings import (
     is_loopback,
 )
 from sysmon.core.telemetry import serve_metrics, setup_logging
+from sysmon.pipeline.settings import SqsExporterSettings
 
 log = logging.getLogger("sysmon")
 
@@ -423,6 +424,41 @@ class TokenCommand(BaseSettings):
         CliApp.run_subcommand(self)
 
 
+class ExportSqsCommand(SqsExporterSettings):
+    """Forward the samples topic to an SQS queue (for the Lambda pipeline), through its own consumer group."""
+
+    def cli_cmd(self) -> None:
+        setup_logging(self.log_level)
+        if not self.redis_url:
+            sys.exit("sysmon export sqs needs SYSMON_REDIS_URL (the bus it reads)")
+        try:
+            from sysmon.pipeline.exporter import SqsExporter
+        except ImportError as e:
+            sys.exit(f"sysmon export sqs needs the aws extra ({e}): pip install 'sysmon[aws]'")
+
+        async def main(stop: asyncio.Event) -> None:
+            endpoint = serve_metrics(self.metrics_listen)
+            exporter = SqsExporter(self, redis_url=self.redis_url or "")
+            log.info("exporting the samples topic to %s (group %s, consumer %s); metrics %s", self.queue_url,
+                     self.consumer_group, self.consumer, endpoint.url if endpoint else "off")
+            try:
+                await exporter.run(stop)
+            finally:
+                if endpoint is not None:
+                    endpoint.close()
+
+        _run(main)
+
+
+class ExportCommand(BaseSettings):
+    """Forward samples out of sysmon: `sysmon export sqs --queue-url URL`."""
+
+    sqs: CliSubCommand[ExportSqsCommand]
+
+    def cli_cmd(self) -> None:
+        CliApp.run_subcommand(self)
+
+
 class Sysmon(BaseSettings):
     """sysmon: system monitoring for fleets of machines. `sysmon --version` prints the version."""
 
@@ -435,6 +471,7 @@ class Sysmon(BaseSettings):
     alerts: CliSubCommand[AlertsCommand]
     operator: CliSubCommand[OperatorCommand]
     token: CliSubCommand[TokenCommand]
+    export: CliSubCommand[ExportCommand]
 
     def cli_cmd(self) -> None:
         CliApp.run_subcommand(self)

@@ -1,0 +1,62 @@
+"""Settings of `sysmon export sqs` (every flag also a SYSMON_* environment variable)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field, field_validator
+
+from sysmon.core.durations import Duration
+from sysmon.core.settings import ConnectionSettings
+from sysmon.pipeline import wire
+from sysmon.pipeline.pack import MIN_MESSAGE_BYTES
+
+
+class SqsExporterSettings(ConnectionSettings):
+    """Forward the samples topic to an SQS queue, through a consumer group of its own."""
+
+    queue_url: str = Field(..., description="the SQS queue's URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)")
+    region: str | None = Field(None, description="AWS region; default: from the queue URL, else AWS_REGION")
+    endpoint_url: str | None = Field(None, description="SQS endpoint (a local SQS API); default: AWS's")
+    consumer_group: str = Field("sqs-exporter", description="bus consumer group (one per queue forwarded to)")
+    consumer: str = Field(
+        "sqs-exporter-0", description="consumer name in the group; keep it across restarts to resume where it stopped"
+    )
+    metrics_listen: str = Field("127.0.0.1:9466", description="host:port of /metrics; empty: off")
+    message_bytes: int = Field(
+        64 * 1024, description=f"fill messages up to this size ({MIN_MESSAGE_BYTES}-{wire.MAX_MESSAGE_BYTES})"
+    )
+    linger: Duration = Field(timedelta(milliseconds=500),
+                             description="wait this long for more samples before sending a call that is not full")
+    retry_max: Duration = Field(timedelta(seconds=30), description="longest wait between attempts of a failed call")
+
+    @field_validator("message_bytes")
+    @classmethod
+    def _message_bytes(cls, v: int) -> int:
+        if not MIN_MESSAGE_BYTES <= v <= wire.MAX_MESSAGE_BYTES:
+            raise ValueError(f"must be between {MIN_MESSAGE_BYTES} and {wire.MAX_MESSAGE_BYTES} (SQS's limit)")
+        return v
+
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_url(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://")):
+            raise ValueError("must be the queue's URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)")
+        return v
+
+    @field_validator("linger")
+    @classmethod
+    def _linger(cls, v: timedelta) -> timedelta:
+        if not timedelta(0) <= v <= timedelta(seconds=60):
+            raise ValueError("must be between 0s and 60s")
+        return v
+
+    def region_name(self) -> str | None:
+        """The region in an AWS queue URL (sqs.us-east-1.amazonaws.com), else the setting."""
+        if self.region:
+            return self.region
+        host = self.queue_url.split("/")[2]
+        parts = host.split(".")
+        if len(parts) >= 4 and parts[0] == "sqs" and parts[2] == "amazonaws":
+            return parts[1]
+        return None
