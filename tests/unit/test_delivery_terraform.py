@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -72,14 +73,16 @@ def test_the_state_is_remote_in_s3_and_the_lambda_pipeline_has_a_slot() -> None:
     example = (TERRAFORM / "environments" / "demo" / "backend.hcl.example").read_text()
     assert "use_lockfile = true" in example
     assert "encrypt      = true" in example
-    assert 'source = "../../modules/pipeline"' in (TERRAFORM / "environments" / "demo" / "main.tf").read_text()
+    main = (TERRAFORM / "environments" / "demo" / "main.tf").read_text()
+    assert re.search(r'source\s+= "\.\./\.\./modules/pipeline"', main)
 
 
 def test_no_secret_is_a_terraform_value() -> None:
-    """The token and the database password are SSM SecureStrings the instance reads at boot:
+    """The token and the database password are SSM SecureStrings the instance reads at boot (the
+    pipeline's credentials a Secrets Manager secret named by its ARN):
     nothing in Terraform (so nothing in its state or in the user data) holds them."""
     for path, name, _ in _blocks("variable"):
-        assert not any(w in name for w in ("password", "secret")) or name.endswith("_parameter"), \
+        assert not any(w in name for w in ("password", "secret")) or name.endswith(("_parameter", "_arn")), \
             f"{path.name}: variable {name} looks like a secret"
     resources = {next(iter(r)) for path in TF_FILES for r in hcl2.load(path.open()).get("resource", [])}
     resources = {_unquote(r) for r in resources}
@@ -151,6 +154,14 @@ def test_terraform_validates_the_demo_environment(terraform: str, tmp_path: Path
     root = copy / "environments" / "demo"
     _tf(terraform, root, env, "init", "-backend=false", "-input=false")
     assert "The configuration is valid" in _tf(terraform, root, env, "validate", "-no-color").stdout
+
+
+def test_terraform_validates_the_pipeline_module(terraform: str, tmp_path: Path) -> None:
+    copy = tmp_path / "pipeline"
+    shutil.copytree(TERRAFORM / "modules" / "pipeline", copy)
+    env = _terraform_env(tmp_path)
+    _tf(terraform, copy, env, "init", "-backend=false", "-input=false")
+    assert "The configuration is valid" in _tf(terraform, copy, env, "validate", "-no-color").stdout
 
 
 def test_terraform_test_plans_the_module_against_a_mocked_aws(terraform: str, tmp_path: Path) -> None:

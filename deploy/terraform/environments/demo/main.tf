@@ -26,10 +26,16 @@ module "demo" {
   db_password_parameter    = var.db_password_parameter
 }
 
-# The Lambda pipeline (sysmon/pipeline: the bus's samples through SQS to a Lambda handler) has a
-# module of its own, deploy/terraform/modules/pipeline, built in a separate issue. Its slot:
+# The Lambda pipeline (sysmon/pipeline: the bus's samples through SQS to a Lambda handler) is the
+# module deploy/terraform/modules/pipeline (README "The Lambda pipeline"). It is not on by default
+# here: its handler writes to a PostgreSQL it can reach from the Lambda's subnets (e.g. RDS), named
+# by a Secrets Manager secret, and the demo's database lives inside the instance. To add it:
 #
 # module "pipeline" {
-#   source = "../../modules/pipeline"
-#   name   = "${var.name}-pipeline"
+#   source              = "../../modules/pipeline"
+#   name                = "${var.name}-pipeline"
+#   lambda_zip          = "../../../../build/sysmon-pipeline-lambda.zip" # make lambda
+#   postgres_secret_arn = "arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME"
+#   subnet_ids          = ["subnet-..."]
+#   security_group_ids  = ["sg-..."]
 # }

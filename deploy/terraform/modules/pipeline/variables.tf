@@ -124,6 +124,12 @@ variable "dlq_retention_seconds" {
   }
 }
 
+variable "log_kms_key_arn" {
+  type        = string
+  default     = null
+  description = "ARN of a KMS key to encrypt the function's log group with (null: CloudWatch Logs' own encryption). The key policy must allow the logs service."
+}
+
 variable "log_retention_days" {
   type        = number
   description = "Retention of the function's CloudWatch log group, in days."
