@@ -228,21 +228,37 @@ class Ingest:
     def _events(self, batches: list[NormalizedBatch], stamp: int) -> bytes:
         """One SamplesEvents for the batches, describing each series only when it is new (or every
         10 minutes)."""
+        out = events_pb2.SamplesEvents()
+        for b in batches:
+            self._add_event(b, stamp, out)
+        return out.SerializeToString()
+
+    def _events_by_host(self, batches: list[NormalizedBatch], stamp: int) -> tuple[list[bytes], list[str | None]]:
+        """One SamplesEvents per host, keyed by host id, for a partitioned bus (Kafka): a host's
+        events then stay on one partition, in order, and the members of a consumer group (the
+        alerts replicas) each get whole hosts. Splitting the live group costs a message per host
+        rather than per group; the producer batches them per partition again."""
+        by_host: dict[str, events_pb2.SamplesEvents] = {}
+        for b in batches:
+            out = by_host.get(b.host_id)
+            if out is None:
+                out = by_host[b.host_id] = events_pb2.SamplesEvents()
+            self._add_event(b, stamp, out)
+        return [e.SerializeToString() for e in by_host.values()], list(by_host)
+
+    def _add_event(self, b: NormalizedBatch, stamp: int, out: events_pb2.SamplesEvents) -> None:
         if time.monotonic() - self._announced_at > ANNOUNCE_EVERY_S:
             self._announced.clear()
             self._announced_lists.clear()
             self._announced_at = time.monotonic()
-        out = events_pb2.SamplesEvents()
-        for b in batches:
-            # The batches of a stream's usual layout share one list of series: seen whole once.
-            if self._announced_lists.get(b.host_id) is b.series:
-                new = []
-            else:
-                new = [s for s in b.series if s.id not in self._announced]
-                self._announced.update(s.id for s in new)
-                self._announced_lists[b.host_id] = b.series
-            to_event(b, stamp, new, into=out.events.add())
-        return out.SerializeToString()
+        # The batches of a stream's usual layout share one list of series: seen whole once.
+        if self._announced_lists.get(b.host_id) is b.series:
+            new = []
+        else:
+            new = [s for s in b.series if s.id not in self._announced]
+            self._announced.update(s.id for s in new)
+            self._announced_lists[b.host_id] = b.series
+        to_event(b, stamp, new, into=out.events.add())
 
     async def _run_live(self) -> None:
         while True:
@@ -253,7 +269,10 @@ class Ingest:
             try:
                 if self.hot is not None:
                     await self.hot.write(batch, stamp)
-                if self.bus is not None:
+                if self.bus is not None and self.bus.partitioned:
+                    payloads, keys = self._events_by_host(batch, stamp)
+                    await self.bus.publish_many(busmod.SAMPLES, payloads, keys=keys)
+                elif self.bus is not None:
                     await self.bus.publish(busmod.SAMPLES, self._events(batch, stamp))
             except (redis.exceptions.RedisError, OSError) as e:
                 telemetry.HOT_FAILURES.inc()

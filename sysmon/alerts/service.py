@@ -110,7 +110,7 @@ class AlertsService:
         self.state = EvalState(options=options(settings))
         self.pool: asyncpg.Pool | None = None
         self.redis: aioredis.Redis | None = None
-        self.bus: busmod.RedisBus | None = None
+        self.bus: busmod.Bus | None = None
         self.hot: HotTier | None = None
         self.http: httpx.AsyncClient | None = None
         self.delivery: Delivery | None = None
@@ -272,13 +272,16 @@ class AlertsService:
         if stop.is_set():
             return False
         assert self.redis is not None
-        self.bus = busmod.RedisBus(self.redis)
+        self.bus = busmod.from_settings(self.settings, self.redis, client_id=f"sysmon-alerts-{self.settings.consumer}")
         self.hot = HotTier(self.redis)
         return True
 
     async def _close(self) -> None:
         if self.http is not None:
             await self.http.aclose()
+        if self.bus is not None:
+            with contextlib.suppress(Exception):
+                await self.bus.close()
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.aclose()
@@ -375,9 +378,10 @@ class AlertsService:
 
     async def _read_hosts(self, stop: asyncio.Event) -> None:
         assert self.redis is not None
+        assert self.bus is not None
         # Short blocking reads: on Python 3.11 a cancelled read may finish its block first
         # (see bus._honour_cancellation), and a stop should not wait a whole second for it.
-        bus = busmod.RedisBus(self.redis, block_ms=200)
+        bus = self.bus if self.bus.partitioned else busmod.RedisBus(self.redis, block_ms=200)
         backoff = Backoff(initial=0.5, maximum=10.0)
         while not stop.is_set():
             try:
@@ -541,8 +545,7 @@ class AlertsService:
                 self.delivery.wake()
         if msgs:
             try:
-                for i in range(0, len(msgs), 50):
-                    await asyncio.gather(*(self.bus.ack(m, self.settings.consumer_group) for m in msgs[i:i + 50]))
+                await self.bus.ack_many(msgs, self.settings.consumer_group)
             except REDIS_ERRORS as e:
                 # Unacknowledged: delivered again and evaluated again, which changes nothing.
                 log.warning("acknowledging %d bus messages failed: %s", len(msgs), e)
