@@ -88,6 +88,10 @@ class BusSettings(_Base):
     bus_topic_retention: TopicDurations = Field(
         default_factory=dict, description="retention per topic, over bus_retention: samples=15m,alerts=1d"
     )
+    bus_session_timeout: Duration = Field(
+        timedelta(seconds=10), description="a Kafka consumer-group member silent this long leaves its group and "
+                                           "its partitions (hosts) move to the others"
+    )
     bus_retention_bytes: int = Field(-1, ge=-1, description="Kafka retention.bytes per partition; -1: by time only")
     bus_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
         None, description="Kafka security protocol (default: SSL with TLS options, SASL_SSL with SASL and TLS, "
@@ -122,6 +126,13 @@ class BusSettings(_Base):
                 raise ValueError(f"{topic!r} is not a bus topic ({', '.join(BUS_TOPICS)})")
             if d <= timedelta(0):
                 raise ValueError(f"retention of {topic} must be more than 0")
+        return v
+
+    @field_validator("bus_session_timeout")
+    @classmethod
+    def _session(cls, v: timedelta) -> timedelta:
+        if not timedelta(milliseconds=500) <= v <= timedelta(minutes=30):
+            raise ValueError("must be between 500ms and 30m")
         return v
 
     @model_validator(mode="after")

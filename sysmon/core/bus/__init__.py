@@ -56,6 +56,7 @@ def kafka_options(settings: BusSettings, *, client_id: str = "sysmon") -> KafkaO
         sasl_username=s.bus_sasl_username,
         sasl_password=s.bus_sasl_password.get_secret_value() if s.bus_sasl_password else None,
         client_id=client_id,
+        session_timeout_ms=ms(s.bus_session_timeout),
     )
 
 

@@ -1,0 +1,69 @@
+"""The platform on the Kafka bus: aggregator, alerts and gateway all given SYSMON_BUS_URL=kafka://...
+(tansu here, or SYSMON_TEST_KAFKA's Kafka); a real collector's samples reach the alerts service,
+whose rule fires to a webhook, and the gateway's live stream, with the alert on it too."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from sysmon.alerts.service import AlertsService
+from sysmon.core.settings import AlertsSettings
+from tests.conftest import AggregatorFactory
+from tests.gateway_helpers import live_reader, running_gateway
+from tests.helpers import running_collector, wait_for
+from tests.integration.test_alerts import Receiver, Rules
+
+
+def kafka(kafka_url: str, kafka_prefix: str) -> dict[str, Any]:
+    # A short session: tansu keeps a stopped member's partitions until its session expires.
+    return {"bus_url": kafka_url, "bus_topic_prefix": kafka_prefix, "bus_partitions": 4,
+            "bus_session_timeout": "1500ms"}
+
+
+async def test_a_collectors_samples_reach_alerts_and_the_live_stream_over_kafka(
+    start_aggregator: AggregatorFactory, pg_dsn: str, redis_url: str, pool: asyncpg.Pool, kafka_url: str,
+    kafka_prefix: str,
+) -> None:
+    bus = kafka(kafka_url, kafka_prefix)
+    agg = await start_aggregator(**bus)
+    receiver = await Receiver().start()
+    rules = Rules(agg)
+    svc = AlertsService(AlertsSettings(aggregator=agg.address, listen="", tick="100ms", no_data_after="0s",
+                                       retry_initial="100ms", **bus), postgres_url=pg_dsn, redis_url=redis_url)
+    task = asyncio.create_task(svc.run())
+    try:
+        await rules.apply("up", {
+            "metric": "system.uptime", "condition": {"op": ">", "threshold": 0},
+            "annotations": {"summary": "{{ host }} is up"}, "actions": [{"webhook": {"url": f"{receiver.url}/hook"}}],
+        })
+        await wait_for(svc.ready.is_set, within=30, message="alerts ready on the Kafka bus")
+        await wait_for(lambda: "up" in svc.state.rules, message="rule loaded")
+        async with running_gateway(pg_dsn, redis_url, **bus) as gw, live_reader(gw) as live:
+            await wait_for(lambda: live.of("hello"), message="hello")
+            async with running_collector(agg.address, host_id="kafka-host-1"):
+                async def known() -> bool:
+                    return (await gw.http.get("/api/v1/hosts/kafka-host-1")).status_code == 200
+
+                await wait_for(known, message="the collector's host known")
+                await live.subscribe(hosts=["kafka-host-1"], metrics=["system.uptime"], events=["alerts"])
+                samples = await wait_for(
+                    lambda: [f for f in live.of("samples") if f["host"] == "kafka-host-1"][1:], within=30,
+                    message="live samples of the collector through Kafka")
+                assert samples[0]["series"][0]["metric"] == "system.uptime"
+                alerts = await wait_for(lambda: receiver.alerts(), within=30, message="the rule's webhook")
+                assert alerts[0]["status"] == "firing"
+                assert alerts[0]["labels"]["host"] == "kafka-host-1"
+                assert alerts[0]["annotations"] == {"summary": "kafka-host-1 is up"}
+                # The transitions the alerts service published on Kafka reach the live stream too.
+                frame = (await wait_for(lambda: [f for f in live.of("alert") if f["state"] == "firing"], within=30,
+                                        message="the firing alert on the live stream"))[0]
+                assert (frame["rule"], frame["host"]) == ("up", "kafka-host-1")
+        assert await pool.fetchval("SELECT count(*) FROM alert_notifications WHERE status = 'firing'") == 1
+    finally:
+        svc.stop()
+        await asyncio.wait_for(task, 30)
+        await rules.channel.close()
+        await receiver.stop()
