@@ -8,7 +8,7 @@ Messages published with the same key reach a subscriber in the order they were p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,6 +41,12 @@ class Message:
     offset: int = 0
 
 
+# A group member's share of a partitioned topic changed: the partitions it owns now, of how many.
+OnAssign = Callable[[frozenset[int], int], Awaitable[None]]
+# It is about to lose what it owns: finish (and acknowledge) what is in hand, now.
+OnRevoke = Callable[[], Awaitable[None]]
+
+
 class Bus(Protocol):
     # True when the backend spreads a topic over partitions by key: publishers then split what
     # they send per key (host) so that one host's messages stay in one partition, in order.
@@ -52,8 +58,11 @@ class Bus(Protocol):
                            keys: Sequence[str | None] | None = None) -> None: ...
 
     def subscribe(
-        self, topic: str, *, group: str | None = None, consumer: str | None = None, batch: int = 100
+        self, topic: str, *, group: str | None = None, consumer: str | None = None, batch: int = 100,
+        on_assign: OnAssign | None = None, on_revoke: OnRevoke | None = None,
     ) -> AsyncIterator[Message]: ...
+
+    def partition_of(self, topic: str, key: str) -> int: ...
 
     async def ack(self, message: Message, group: str) -> None: ...
 

@@ -29,8 +29,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalGenerationError, KafkaError, RebalanceInProgressError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import murmur2
 
-from sysmon.core.bus.base import DEFAULT_RETENTION_MS, BusUnavailable, Message
+from sysmon.core.bus.base import DEFAULT_RETENTION_MS, BusUnavailable, Message, OnAssign, OnRevoke
 
 log = logging.getLogger(__name__)
 
@@ -126,20 +127,34 @@ def _unavailable(action: str, e: Exception) -> BusUnavailable:
     return BusUnavailable(f"Kafka bus: {action} failed: {type(e).__name__}: {e}")
 
 
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as the Java client's) puts `key` on."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
 class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, topic: str, group: str, consumer: str):
+    def __init__(self, topic: str, group: str, consumer: str, consumer_client: AIOKafkaConsumer, name: str,
+                 on_assign: OnAssign | None, on_revoke: OnRevoke | None):
         self.topic, self.group, self.consumer = topic, group, consumer
-        self.assigned: set[int] = set()
+        self.client, self.name = consumer_client, name
+        self.on_assign, self.on_revoke = on_assign, on_revoke
+        self.assigned: frozenset[int] = frozenset()
+        self.partitions = 0
         self.generation = 0
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        self.assigned -= {tp.partition for tp in revoked}
+        # Still a member here: what the consumer finishes now is committed before another owns it.
+        if self.on_revoke is not None and self.assigned:
+            await self.on_revoke()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.assigned |= {tp.partition for tp in assigned}
+        self.assigned = frozenset(tp.partition for tp in assigned)
+        self.partitions = len(self.client.partitions_for_topic(self.name) or ()) or self.partitions
         self.generation += 1
-        log.info("bus %s: group %s member %s owns partitions %s", self.topic, self.group, self.consumer,
-                 sorted(self.assigned))
+        log.info("bus %s: group %s member %s owns partitions %s of %d", self.topic, self.group, self.consumer,
+                 sorted(self.assigned), self.partitions)
+        if self.on_assign is not None:
+            await self.on_assign(self.assigned, self.partitions)
 
 
 class KafkaBus:
@@ -154,6 +169,7 @@ class KafkaBus:
         # The live group consumers of this process, by group and topic: acknowledgements commit there.
         self._members: dict[tuple[str, str], AIOKafkaConsumer] = {}
         self.listeners: dict[tuple[str, str], _Rebalances] = {}
+        self._partitions: dict[str, int] = {}
         self.commit_conflicts = 0  # acknowledgements refused because a rebalance moved the partition
 
     def name(self, topic: str) -> str:
@@ -228,8 +244,14 @@ class KafkaBus:
 
     # --- subscribing -------------------------------------------------------------------------------
 
+    def partition_of(self, topic: str, key: str) -> int:
+        """The partition of `topic` that messages keyed `key` go to."""
+        n = self._partitions.get(topic) or self.options.partitions
+        return partition_for(key, n)
+
     async def subscribe(
-        self, topic: str, *, group: str | None = None, consumer: str | None = None, batch: int = 100
+        self, topic: str, *, group: str | None = None, consumer: str | None = None, batch: int = 100,
+        on_assign: OnAssign | None = None, on_revoke: OnRevoke | None = None,
     ) -> AsyncIterator[Message]:
         if group is not None and consumer is None:
             raise ValueError("a group subscription names its consumer")
@@ -254,7 +276,10 @@ class KafkaBus:
                 await self._assign_all_at_end(c, name)
             else:
                 assert consumer is not None
-                listener = _Rebalances(topic, group, consumer)
+                # The topic's own partition count (it may have been created with another than ours).
+                self._partitions[topic] = len(c.partitions_for_topic(name) or ()) or len(
+                    await self._partitions_now(c, name))
+                listener = _Rebalances(topic, group, consumer, c, name, on_assign, on_revoke)
                 c.subscribe([name], listener=listener)
                 self._members[(group, topic)] = c
                 self.listeners[(group, topic)] = listener
@@ -272,13 +297,17 @@ class KafkaBus:
             with contextlib.suppress(Exception):
                 await c.stop()
 
-    async def _assign_all_at_end(self, c: AIOKafkaConsumer, name: str) -> None:
+    async def _partitions_now(self, c: AIOKafkaConsumer, name: str) -> set[int]:
         parts = c.partitions_for_topic(name)
         if not parts:
             await c.topics()  # a metadata refresh: the topic was just created
             parts = c.partitions_for_topic(name)
         if not parts:
             raise BusUnavailable(f"Kafka bus: topic {name} has no partitions yet")
+        return set(parts)
+
+    async def _assign_all_at_end(self, c: AIOKafkaConsumer, name: str) -> None:
+        parts = await self._partitions_now(c, name)
         tps = [TopicPartition(name, p) for p in sorted(parts)]
         c.assign(tps)
         await c.seek_to_end(*tps)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from sysmon.core.bus.base import DEFAULT_RETENTION_MS, Message
+from sysmon.core.bus.base import DEFAULT_RETENTION_MS, Message, OnAssign, OnRevoke
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,11 @@ class RedisBus:
         await pipe.execute()
 
     async def subscribe(
-        self, topic: str, *, group: str | None = None, consumer: str | None = None, batch: int = 100
+        self, topic: str, *, group: str | None = None, consumer: str | None = None, batch: int = 100,
+        on_assign: OnAssign | None = None, on_revoke: OnRevoke | None = None,
     ) -> AsyncIterator[Message]:
+        # No partitions: a group's consumers take turns on entries, whatever their key, so a group
+        # member that needs whole hosts (alerts) is the group's only member, and owns everything.
         if group is None:
             async for m in self._live(topic, batch):
                 yield m
@@ -130,6 +133,9 @@ class RedisBus:
     async def _ensure_group(self, key: str, group: str) -> None:
         with contextlib.suppress(redis.exceptions.ResponseError):  # BUSYGROUP: it exists already
             await self.redis.xgroup_create(key, group, id="0", mkstream=True)
+
+    def partition_of(self, topic: str, key: str) -> int:
+        return -1
 
     async def ack(self, message: Message, group: str) -> None:
         await self.redis.xack(stream_key(message.topic), group, message.id)
