@@ -314,3 +314,78 @@ async def test_subscribers_carry_on_through_a_broker_restart(
             k.cancel()
         for x in (group, live):
             await x.close()
+
+
+# --- Kafka's own ---------------------------------------------------------------------------------
+
+
+async def test_kafka_topics_are_created_with_their_partitions_and_retention(kafka_url: str, kafka_prefix: str) -> None:
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    bus = KafkaBus(KafkaOptions(parse_kafka_url(kafka_url), topic_prefix=kafka_prefix, partitions=3,
+                                default_retention_ms=600_000, retention_ms={"alerts": 86_400_000},
+                                retention_bytes=1 << 30))
+    try:
+        await bus.publish("samples", b"x", key="h1")
+        await bus.publish("alerts", b"y")
+        await bus.publish("samples", b"z", key="h1")  # created once: the second publish finds it there
+    finally:
+        await bus.close()
+    servers = parse_kafka_url(kafka_url)
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers)
+    await admin.start()
+    await consumer.start()
+    try:
+        await consumer.topics()
+        assert consumer.partitions_for_topic(f"{kafka_prefix}samples") == {0, 1, 2}
+        resp = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, f"{kafka_prefix}{t}")
+                                             for t in ("samples", "alerts")])
+        configs = {r[3]: {e[0]: e[1] for e in r[4]} for x in resp for r in x.resources}
+    finally:
+        await consumer.stop()
+        await admin.close()
+    assert configs[f"{kafka_prefix}samples"]["retention.ms"] == "600000"
+    assert configs[f"{kafka_prefix}alerts"]["retention.ms"] == "86400000"
+    assert configs[f"{kafka_prefix}samples"]["retention.bytes"] == str(1 << 30)
+
+
+@pytest.mark.real_kafka
+@pytest.mark.skipif(not real_kafka(), reason="needs a real Kafka: SYSMON_TEST_KAFKA=host:port (tansu ignores "
+                                             "LeaveGroup, so its hand-over waits for the session to expire)")
+async def test_on_kafka_a_member_that_stops_hands_its_partitions_over_at_once(kafka_prefix: str) -> None:
+    url = real_kafka()
+    assert url is not None
+    owned: dict[str, frozenset[int]] = {}
+
+    def member(name: str) -> tuple[KafkaBus, AsyncIterator[Message]]:
+        b = KafkaBus(KafkaOptions(parse_kafka_url(url), topic_prefix=kafka_prefix, partitions=4,
+                                  session_timeout_ms=30_000), block_ms=100)
+
+        async def on_assign(parts: frozenset[int], _n: int) -> None:
+            owned[name] = parts
+
+        return b, b.subscribe(TOPIC, group="handover", consumer=name, on_assign=on_assign)
+
+    (a, sub_a), (b, sub_b) = member("a"), member("b")
+    readers = [asyncio.create_task(_drain(sub_a)), asyncio.create_task(_drain(sub_b))]
+    try:
+        await wait_for(lambda: owned.get("a") and owned.get("b"), within=60, message="both members own partitions")
+        readers[1].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await readers[1]
+        # Far sooner than the 30 s session: the member left the group when it stopped.
+        await wait_for(lambda: owned.get("a") == frozenset(range(4)), within=10, message="the hand-over")
+    finally:
+        for r in readers:
+            r.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        await a.close()
+        await b.close()
+
+
+async def _drain(sub: AsyncIterator[Message]) -> None:
+    async for _ in sub:
+        pass
