@@ -27,7 +27,13 @@ from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, IllegalGenerationError, KafkaError, RebalanceInProgressError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    IllegalStateError,
+    KafkaError,
+    RebalanceInProgressError,
+)
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 
@@ -333,9 +339,15 @@ class KafkaBus:
                           len(parts), group)
                 continue
             name = self.name(topic)
+            mine = {tp.partition for tp in c.assignment()}
+            offsets = {TopicPartition(name, p): o + 1 for p, o in parts.items() if p in mine}
+            if len(offsets) < len(parts):
+                self.commit_conflicts += 1  # partitions a rebalance gave away: their new owner reads them again
+            if not offsets:
+                continue
             try:
-                await c.commit({TopicPartition(name, p): o + 1 for p, o in parts.items()})
-            except (CommitFailedError, IllegalGenerationError, RebalanceInProgressError) as e:
+                await c.commit(offsets)
+            except (CommitFailedError, IllegalGenerationError, RebalanceInProgressError, IllegalStateError) as e:
                 # A rebalance gave (some of) these partitions to another member, which reads them
                 # again from the last commit: handled twice, which the consumers are built for.
                 self.commit_conflicts += 1
