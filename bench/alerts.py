@@ -516,24 +516,24 @@ async def _publish(bus_url: str, hosts: list[int], total: int, interval: float, 
 async def kafka_backlog(stack: Stack, group: str) -> tuple[int, int]:
     """(messages the group has not committed, 0): Kafka does not tell delivered from undelivered."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
 
     from sysmon.core.bus.kafka import parse_kafka_url
 
     servers = parse_kafka_url(stack.bus_env["SYSMON_BUS_URL"])
     topic = "sysmon.samples"
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None)
-    await admin.start()
+    # Not subscribed, so not a member: it only asks the group's coordinator what was committed.
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(group)
+        await consumer.topics()
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         ends = await consumer.end_offsets(parts)
-        return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in parts), 0
+        behind = 0
+        for tp in parts:
+            behind += ends[tp] - (await consumer.committed(tp) or 0)
+        return behind, 0
     finally:
         await consumer.stop()
-        await admin.close()
 
 
 async def backlog(redis_url: str, group: str) -> tuple[int, int]:
