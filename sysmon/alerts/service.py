@@ -356,6 +356,7 @@ class AlertsService:
         assert self.pool is not None
         assert self.hot is not None
         self.state = state = EvalState(options=options(self.settings))
+        self._seen = dict.fromkeys(self._seen, 0)  # the new state counts from 0 (a rebalance restores again)
         state.watch_fleet = self._watches_fleet()
         now = now_ms()
         for r in await self.pool.fetch("SELECT host_id, labels FROM hosts"):
