@@ -220,6 +220,18 @@ def wait_rules(alerts: AlertsProcess, n: int, within: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def wait_shared(replicas: list[AlertsProcess], partitions: int, within: float = 120.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        with contextlib.suppress(OSError):
+            owned = [a.metrics().get("sysmon_alerts_partitions_owned", 0.0) for a in replicas]
+            if sum(owned) == partitions and all(owned):
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the {len(replicas)} alerts replicas did not share the {partitions} partitions")
+        time.sleep(0.2)
+
+
 # --- latency ---------------------------------------------------------------------------------------------
 
 
@@ -604,6 +616,9 @@ async def run_throughput(args: argparse.Namespace, replicas: int = 1, json_line:
         await apply_rules(stack.address, throughput_rules(args.rules))
         for a in replicas_running:
             await asyncio.to_thread(wait_rules, a, args.rules)
+        if replicas > 1:
+            # The group settled before the load starts: a steady state is measured, not a rebalance.
+            await asyncio.to_thread(wait_shared, replicas_running, stack.bus_partitions)
         print(f"{args.rules} rules applied and loaded in {time.monotonic() - t:.1f}s; "
               f"publishing {args.hosts} hosts x 60 series every {args.interval:g}s...", flush=True)
         ctx = mp.get_context("spawn")

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 import asyncpg
+import pytest
 
 from sysmon.alerts.service import AlertsService
 from sysmon.core.bus.kafka import partition_for
@@ -36,7 +37,7 @@ def hosts_over_every_partition(per_partition: int = 2) -> list[str]:
 
 async def test_replicas_share_hosts_notify_once_and_take_over_on_a_stop(
     start_aggregator: AggregatorFactory, pg_dsn: str, redis_url: str, pool: asyncpg.Pool, kafka_url: str,
-    kafka_prefix: str,
+    kafka_prefix: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     bus: dict[str, Any] = {"bus_url": kafka_url, "bus_topic_prefix": kafka_prefix, "bus_partitions": PARTITIONS,
                            "bus_session_timeout": "1500ms"}
@@ -94,6 +95,8 @@ async def test_replicas_share_hosts_notify_once_and_take_over_on_a_stop(
         assert {x.host_id for x in a.state.alerts.values()} == set(names)
         # Once each, across both replicas and the handover.
         assert Counter(x["labels"]["host"] for x in receiver.alerts()) == dict.fromkeys(names, 1)
+        # Rebalances are routine: no part of either replica failed and restarted over them.
+        assert not [r for r in caplog.records if "failed; restarting" in r.getMessage()]
         firing = await pool.fetch("SELECT host_id, count(*) AS n FROM alert_history WHERE state = 'firing' "
                                   "GROUP BY host_id")
         assert {r["host_id"]: r["n"] for r in firing} == dict.fromkeys(names, 1)
