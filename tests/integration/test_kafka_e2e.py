@@ -5,11 +5,14 @@ whose rule fires to a webhook, and the gateway's live stream, with the alert on 
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from sysmon.alerts.service import AlertsService
+from sysmon.core.hot import HotTier
 from sysmon.core.settings import AlertsSettings
 from tests.conftest import AggregatorFactory
 from tests.gateway_helpers import live_reader, running_gateway
@@ -67,3 +70,48 @@ async def test_a_collectors_samples_reach_alerts_and_the_live_stream_over_kafka(
         await asyncio.wait_for(task, 30)
         await rules.channel.close()
         await receiver.stop()
+
+
+async def test_with_kafka_away_the_hot_tier_stays_live_and_storage_goes_on(
+    start_aggregator: AggregatorFactory, redis_client: Any, pool: asyncpg.Pool, short_dir: Path,
+) -> None:
+    """The brokers go away under a running aggregator: publishes give up after their timeout
+    (counted as hot tier / bus failures), the hot tier keeps the hosts' latest samples, and
+    PostgreSQL stores everything, as when Redis is away."""
+    from tests.kafka_broker import TansuBroker
+
+    broker = TansuBroker(short_dir / "tansu.log")
+    await asyncio.to_thread(broker.start)
+    try:
+        agg = await start_aggregator(bus_url=broker.url, bus_topic_prefix="away.", bus_partitions=2)
+        hot = HotTier(redis_client)
+        async with running_collector(agg.address, host_id="kafka-away-1"):
+            await wait_for(lambda: agg.bus is not None and "samples" in agg.bus._ready, within=30,  # type: ignore[attr-defined]
+                           message="publishing on Kafka")
+            await asyncio.to_thread(broker.stop)
+            stopped = time.time() * 1000
+
+            async def hot_after_stop() -> bool:
+                seen = await hot.hosts_last_seen()
+                return seen.get("kafka-away-1", 0) > stopped + 6000  # past a publish timeout or more
+
+            await wait_for(hot_after_stop, within=30, message="the hot tier fed with Kafka away")
+            # And fed as the samples come (every 200 ms), not only between the bus's timeouts.
+            for _ in range(10):
+                await asyncio.sleep(0.5)
+                newest = (await hot.hosts_last_seen())["kafka-away-1"]
+                assert time.time() * 1000 - newest < 3000
+
+            async def stored_after_stop() -> bool:
+                n = await pool.fetchval(
+                    "SELECT count(*) FROM samples_raw r JOIN series s USING (series_id) "
+                    "WHERE s.host_id = 'kafka-away-1' AND r.ts > to_timestamp($1 / 1000.0)", stopped + 6000)
+                return n > 0
+
+            await wait_for(stored_after_stop, within=30, message="samples stored with Kafka away")
+            # Back (empty, as tansu restarts): publishing resumes, topics made again.
+            await asyncio.to_thread(broker.start)
+            await wait_for(lambda: agg.bus is not None and "samples" in agg.bus._ready, within=30,  # type: ignore[attr-defined]
+                           message="publishing on Kafka again")
+    finally:
+        await asyncio.to_thread(broker.stop)

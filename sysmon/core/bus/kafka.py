@@ -93,6 +93,9 @@ class KafkaOptions:
     # The longest a broker holds a fetch with nothing new: Kafka answers as soon as data arrives,
     # tansu only when this runs out (at aiokafka's 500 ms default, alerts fired 200 ms later at p50).
     fetch_max_wait_ms: int = 50
+    # A publish gives up after this long (the producer would wait request_timeout_ms for a broker
+    # away): the aggregator's live path goes on to the next group, and the hot tier stays live.
+    publish_timeout_ms: int = 5_000
 
     def __post_init__(self) -> None:
         if not 1 <= self.partitions <= MAX_PARTITIONS:
@@ -227,8 +230,9 @@ class KafkaBus:
         await self.ensure_topics([topic])
         p = await self._producer_started()
         try:
-            md = await p.send_and_wait(self.name(topic), payload, key=key.encode() if key is not None else None)
-        except KafkaError as e:
+            async with asyncio.timeout(self.options.publish_timeout_ms / 1000):
+                md = await p.send_and_wait(self.name(topic), payload, key=key.encode() if key is not None else None)
+        except (KafkaError, TimeoutError) as e:
             self._ready.discard(topic)  # a broker that lost its topics: create them again next time
             raise _unavailable(f"publishing to {topic}", e) from e
         return f"{md.partition}-{md.offset}"
@@ -243,20 +247,37 @@ class KafkaBus:
         p = await self._producer_started()
         name = self.name(topic)
         try:
-            # Queued at once (the producer batches them per partition), then awaited together.
-            futures = [await p.send(name, v, key=k.encode() if k is not None else None)
-                       for v, k in zip(payloads, keys or [None] * len(payloads), strict=True)]
-            await asyncio.gather(*futures)
-        except KafkaError as e:
+            async with asyncio.timeout(self.options.publish_timeout_ms / 1000):
+                # Queued at once (the producer batches them per partition), then awaited together.
+                futures = [await p.send(name, v, key=k.encode() if k is not None else None)
+                           for v, k in zip(payloads, keys or [None] * len(payloads), strict=True)]
+                await asyncio.gather(*futures)
+        except (KafkaError, TimeoutError) as e:
             self._ready.discard(topic)
             raise _unavailable(f"publishing to {topic}", e) from e
 
     # --- subscribing -------------------------------------------------------------------------------
 
     def partition_of(self, topic: str, key: str) -> int:
-        """The partition of `topic` that messages keyed `key` go to."""
+        """The partition of `topic` that messages keyed `key` go to (after partition_count or a
+        group subscription learnt the topic's partitions)."""
         n = self._partitions.get(topic) or self.options.partitions
         return partition_for(key, n)
+
+    async def partition_count(self, topic: str) -> int:
+        """The partitions the topic has (it may have been created with another count than ours)."""
+        n = self._partitions.get(topic)
+        if n:
+            return n
+        await self.ensure_topics([topic])
+        p = await self._producer_started()
+        try:
+            async with asyncio.timeout(self.options.publish_timeout_ms / 1000):
+                parts = await p.partitions_for(self.name(topic))
+        except (KafkaError, TimeoutError) as e:
+            raise _unavailable(f"learning the partitions of {topic}", e) from e
+        self._partitions[topic] = n = len(parts)
+        return n
 
     async def subscribe(
         self, topic: str, *, group: str | None = None, consumer: str | None = None, batch: int = 100,

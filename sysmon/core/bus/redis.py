@@ -137,6 +137,9 @@ class RedisBus:
     def partition_of(self, topic: str, key: str) -> int:
         return -1
 
+    async def partition_count(self, topic: str) -> int:
+        return 1
+
     async def ack(self, message: Message, group: str) -> None:
         await self.redis.xack(stream_key(message.topic), group, message.id)
 
