@@ -5,6 +5,7 @@ whose rule fires to a webhook, and the gateway's live stream, with the alert on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,28 @@ async def test_with_kafka_away_the_hot_tier_stays_live_and_storage_goes_on(
                            message="publishing on Kafka again")
     finally:
         await asyncio.to_thread(broker.stop)
+
+
+async def test_two_gateways_serve_the_same_live_stream_over_kafka(
+    start_aggregator: AggregatorFactory, pg_dsn: str, redis_url: str, kafka_url: str, kafka_prefix: str,
+) -> None:
+    """Gateways scale out: each reads every partition from the end (no consumer group), so a
+    dashboard on either replica sees every host."""
+    bus = kafka(kafka_url, kafka_prefix)
+    agg = await start_aggregator(**bus)
+    async with running_gateway(pg_dsn, redis_url, **bus) as g1, running_gateway(pg_dsn, redis_url, **bus) as g2, \
+            live_reader(g1) as live1, live_reader(g2) as live2:
+        hosts = [f"kafka-gw-{i}" for i in range(4)]  # over more than one of the 4 partitions
+        async with contextlib.AsyncExitStack() as stack:
+            for h in hosts:
+                await stack.enter_async_context(running_collector(agg.address, host_id=h))
+
+            async def known() -> bool:
+                return all([(await g1.http.get(f"/api/v1/hosts/{h}")).status_code == 200 for h in hosts])
+
+            await wait_for(known, message="every host known")
+            for live in (live1, live2):
+                await live.subscribe(hosts=["*"], metrics=["system.uptime"])
+            for live in (live1, live2):
+                await wait_for(lambda live=live: {f["host"] for f in live.of("samples")} >= set(hosts), within=30,
+                               message="every host's samples on each gateway's stream")
