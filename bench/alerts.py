@@ -22,6 +22,10 @@ throughput: --rules rules (each selecting one of the 60 series kinds of a typica
             bench/ingest.py) stays out. About 1% of (rule, series) pairs sit above their threshold.
             Figures: the alerts service's CPU and memory, evaluations/s from its /metrics, and
             whether it keeps up (its lag behind the bus, and the backlog left at the end).
+
+--bus kafka (both): the aggregator, the alerts service and the publisher on the Kafka bus (an
+embedded tansu broker) instead of Redis Streams. throughput --replicas 1 2: one run per count, the
+replicas sharing the hosts through the consumer group (Kafka only past 1), and the figures side by side.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from bench.common import (
     free_port,
     percentile,
     print_report,
+    print_rows,
     scrape,
     stop_process,
 )
@@ -66,10 +71,11 @@ LATENCY_METRIC = "bench.latency"
 
 
 class AlertsProcess:
-    def __init__(self, stack: Stack, **settings: str):
+    def __init__(self, stack: Stack, consumer: str = "alerts-0", **settings: str):
         self.stack = stack
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.consumer = consumer
         self.settings = settings
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
@@ -78,9 +84,9 @@ class AlertsProcess:
         env = clean_env(
             SYSMON_POSTGRES_URL=self.stack.dsn, SYSMON_REDIS_URL=self.stack.redis_url,
             SYSMON_AGGREGATOR=self.stack.address, SYSMON_LISTEN=f"127.0.0.1:{self.port}",
-            SYSMON_LOG_LEVEL="warning", **self.settings,
+            SYSMON_LOG_LEVEL="warning", SYSMON_CONSUMER=self.consumer, **self.stack.bus_env, **self.settings,
         )
-        self._log = open(self.stack.data_dir / "alerts.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "sysmon", "alerts"], env=env, cwd=self.stack.data_dir,
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -95,8 +101,12 @@ class AlertsProcess:
                 raise RuntimeError(f"alerts service not ready within {timeout}s\n{self.log_tail()}")
             time.sleep(0.2)
 
+    @property
+    def log_path(self) -> Path:
+        return self.stack.data_dir / f"{self.consumer}.log"
+
     def log_tail(self, n: int = 3000) -> str:
-        p = self.stack.data_dir / "alerts.log"
+        p = self.log_path
         return p.read_text(errors="replace")[-n:] if p.exists() else ""
 
     def metrics(self) -> dict[str, float]:
@@ -197,10 +207,29 @@ async def apply_rules(address: str, rules: list[tuple[str, dict[str, Any]]]) -> 
 
 def wait_rules(alerts: AlertsProcess, n: int, within: float = 60.0) -> None:
     deadline = time.monotonic() + within
-    while alerts.metrics().get("sysmon_alerts_rules_loaded") != n:
+
+    def loaded() -> float | None:
+        # A busy machine (or a restore in hand) may keep /metrics waiting past the scrape's timeout.
+        with contextlib.suppress(OSError):
+            return alerts.metrics().get("sysmon_alerts_rules_loaded")
+        return None
+
+    while loaded() != n:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the alerts service did not load {n} rules\n{alerts.log_tail()}")
         time.sleep(0.1)
+
+
+def wait_shared(replicas: list[AlertsProcess], partitions: int, within: float = 120.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        with contextlib.suppress(OSError):
+            owned = [a.metrics().get("sysmon_alerts_partitions_owned", 0.0) for a in replicas]
+            if sum(owned) == partitions and all(owned):
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the {len(replicas)} alerts replicas did not share the {partitions} partitions")
+        time.sleep(0.2)
 
 
 # --- latency ---------------------------------------------------------------------------------------------
@@ -277,9 +306,9 @@ async def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
     from sysmon.core.batch import samples_events
-    from sysmon.core.bus import SAMPLES, RedisBus
+    from sysmon.core.bus import SAMPLES
 
-    stack = Stack(args.data_dir, keep=args.keep)
+    stack = Stack(args.data_dir, keep=args.keep, bus=args.bus)
     receiver = Receiver().start()
     alerts = None
     gens: list[mp.Process] = []
@@ -314,7 +343,7 @@ async def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         # The aggregator's store time of each of our batches, from the bus (as the alerts service sees it).
         stored: dict[tuple[str, int], int] = {}
         redis = aioredis.from_url(stack.redis_url)
-        bus = RedisBus(redis)
+        bus = bench_bus(stack, redis)
 
         async def listen() -> None:
             async for m in bus.subscribe(SAMPLES, batch=1000):
@@ -353,6 +382,7 @@ async def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         listener.cancel()
         for h in hosts:
             await h.close()
+        await bus.close()
         await redis.aclose()
     finally:
         for p in gens:
@@ -365,6 +395,7 @@ async def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     d = delta(m1, m0, "sysmon_alerts_")
     figures = {
         "bench": "alerts-latency",
+        "bus": args.bus,
         "trials": args.trials,
         "background_hosts": args.background_hosts,
         "fire_p50_ms": percentile(fire_ms, 50),
@@ -380,7 +411,8 @@ async def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         "cores": os.cpu_count(),
     }
     rows = [
-        ("load", f"{args.trials} crossings over {args.hosts} hosts; {args.background_hosts} background collectors"),
+        ("load", f"{args.trials} crossings over {args.hosts} hosts; {args.background_hosts} background collectors; "
+                 f"{args.bus} bus"),
         "stored (aggregator) -> webhook POST received, for: 0",
         ("firing p50", fmt(figures["fire_p50_ms"], "ms")),
         ("firing p99", fmt(figures["fire_p99_ms"], "ms"), "<= 1,000 ms", figures["fire_p99_ms"] <= 1000),
@@ -394,6 +426,18 @@ async def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     ]
     print_report("sysmon alerts benchmark: latency", rows, figures)
     return figures
+
+
+def bench_bus(stack: Stack, redis: Any) -> Any:
+    """The bus the stack runs on, as the services see it."""
+    from sysmon.core.bus import RedisBus
+
+    if stack.bus != "kafka":
+        return RedisBus(redis)
+    from sysmon.core.bus.kafka import KafkaBus, KafkaOptions, parse_kafka_url
+
+    return KafkaBus(KafkaOptions(parse_kafka_url(stack.bus_env["SYSMON_BUS_URL"]), partitions=stack.bus_partitions,
+                                 client_id="bench"))
 
 
 def psutil_process(alerts: AlertsProcess) -> Any:
@@ -419,14 +463,15 @@ def throughput_rules(n: int) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def publisher_entry(redis_url: str, hosts: list[int], total: int, interval: float, t0: float, stop_at: float,
-                    conn: Any) -> None:
-    asyncio.run(_publish(redis_url, hosts, total, interval, t0, stop_at, conn))
+def publisher_entry(bus_url: str, hosts: list[int], total: int, interval: float, t0: float, stop_at: float,
+                    conn: Any, partitions: int = 12) -> None:
+    asyncio.run(_publish(bus_url, hosts, total, interval, t0, stop_at, conn, partitions))
 
 
-async def _publish(redis_url: str, hosts: list[int], total: int, interval: float, t0: float, stop_at: float,
-                   conn: Any) -> None:
-    """SamplesEvents on the bus as the aggregator publishes them, every host every `interval`."""
+async def _publish(bus_url: str, hosts: list[int], total: int, interval: float, t0: float, stop_at: float,
+                   conn: Any, partitions: int = 12) -> None:
+    """SamplesEvents on the bus as the aggregator publishes them, every host every `interval`
+    (bus_url: the Redis URL, or kafka://... for the Kafka bus, keyed by host as the aggregator does)."""
     import redis.asyncio as aioredis
 
     from sysmon.core.bus import SAMPLES, RedisBus
@@ -434,7 +479,13 @@ async def _publish(redis_url: str, hosts: list[int], total: int, interval: float
     from sysmon.pb.v1 import events_pb2
 
     kinds = realistic_series(60)
-    bus = RedisBus(aioredis.from_url(redis_url))
+    if bus_url.startswith("kafka://"):
+        from sysmon.core.bus.kafka import KafkaBus, KafkaOptions, parse_kafka_url
+
+        bus: Any = KafkaBus(KafkaOptions(parse_kafka_url(bus_url), partitions=partitions, client_id="bench"))
+    else:
+        bus = RedisBus(aioredis.from_url(bus_url))
+    in_flight: set[asyncio.Task[Any]] = set()
     rng = random.Random(7)
     state = []
     for i in hosts:
@@ -452,6 +503,8 @@ async def _publish(redis_url: str, hosts: list[int], total: int, interval: float
         for due, k in schedule:
             due += rnd * interval
             if due >= stop_at:
+                await asyncio.gather(*in_flight)
+                await bus.close()
                 conn.send(sent)
                 return
             delay = due - time.time()
@@ -467,9 +520,39 @@ async def _publish(redis_url: str, hosts: list[int], total: int, interval: float
             ev.frames.add(time_unix_ms=now, series_ids=ids,
                           values=[b + rng.uniform(-0.3, 0.3) for b in base])
             # One batch to an entry: the aggregator groups those that arrive within its live linger.
-            await bus.publish(SAMPLES, events_pb2.SamplesEvents(events=[ev]).SerializeToString())
+            payload = events_pb2.SamplesEvents(events=[ev]).SerializeToString()
+            if bus.partitioned:
+                # Not awaited one by one: the producer batches what waits (as the aggregator's publish_many).
+                task = asyncio.create_task(bus.publish(SAMPLES, payload, key=host))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            else:
+                await bus.publish(SAMPLES, payload)
             sent += 1
         rnd += 1
+
+
+async def kafka_backlog(stack: Stack, group: str) -> tuple[int, int]:
+    """(messages the group has not committed, 0): Kafka does not tell delivered from undelivered."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from sysmon.core.bus.kafka import parse_kafka_url
+
+    servers = parse_kafka_url(stack.bus_env["SYSMON_BUS_URL"])
+    topic = "sysmon.samples"
+    # Not subscribed, so not a member: it only asks the group's coordinator what was committed.
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = await consumer.end_offsets(parts)
+        behind = 0
+        for tp in parts:
+            behind += ends[tp] - (await consumer.committed(tp) or 0)
+        return behind, 0
+    finally:
+        await consumer.stop()
 
 
 async def backlog(redis_url: str, group: str) -> tuple[int, int]:
@@ -488,18 +571,54 @@ async def backlog(redis_url: str, group: str) -> tuple[int, int]:
         await r.aclose()
 
 
-async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
-    stack = Stack(args.data_dir, keep=args.keep)
-    alerts = None
+def summed_metrics(alerts: list[AlertsProcess]) -> dict[str, float]:
+    """The replicas' /metrics added up (gauges too: firing and pending alerts are each one's own)."""
+    out: dict[str, float] = {}
+    for a in alerts:
+        for k, v in a.metrics().items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+async def run_throughput_replicas(args: argparse.Namespace) -> dict[str, Any]:
+    """One run per replica count, and the figures side by side."""
+    runs = {n: await run_throughput(args, n, json_line=len(args.replicas) == 1) for n in args.replicas}
+    if len(runs) == 1:
+        return next(iter(runs.values()))
+    first = runs[args.replicas[0]]
+    compared = ("evaluations_per_s", "events_per_s", "alerts_cpu_pct", "cpu_us_per_evaluation", "lag_max_s",
+                "drain_s", "alerts_rss_max_mib")
+    rows: list[Any] = [f"replicas {' / '.join(map(str, runs))} on the {args.bus} bus (same load, one after the other)"]
+    last = runs[args.replicas[-1]]
+    for name in compared:
+        ratio = last[name] / first[name] if first[name] else math.nan
+        side_by_side = "  ".join(f"{n}: {fmt(r[name])}" for n, r in runs.items())
+        rows.append((name, f"{side_by_side}  ratio {fmt(ratio, digits=2)}"))
+    rows.append(("keeps up", "  ".join(f"{n}: {r['keeps_up']}" for n, r in runs.items())))
+    figures = {"bench": "alerts-throughput-replicas", "bus": args.bus, "rules": args.rules, "hosts": args.hosts,
+               "runs": {str(n): {k: r[k] for k in (*compared, "keeps_up", "replica_events_per_s")}
+                        for n, r in runs.items()}}
+    print_report("sysmon alerts benchmark: throughput by replicas", rows, figures)
+    return figures
+
+
+async def run_throughput(args: argparse.Namespace, replicas: int = 1, json_line: bool = True) -> dict[str, Any]:
+    stack = Stack(args.data_dir, keep=args.keep, bus=args.bus)
+    replicas_running: list[AlertsProcess] = []
     procs: list[mp.Process] = []
     try:
         print(f"data dir {stack.data_dir}; starting PostgreSQL, Redis, the aggregator...", flush=True)
         await asyncio.to_thread(stack.start)
-        alerts = AlertsProcess(stack, SYSMON_NO_DATA_AFTER="2m")
-        await asyncio.to_thread(alerts.start)
+        for n in range(replicas):
+            replicas_running.append(AlertsProcess(stack, f"alerts-{n}", SYSMON_NO_DATA_AFTER="2m"))
+            await asyncio.to_thread(replicas_running[-1].start)
         t = time.monotonic()
         await apply_rules(stack.address, throughput_rules(args.rules))
-        await asyncio.to_thread(wait_rules, alerts, args.rules)
+        for a in replicas_running:
+            await asyncio.to_thread(wait_rules, a, args.rules)
+        if replicas > 1:
+            # The group settled before the load starts: a steady state is measured, not a rebalance.
+            await asyncio.to_thread(wait_shared, replicas_running, stack.bus_partitions)
         print(f"{args.rules} rules applied and loaded in {time.monotonic() - t:.1f}s; "
               f"publishing {args.hosts} hosts x 60 series every {args.interval:g}s...", flush=True)
         ctx = mp.get_context("spawn")
@@ -510,16 +629,21 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         for g in range(args.publishers):
             parent, child = ctx.Pipe()
             p = ctx.Process(target=publisher_entry, daemon=True, args=(
-                stack.redis_url, list(range(g, args.hosts, args.publishers)), args.hosts, args.interval, t0, m_end,
-                child))
+                stack.bus_env.get("SYSMON_BUS_URL", stack.redis_url), list(range(g, args.hosts, args.publishers)),
+                args.hosts, args.interval, t0, m_end, child, stack.bus_partitions))
             p.start()
             procs.append(p)
             pipes.append(parent)
         import psutil
 
         await asyncio.sleep(max(0.0, m_start - time.time()))
-        m0 = await asyncio.to_thread(alerts.metrics)
-        watched = {"alerts": psutil_process(alerts), "redis": stack.redis_process, "postgres": stack.postmaster}
+        m0 = await asyncio.to_thread(summed_metrics, replicas_running)
+        r0 = [await asyncio.to_thread(a.metrics) for a in replicas_running]
+        watched = {"redis": stack.redis_process, "postgres": stack.postmaster}
+        for a in replicas_running:
+            watched[a.consumer] = psutil_process(a)
+        if stack.broker_process is not None:
+            watched["broker"] = stack.broker_process
         for i, p in enumerate(procs):
             watched[f"publisher{i}"] = psutil.Process(p.pid)
         monitor = Monitor(watched, period=1.0, trees=("postgres", "redis")).start()
@@ -527,15 +651,19 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         while time.time() < m_end:
             await asyncio.sleep(1.0)
             with contextlib.suppress(OSError):
-                lags.append((await asyncio.to_thread(alerts.metrics)).get("sysmon_alerts_lag_seconds", math.nan))
+                lags.append(max(a.metrics().get("sysmon_alerts_lag_seconds", math.nan) for a in replicas_running))
         usage = monitor.stop()
-        m1 = await asyncio.to_thread(alerts.metrics)
+        m1 = await asyncio.to_thread(summed_metrics, replicas_running)
+        r1 = [await asyncio.to_thread(a.metrics) for a in replicas_running]
         published = sum([await asyncio.to_thread(p.recv) for p in pipes])
         # Keeping up means the backlog is about empty when the load stops.
-        undelivered, pending = await backlog(stack.redis_url, "alerts")
+        if stack.bus == "kafka":
+            undelivered, pending = await kafka_backlog(stack, "alerts")
+        else:
+            undelivered, pending = await backlog(stack.redis_url, "alerts")
         drained_at = time.monotonic()
         while True:
-            m2 = await asyncio.to_thread(alerts.metrics)
+            m2 = await asyncio.to_thread(summed_metrics, replicas_running)
             if m2.get('sysmon_alerts_events_total{outcome="evaluated"}', 0) >= published or \
                     time.monotonic() - drained_at > 120:
                 break
@@ -545,19 +673,29 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         for p in procs:
             if p.is_alive():
                 p.terminate()
-        if alerts is not None:
-            await asyncio.to_thread(alerts.stop)
+        for a in replicas_running:
+            await asyncio.to_thread(a.stop)
         await asyncio.to_thread(stack.stop)
 
     d = delta(m1, m0, "sysmon_alerts_")
     window = args.duration
     evals = d.get("sysmon_alerts_evaluations_total", 0.0)
     events = d.get('sysmon_alerts_events_total{outcome="evaluated"}', 0.0)
-    a = usage["alerts"]
+    key = 'sysmon_alerts_events_total{outcome="evaluated"}'
+    per_replica = [(b.get(key, 0.0) - a0.get(key, 0.0)) / window for a0, b in zip(r0, r1, strict=True)]
+    parts = [usage[x.consumer] for x in replicas_running]
+    # The replicas as one: CPU added up, memory the largest.
+    a = type(parts[0])(cpu_pct=sum(x.cpu_pct for x in parts), cpu_peak_pct=sum(x.cpu_peak_pct for x in parts),
+                       rss_avg_mib=max(x.rss_avg_mib for x in parts), rss_max_mib=max(x.rss_max_mib for x in parts),
+                       cpu_seconds=sum(x.cpu_seconds for x in parts))
     expected = args.rules * args.hosts / args.interval
     lag_ok = [x for x in lags if not math.isnan(x)]
     figures = {
         "bench": "alerts-throughput",
+        "bus": args.bus,
+        "replicas": replicas,
+        "replica_events_per_s": per_replica,
+        "broker_cpu_pct": usage["broker"].cpu_pct if "broker" in usage else None,
         "rules": args.rules,
         "hosts": args.hosts,
         "interval_s": args.interval,
@@ -591,7 +729,8 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     rows = [
         ("load", f"{args.rules} rules x {args.hosts} hosts, 60 series per host every {args.interval:g}s "
                  f"= {fmt(expected, digits=0)} rule evaluations/s"),
-        ("measured", f"{window:g} s after {args.warmup:g} s warm-up"),
+        ("measured", f"{window:g} s after {args.warmup:g} s warm-up; {replicas} alerts replica(s), {args.bus} bus"),
+        *([("events/s per replica", " / ".join(fmt(x) for x in per_replica))] if replicas > 1 else []),
         "throughput",
         ("events / samples consumed per s",
          f"{fmt(figures['events_per_s'])} / {fmt(figures['samples_per_s'], digits=0)}"
@@ -613,7 +752,10 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
                                                f"{fmt(figures['publisher_cpu_pct'])} %"),
         ("whole machine busy", f"{fmt(figures['machine_busy_pct_of_all_cores'])} % of {figures['cores']} cores"),
     ]
-    print_report("sysmon alerts benchmark: throughput", rows, figures)
+    if json_line:
+        print_report("sysmon alerts benchmark: throughput", rows, figures)
+    else:
+        print_rows("sysmon alerts benchmark: throughput", rows)
     return figures
 
 
@@ -636,15 +778,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     thr.add_argument("--duration", type=float, default=60.0)
     thr.add_argument("--warmup", type=float, default=15.0)
     thr.add_argument("--publishers", type=int, default=1)
+    thr.add_argument("--replicas", type=int, nargs="+", default=[1],
+                     help="alerts replicas sharing the hosts (Kafka bus past 1); several: one run each")
     for s in (lat, thr):
+        s.add_argument("--bus", choices=("redis", "kafka"), default="redis")
         s.add_argument("--keep", action="store_true", help="keep the data directory")
         s.add_argument("--data-dir", type=Path, default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.mode == "throughput" and max(args.replicas) > 1 and args.bus != "kafka":
+        p.error("more than one alerts replica needs --bus kafka (on Redis the alerts service is one replica)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    asyncio.run(run_latency(args) if args.mode == "latency" else run_throughput(args))
+    asyncio.run(run_latency(args) if args.mode == "latency" else run_throughput_replicas(args))
 
 
 if __name__ == "__main__":

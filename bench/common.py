@@ -87,7 +87,7 @@ class Stack:
 
     def __init__(self, data_dir: Path | None = None, *, keep: bool = False, log_level: str = "warning",
                  aggregator_cmd: Sequence[str] | None = None, aggregator_env: dict[str, str] | None = None,
-                 pg_tuning: dict[str, str] | None = None):
+                 pg_tuning: dict[str, str] | None = None, bus: str = "redis", bus_partitions: int = 12):
         self.pg_tuning = pg_tuning  # None: the embedded server's defaults
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="sysmon-bench-"))
         self.keep = keep
@@ -104,6 +104,11 @@ class Stack:
         self.metrics_url = ""
         self.aggregator: subprocess.Popen[bytes] | None = None
         self._agg_log = None
+        # The bus: Redis (the default), or Kafka on an embedded tansu broker.
+        self.bus = bus
+        self.bus_partitions = bus_partitions
+        self.kafka = None
+        self.bus_env: dict[str, str] = {}
 
     # Processes, for accounting -------------------------------------------------------------------
 
@@ -118,6 +123,11 @@ class Stack:
         assert self.redis is not None
         assert self.redis._proc is not None
         return psutil.Process(self.redis._proc.pid)
+
+    @property
+    def broker_process(self) -> psutil.Process | None:
+        """The Kafka broker, on the Kafka bus."""
+        return psutil.Process(self.kafka.pid) if self.kafka is not None and self.kafka.pid else None
 
     @property
     def aggregator_process(self) -> psutil.Process:
@@ -135,6 +145,13 @@ class Stack:
         self.dsn = self.pg.start()
         self.redis = EmbeddedRedis(self.data_dir)
         self.redis_url = self.redis.start()
+        if self.bus == "kafka":
+            from sysmon.core.embedded import EmbeddedTansu
+
+            self.kafka = EmbeddedTansu(self.data_dir / "tansu.log")
+            self.bus_env = {"SYSMON_BUS_URL": self.kafka.start(), "SYSMON_BUS_PARTITIONS": str(self.bus_partitions),
+                            # tansu holds a stopped member's partitions until its session expires.
+                            "SYSMON_BUS_SESSION_TIMEOUT": "3s"}
         port, mport = free_port(), free_port()
         self.address = f"127.0.0.1:{port}"
         self.metrics_url = f"http://127.0.0.1:{mport}/metrics"
@@ -144,6 +161,7 @@ class Stack:
             SYSMON_LISTEN=self.address,
             SYSMON_METRICS_LISTEN=f"127.0.0.1:{mport}",
             SYSMON_LOG_LEVEL=self.log_level,
+            **self.bus_env,
             **self.aggregator_env,
         )
         self._agg_log = open(self.data_dir / "aggregator.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -200,6 +218,8 @@ class Stack:
 
     def stop(self) -> None:
         self.stop_aggregator()
+        if self.kafka is not None:
+            self.kafka.stop()
         if self.redis is not None:
             self.redis.stop()
         if self.pg is not None:

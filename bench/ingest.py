@@ -27,6 +27,10 @@ the aggregator, PostgreSQL (all its processes), Redis and the generators, and th
 counters from its /metrics (rejections, nacks, queue). Then the raw tier's bytes per stored sample
 after CHECKPOINT and VACUUM ANALYZE.
 
+--bus kafka: the aggregator publishes on the Kafka bus (SYSMON_BUS_URL, an embedded tansu broker,
+one message per host keyed by host id) instead of Redis Streams; --bus both: a Redis run, then a
+Kafka run with the same load, and Kafka's figures over Redis's.
+
 --compare-prometheus (steady): sysmon's run and a Prometheus run scraping the same fleet, in turn,
 --rounds times, and sysmon's CPU over Prometheus's (bench/prom_compare.py).
 """
@@ -426,6 +430,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--aggregator-cmd", default=None,
                    help="command that runs the aggregator instead of `python -m sysmon aggregator`\n"
                         "(e.g. a script applying a candidate patch), split like a shell would")
+    p.add_argument("--bus", choices=("redis", "kafka", "both"), default="redis",
+                   help="the bus the aggregator publishes on; both: one run each, and the ratio")
+    p.add_argument("--bus-partitions", type=int, default=12, help="partitions per Kafka topic")
     p.add_argument("--keep", action="store_true", help="keep the data directory")
     p.add_argument("--data-dir", type=Path, default=None, help="default: a fresh temp directory")
     p.add_argument("--compare-prometheus", action="store_true",
@@ -438,6 +445,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--compare-prometheus: the exporter gzips its responses (as node_exporter does);\n"
                         "default plain text, the cheaper path for Prometheus")
     args = p.parse_args(argv)
+    if args.compare_prometheus and args.bus == "both":
+        p.error("--compare-prometheus runs one bus at a time")
     if args.compare_prometheus and args.mode != "steady":
         p.error("--compare-prometheus needs --mode steady")
     if args.rounds < 1:
@@ -463,7 +472,8 @@ async def run(args: argparse.Namespace, *, json_line: bool = True) -> dict:
 
     agg_env = dict(kv.split("=", 1) for kv in args.aggregator_env)
     agg_cmd = shlex.split(args.aggregator_cmd) if args.aggregator_cmd else None
-    stack = Stack(args.data_dir, keep=args.keep, aggregator_cmd=agg_cmd, aggregator_env=agg_env)
+    stack = Stack(args.data_dir, keep=args.keep, aggregator_cmd=agg_cmd, aggregator_env=agg_env,
+                  bus=args.bus, bus_partitions=args.bus_partitions)
     procs: list[mp.Process] = []
     pipes = []
     try:
@@ -505,6 +515,8 @@ async def run(args: argparse.Namespace, *, json_line: bool = True) -> dict:
             "redis": stack.redis_process,
             "harness": psutil.Process(),
         }
+        if stack.broker_process is not None:
+            watched["broker"] = stack.broker_process
         for i, p in enumerate(procs):
             watched[f"generator{i}"] = psutil.Process(p.pid)
         await asyncio.sleep(max(0.0, m_start - time.time()))
@@ -599,6 +611,10 @@ async def run(args: argparse.Namespace, *, json_line: bool = True) -> dict:
         "aggregator_rss_max_mib": agg.rss_max_mib,
         "postgres_cpu_pct": usage["postgres"].cpu_pct,
         "redis_cpu_pct": usage["redis"].cpu_pct,
+        "bus": args.bus,
+        "bus_partitions": args.bus_partitions if args.bus == "kafka" else None,
+        "broker_cpu_pct": usage["broker"].cpu_pct if "broker" in usage else None,
+        "broker_rss_max_mib": usage["broker"].rss_max_mib if "broker" in usage else None,
         "generator_cpu_pct": sum(g.cpu_pct for g in gens),
         "harness_cpu_pct": usage["harness"].cpu_pct,
         "machine_busy_pct_of_all_cores": mon.machine_busy_pct,
@@ -737,6 +753,9 @@ def _report(args: argparse.Namespace, f: dict, buckets: list[float], json_line: 
          f"{fmt(f['aggregator_rss_avg_mib'])} MiB / {fmt(f['aggregator_rss_max_mib'])} MiB"),
         ("PostgreSQL CPU (all processes)", f"{fmt(f['postgres_cpu_pct'])} %"),
         ("Redis CPU", f"{fmt(f['redis_cpu_pct'])} %"),
+        *([("Kafka broker (tansu) CPU / RSS max",
+            f"{fmt(f['broker_cpu_pct'])} % / {fmt(f['broker_rss_max_mib'])} MiB")] if f["broker_cpu_pct"] is not None
+          else []),
         ("generator CPU", f"{fmt(f['generator_cpu_pct'])} %"),
         ("harness CPU", f"{fmt(f['harness_cpu_pct'])} %"),
         ("whole machine busy", f"{fmt(f['machine_busy_pct_of_all_cores'])} % of {f['cores']} cores"),
@@ -763,9 +782,48 @@ def _report(args: argparse.Namespace, f: dict, buckets: list[float], json_line: 
     if f["errors"]:
         rows.append(("errors", "; ".join(f["errors"])))
     if json_line:
-        print_report(f"sysmon ingest benchmark: {args.mode}", rows, f)
+        print_report(f"sysmon ingest benchmark: {args.mode}, {args.bus} bus", rows, f)
     else:
-        print_rows(f"sysmon ingest benchmark: {args.mode}", rows)
+        print_rows(f"sysmon ingest benchmark: {args.mode}, {args.bus} bus", rows)
+
+
+# Figures compared between the buses, and whether more is better.
+BUS_COMPARED = (
+    ("stored_samples_per_s", True),
+    ("acked_samples_per_s", True),
+    ("aggregator_cpu_pct", False),
+    ("aggregator_cpu_us_per_sample", False),
+    ("aggregator_rss_max_mib", False),
+    ("delay_p99_ms", False),
+    ("ack_latency_p99_ms", False),
+)
+
+
+async def compare_buses(args: argparse.Namespace) -> dict:
+    """The same load on the Redis bus, then on the Kafka bus; Kafka's figures over Redis's."""
+    runs = {}
+    for bus in ("redis", "kafka"):
+        one = argparse.Namespace(**{**vars(args), "bus": bus})
+        runs[bus] = await run(one, json_line=False)
+    r, k = runs["redis"], runs["kafka"]
+    rows: list = ["Kafka bus / Redis bus, same load, one after the other"]
+    ratios = {}
+    for name, more_is_better in BUS_COMPARED:
+        if name not in r or name not in k:
+            continue
+        ratio = k[name] / r[name] if r[name] else math.nan
+        ratios[name] = ratio
+        rows.append((name, f"redis {fmt(r[name])}  kafka {fmt(k[name])}  ratio {fmt(ratio, digits=2)}"
+                           f" ({'higher' if more_is_better else 'lower'} is better)"))
+    rows.append(("Kafka broker (tansu) CPU", f"{fmt(k['broker_cpu_pct'])} % of one core; "
+                                            f"Redis {fmt(r['redis_cpu_pct'])} % / {fmt(k['redis_cpu_pct'])} %"))
+    figures = {"bench": "ingest-bus", "mode": args.mode, "hosts": args.hosts, "series": args.series,
+               "redis": {n: r.get(n) for n, _ in BUS_COMPARED}, "kafka": {n: k.get(n) for n, _ in BUS_COMPARED},
+               "kafka_over_redis": ratios, "broker_cpu_pct": k["broker_cpu_pct"],
+               "count_exact": r["count_exact"] and k["count_exact"],
+               "hot_failures": r["hot_failures"] + k["hot_failures"]}
+    print_report(f"sysmon ingest benchmark: {args.mode}, Kafka bus against Redis bus", rows, figures)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -774,6 +832,8 @@ def main(argv: list[str] | None = None) -> None:
         from bench.prom_compare import compare
 
         asyncio.run(compare(args, run))
+    elif args.bus == "both":
+        asyncio.run(compare_buses(args))
     else:
         asyncio.run(run(args))
 

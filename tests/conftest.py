@@ -57,6 +57,28 @@ def redis_server(data_root: Path) -> Iterator[EmbeddedRedis]:
 
 
 @pytest.fixture(scope="session")
+def kafka_url(data_root: Path) -> Iterator[str]:
+    """kafka://... of a broker for the session: tansu on a free port, or SYSMON_TEST_KAFKA's Kafka.
+    Tests keep apart by topic prefix (see kafka_prefix)."""
+    from tests.kafka_broker import TansuBroker, real_kafka
+
+    real = real_kafka()
+    if real:
+        yield real
+        return
+    broker = TansuBroker(data_root / "tansu.log")
+    broker.start()
+    yield broker.url
+    broker.stop()
+
+
+@pytest.fixture
+def kafka_prefix() -> str:
+    """Topic names of this test's own, on the shared broker."""
+    return f"t{os.getpid()}-{next(_db_counter)}."
+
+
+@pytest.fixture(scope="session")
 async def template_db(pg_server: EmbeddedPostgres) -> str:
     admin = await asyncpg.connect(pg_server.dsn("postgres"))
     await admin.execute("CREATE DATABASE sysmon_template")

@@ -295,7 +295,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         ev = events_pb2.HostEvent(host_id=hello.host_id, state=state, time_unix_ms=time.time_ns() // 1_000_000,
                                   labels=dict(hello.labels))
         try:
-            await self.bus.publish(busmod.HOSTS, ev.SerializeToString())
+            await self.bus.publish(busmod.HOSTS, ev.SerializeToString(), key=hello.host_id)
         except Exception as e:
             log.debug("host event not published: %s", e)
 

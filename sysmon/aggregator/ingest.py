@@ -38,6 +38,9 @@ BatchKey = tuple[str, str, int]
 LIVE_QUEUE = 20_000
 LIVE_GROUP = 500
 ANNOUNCE_EVERY_S = 600.0
+# Live groups waiting for a partitioned bus (Kafka), whose publisher runs apart from the hot tier's
+# writes: a broker away holds up the bus, never the hot tier. Past this, groups skip the bus.
+BUS_QUEUE_GROUPS = 256
 
 
 class AckSink(Protocol):
@@ -92,16 +95,19 @@ class Ingest:
         self._announced_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._last_live_error = 0.0
+        self._bus_out: asyncio.Queue[tuple[list[NormalizedBatch], int]] = asyncio.Queue(maxsize=BUS_QUEUE_GROUPS)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._run_writer(), name=f"writer-{i}") for i in range(self.writers)]
         self._tasks.append(asyncio.create_task(self._run_live(), name="live"))
+        if self.bus is not None and self.bus.partitioned:
+            self._tasks.append(asyncio.create_task(self._run_bus_out(), name="bus-out"))
 
     async def stop(self, drain_s: float = 10.0) -> None:
         """Commit what is queued (for at most `drain_s`), then stop."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_s):
-                for q in (self._queue, self._live):
+                for q in (self._queue, self._live, self._bus_out):
                     await q.join()
         for t in self._tasks:
             t.cancel()
@@ -228,21 +234,42 @@ class Ingest:
     def _events(self, batches: list[NormalizedBatch], stamp: int) -> bytes:
         """One SamplesEvents for the batches, describing each series only when it is new (or every
         10 minutes)."""
+        out = events_pb2.SamplesEvents()
+        for b in batches:
+            self._add_event(b, stamp, out)
+        return out.SerializeToString()
+
+    async def _events_by_partition(self, batches: list[NormalizedBatch], stamp: int
+                                   ) -> tuple[list[bytes], list[str | None]]:
+        """For a partitioned bus (Kafka): one SamplesEvents per partition, holding the hosts whose
+        id hashes to it, keyed by one of them so that it lands there. A host's events then stay on
+        one partition, in order, and the members of a consumer group (the alerts replicas) each get
+        whole hosts. A message per host cost the aggregator 1.7 times Redis's CPU (BENCHMARKS.md);
+        a message per partition sends at most that many per live group."""
+        assert self.bus is not None
+        await self.bus.partition_count(busmod.SAMPLES)
+        by_partition: dict[int, tuple[str, events_pb2.SamplesEvents]] = {}
+        for b in batches:
+            p = self.bus.partition_of(busmod.SAMPLES, b.host_id)
+            entry = by_partition.get(p)
+            if entry is None:
+                entry = by_partition[p] = (b.host_id, events_pb2.SamplesEvents())
+            self._add_event(b, stamp, entry[1])
+        return [e.SerializeToString() for _, e in by_partition.values()], [k for k, _ in by_partition.values()]
+
+    def _add_event(self, b: NormalizedBatch, stamp: int, out: events_pb2.SamplesEvents) -> None:
         if time.monotonic() - self._announced_at > ANNOUNCE_EVERY_S:
             self._announced.clear()
             self._announced_lists.clear()
             self._announced_at = time.monotonic()
-        out = events_pb2.SamplesEvents()
-        for b in batches:
-            # The batches of a stream's usual layout share one list of series: seen whole once.
-            if self._announced_lists.get(b.host_id) is b.series:
-                new = []
-            else:
-                new = [s for s in b.series if s.id not in self._announced]
-                self._announced.update(s.id for s in new)
-                self._announced_lists[b.host_id] = b.series
-            to_event(b, stamp, new, into=out.events.add())
-        return out.SerializeToString()
+        # The batches of a stream's usual layout share one list of series: seen whole once.
+        if self._announced_lists.get(b.host_id) is b.series:
+            new = []
+        else:
+            new = [s for s in b.series if s.id not in self._announced]
+            self._announced.update(s.id for s in new)
+            self._announced_lists[b.host_id] = b.series
+        to_event(b, stamp, new, into=out.events.add())
 
     async def _run_live(self) -> None:
         while True:
@@ -251,18 +278,39 @@ class Ingest:
             batch, _ = await gather(self._live, self.live_linger_s, LIVE_GROUP, weight=lambda _: 1)
             stamp = now_ms()
             try:
+                if self.bus is not None and self.bus.partitioned:
+                    try:
+                        self._bus_out.put_nowait((batch, stamp))
+                    except asyncio.QueueFull:
+                        telemetry.HOT_FAILURES.inc()  # the bus is this far behind: these skip it
                 if self.hot is not None:
                     await self.hot.write(batch, stamp)
-                if self.bus is not None:
+                if self.bus is not None and not self.bus.partitioned:
                     await self.bus.publish(busmod.SAMPLES, self._events(batch, stamp))
             except (redis.exceptions.RedisError, OSError) as e:
-                telemetry.HOT_FAILURES.inc()
-                if time.monotonic() - self._last_live_error > 10:
-                    self._last_live_error = time.monotonic()
-                    log.warning("hot tier / bus unavailable, PostgreSQL still stores everything: %s", e)
+                self._live_failed(e)
             finally:
                 for _ in batch:
                     self._live.task_done()
+
+    def _live_failed(self, e: Exception) -> None:
+        telemetry.HOT_FAILURES.inc()
+        if time.monotonic() - self._last_live_error > 10:
+            self._last_live_error = time.monotonic()
+            log.warning("hot tier / bus unavailable, PostgreSQL still stores everything: %s", e)
+
+    async def _run_bus_out(self) -> None:
+        """The live groups onto a partitioned bus, in order, apart from the hot tier's writes."""
+        assert self.bus is not None
+        while True:
+            batch, stamp = await self._bus_out.get()
+            try:
+                payloads, keys = await self._events_by_partition(batch, stamp)
+                await self.bus.publish_many(busmod.SAMPLES, payloads, keys=keys)
+            except (redis.exceptions.RedisError, OSError) as e:
+                self._live_failed(e)
+            finally:
+                self._bus_out.task_done()
 
 
 async def gather(q: asyncio.Queue[NormalizedBatch], linger_s: float, limit: int,

@@ -21,7 +21,7 @@ from sysmon.aggregator.ingest import Ingest
 from sysmon.aggregator.push import MetricsServicer
 from sysmon.aggregator.receipts import Receipts
 from sysmon.aggregator.storage import Storage
-from sysmon.core.bus import RedisBus
+from sysmon.core import bus as busmod
 from sysmon.core.hot import HotTier
 from sysmon.core.identity import Authenticator
 from sysmon.core.settings import AggregatorSettings, is_loopback
@@ -75,7 +75,7 @@ class Aggregator:
         self.storage = Storage(postgres_url, settings)
         self.redis = aioredis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5) if redis_url else None
         self.hot = HotTier(self.redis, int(settings.hot_window.total_seconds() * 1000)) if self.redis else None
-        self.bus = RedisBus(self.redis) if self.redis else None
+        self.bus = busmod.from_settings(settings, self.redis, client_id=f"sysmon-aggregator-{settings.aggregator_id}")
         self.hub = ControlHub()
         # Acknowledgements go to collectors' control streams, or to an HTTP request waiting for them.
         self.receipts = Receipts(self.hub)
@@ -211,6 +211,9 @@ class Aggregator:
         await self.storage.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self.bus is not None:
+            with contextlib.suppress(Exception):
+                await self.bus.close()
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.aclose()

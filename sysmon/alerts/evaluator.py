@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import bisect
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +141,8 @@ class EvalState:
     fleet_silent: Alert | None = None
     # The `now` of the fleet's newest batch.
     newest_seen: int | None = None
+    # Whether this replica raises the fleet-wide silence alert (one of the replicas sharing a fleet does).
+    watch_fleet: bool = True
     # Counters the service turns into metrics.
     evaluations: int = 0
     samples: int = 0
@@ -268,6 +270,24 @@ def restore(state: EvalState, alerts: Iterable[Alert]) -> None:
             s.alerts[a.rule] = a
         else:
             state.orphans.setdefault(a.series_id, {})[a.rule] = a
+
+
+def release_hosts(state: EvalState, keep: Callable[[str], bool]) -> list[str]:
+    """Forget the hosts that another replica owns now, with their series, windows and alerts,
+    without a transition: their new owner carries the alerts on from PostgreSQL. Returns them."""
+    gone = [h for h in state.hosts if not keep(h)]
+    for host in gone:
+        h = state.hosts.pop(host)
+        for sid in h.series:
+            state.series.pop(sid, None)
+            state.orphans.pop(sid, None)
+    dropped = set(gone)
+    for key in [k for k, a in state.alerts.items() if a.host_id in dropped]:
+        del state.alerts[key]
+        state.dirty.pop(key, None)
+    for sid in [sid for sid, by_rule in state.orphans.items() if any(a.host_id in dropped for a in by_rule.values())]:
+        del state.orphans[sid]
+    return gone
 
 
 def _after_fleet_gap(state: EvalState, now: int) -> None:
@@ -533,7 +553,7 @@ def _timers(state: EvalState, now: int, changes: list[Change]) -> None:
                 _forget(state, h, now, changes)
             elif silent >= opts.no_data_ms and h.no_data is None:
                 _start_no_data(state, h, now, changes)
-        if len(seen) > 1 and now - newest >= opts.no_data_ms and state.fleet_silent is None:
+        if len(seen) > 1 and now - newest >= opts.no_data_ms and state.fleet_silent is None and state.watch_fleet:
             _start_fleet_silent(state, now, newest, changes)
 
 

@@ -111,7 +111,7 @@ class AlertsService:
         self.state = EvalState(options=options(settings))
         self.pool: asyncpg.Pool | None = None
         self.redis: aioredis.Redis | None = None
-        self.bus: busmod.RedisBus | None = None
+        self.bus: busmod.Bus | None = None
         self.hot: HotTier | None = None
         self.http: httpx.AsyncClient | None = None
         self.delivery: Delivery | None = None
@@ -135,6 +135,49 @@ class AlertsService:
         self._seen = dict.fromkeys((name for name, _ in COUNTED), 0)
         self._db_ok = False
         self._subscribed = False
+        # Replicas share the fleet by host: the partitions of SAMPLES this one owns (None: every host,
+        # as with the Redis bus, whose group has one member). Changed by the bus reader on a
+        # rebalance; taken up by the evaluation task between steps.
+        self._owned: frozenset[int] | None = None
+        self._rebalancing = False
+        self._reassigned = False
+        self._step = asyncio.Lock()
+
+    # --- which hosts are ours ------------------------------------------------------------------------
+
+    def owns(self, host: str) -> bool:
+        if self._owned is None or self.bus is None:
+            return True
+        return self.bus.partition_of(busmod.SAMPLES, host) in self._owned
+
+    def _watches_fleet(self) -> bool:
+        # The fleet-wide silence alert is one replica's: the owner of the first partition.
+        return self._owned is None or 0 in self._owned
+
+    async def _on_revoke(self) -> None:
+        # The step in hand finishes: what it stored is acknowledged while the hosts are still ours.
+        async with self._step:
+            self._rebalancing = True
+
+    async def _on_assign(self, owned: frozenset[int], partitions: int) -> None:
+        self._owned = owned
+        self._rebalancing = False
+        self._reassigned = True
+        self._work.set()
+        telemetry.PARTITIONS.set(len(owned))
+
+    async def _take_ownership(self, stop: asyncio.Event) -> None:
+        """After a rebalance: what is queued for hosts no longer ours goes (their owner reads it
+        again from the last commit), and the state of the hosts ours now comes back from
+        PostgreSQL and the hot tier, as after a restart."""
+        kept: list[busmod.Message] = []
+        while not self._queue.empty():
+            m = self._queue.get_nowait()
+            if self._owned is None or m.partition in self._owned:
+                kept.append(m)
+        for m in kept:
+            self._queue.put_nowait(m)
+        await self._restore(stop)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -275,13 +318,16 @@ class AlertsService:
         if stop.is_set():
             return False
         assert self.redis is not None
-        self.bus = busmod.RedisBus(self.redis)
+        self.bus = busmod.from_settings(self.settings, self.redis, client_id=f"sysmon-alerts-{self.settings.consumer}")
         self.hot = HotTier(self.redis)
         return True
 
     async def _close(self) -> None:
         if self.http is not None:
             await self.http.aclose()
+        if self.bus is not None:
+            with contextlib.suppress(Exception):
+                await self.bus.close()
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.aclose()
@@ -313,17 +359,20 @@ class AlertsService:
         assert self.pool is not None
         assert self.hot is not None
         self.state = state = EvalState(options=options(self.settings))
+        self._seen = dict.fromkeys(self._seen, 0)  # the new state counts from 0 (a rebalance restores again)
+        state.watch_fleet = self._watches_fleet()
         now = now_ms()
         for r in await self.pool.fetch("SELECT host_id, labels FROM hosts"):
             evaluator.set_host_labels(state, r["host_id"], r["labels"] or {}, now)
             self._labels_known.add(r["host_id"])
-        restored = await store.load_alerts(self.pool)
+        restored = [a for a in await store.load_alerts(self.pool)
+                    if (self.owns(a.host_id) if a.host_id else state.watch_fleet)]
         evaluator.restore(state, restored)
         self._rules_update = self._latest_rules
         changes = self._apply_rules(now)
         seen = await backfill.last_seen(self.hot)
         forget = state.options.forget_ms
-        hosts = [h for h, t in seen.items() if not forget or now - t < forget]
+        hosts = [h for h, t in seen.items() if (not forget or now - t < forget) and self.owns(h)]
         for h in hosts:
             # Counted from now: a host gets no_data_after to report after we (and, as often, the
             # whole platform) restarted, so a restart raises no no-data alerts for the gap.
@@ -341,9 +390,13 @@ class AlertsService:
                 log.warning("windows from PostgreSQL's raw tier: the hot tier holds no host, though "
                             "PostgreSQL has recent samples (Redis lost its data?)")
         changes += more
+        if self._owned is not None:
+            evaluator.release_hosts(state, self.owns)
+            changes = [c for c in changes if not c.alert.host_id or self.owns(c.alert.host_id)]
         self._unsaved.extend(changes)
-        log.info("restored %d alerts; windows of %d series from %d samples", len(restored),
-                 sum(1 for s in state.series.values() if s.rules), loaded)
+        log.info("restored %d alerts; windows of %d series from %d samples%s", len(restored),
+                 sum(1 for s in state.series.values() if s.rules), loaded,
+                 f"; {len(state.hosts)} hosts on partitions {sorted(self._owned)}" if self._owned is not None else "")
 
     def _apply_rules(self, now: int) -> list[Change]:
         if self._rules_update is None:
@@ -366,7 +419,8 @@ class AlertsService:
             try:
                 self._subscribed = True
                 async for m in self.bus.subscribe(busmod.SAMPLES, group=s.consumer_group, consumer=s.consumer,
-                                                  batch=MAX_BATCH):
+                                                  batch=MAX_BATCH, on_assign=self._on_assign,
+                                                  on_revoke=self._on_revoke):
                     await self._queue.put(m)
                     self._work.set()
                     backoff.reset()
@@ -378,9 +432,10 @@ class AlertsService:
 
     async def _read_hosts(self, stop: asyncio.Event) -> None:
         assert self.redis is not None
+        assert self.bus is not None
         # Short blocking reads: on Python 3.11 a cancelled read may finish its block first
         # (see bus._honour_cancellation), and a stop should not wait a whole second for it.
-        bus = busmod.RedisBus(self.redis, block_ms=200)
+        bus = self.bus if self.bus.partitioned else busmod.RedisBus(self.redis, block_ms=200)
         backoff = Backoff(initial=0.5, maximum=10.0)
         while not stop.is_set():
             try:
@@ -389,7 +444,8 @@ class AlertsService:
                         ev = events_pb2.HostEvent.FromString(m.payload)
                     except DecodeError:
                         continue
-                    self._label_updates[ev.host_id] = dict(ev.labels)
+                    if self.owns(ev.host_id):
+                        self._label_updates[ev.host_id] = dict(ev.labels)
                     self._work.set()
             except REDIS_ERRORS as e:
                 delay = backoff.next_delay()
@@ -409,25 +465,36 @@ class AlertsService:
     async def _evaluate_loop(self, stop: asyncio.Event) -> None:
         tick = self.settings.tick.total_seconds()
         while not stop.is_set():
-            if self._queue.empty() and not self._unsaved and self._rules_update is None and not self._label_updates:
+            idle = (self._queue.empty() and not self._unsaved and self._rules_update is None
+                    and not self._label_updates and not self._reassigned)
+            if idle or self._rebalancing:
                 self._work.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._work.wait(), timeout=tick)
-            msgs: list[busmod.Message] = []
-            while len(msgs) < MAX_BATCH and not self._queue.empty():
-                msgs.append(self._queue.get_nowait())
-            t0 = time.perf_counter()
-            changes = self._unsaved
-            self._unsaved = []
-            changes += await self._updates()
-            for m in msgs:
-                changes += await self._process(m)
-            _, more = evaluator.step(self.state, (), self._clock())
-            changes += more
-            await self._commit(changes, msgs, stop)
-            if msgs:
-                telemetry.STEP_SECONDS.observe(time.perf_counter() - t0)
-            self._count()
+            if self._rebalancing:
+                continue  # nothing is evaluated while the hosts may be changing hands
+            async with self._step:
+                await self._one_step(stop)
+
+    async def _one_step(self, stop: asyncio.Event) -> None:
+        if self._reassigned:
+            self._reassigned = False
+            await self._take_ownership(stop)
+        msgs: list[busmod.Message] = []
+        while len(msgs) < MAX_BATCH and not self._queue.empty():
+            msgs.append(self._queue.get_nowait())
+        t0 = time.perf_counter()
+        changes = self._unsaved
+        self._unsaved = []
+        changes += await self._updates()
+        for m in msgs:
+            changes += await self._process(m)
+        _, more = evaluator.step(self.state, (), self._clock())
+        changes += more
+        await self._commit(changes, msgs, stop)
+        if msgs:
+            telemetry.STEP_SECONDS.observe(time.perf_counter() - t0)
+        self._count()
 
     async def _updates(self) -> list[Change]:
         """Rules and host labels that changed since the last step."""
@@ -475,6 +542,8 @@ class AlertsService:
         now = min(ev.stored_unix_ms, wall) if ev.stored_unix_ms > 0 else wall
         host = ev.host_id
         changes: list[Change] = []
+        if not self.owns(host):
+            return changes  # read before a rebalance moved it: its owner has it too
         if host not in self._labels_known:
             changes += await self._learn_host(host, now)
         for s in ev.series:
@@ -544,8 +613,7 @@ class AlertsService:
                 self.delivery.wake()
         if msgs:
             try:
-                for i in range(0, len(msgs), 50):
-                    await asyncio.gather(*(self.bus.ack(m, self.settings.consumer_group) for m in msgs[i:i + 50]))
+                await self.bus.ack_many(msgs, self.settings.consumer_group)
             except REDIS_ERRORS as e:
                 # Unacknowledged: delivered again and evaluated again, which changes nothing.
                 log.warning("acknowledging %d bus messages failed: %s", len(msgs), e)

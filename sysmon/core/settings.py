@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sysmon.core.durations import Duration
@@ -61,7 +61,98 @@ class _Base(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SYSMON_", extra="ignore", populate_by_name=True)
 
 
-class ConnectionSettings(_Base):
+def _parse_durations(v: Any) -> Any:
+    """topic=duration pairs: "samples=1h,alerts=7d" or JSON."""
+    return _parse_labels(v)
+
+
+TopicDurations = Annotated[dict[str, Duration], NoDecode, BeforeValidator(_parse_durations)]
+BUS_TOPICS = ("samples", "hosts", "commands", "config", "alerts")  # sysmon.core.bus.TOPICS
+
+
+class BusSettings(_Base):
+    """Which bus carries events between the services (see sysmon.core.bus)."""
+
+    bus_url: str | None = Field(
+        None, description="kafka://host:port[,host:port...] for the Kafka bus; unset: the Redis bus on "
+                          "SYSMON_REDIS_URL"
+    )
+    bus_partitions: int = Field(12, ge=1, le=10_000, description="partitions of each Kafka topic it creates "
+                                                                  "(at most this many alerts replicas share hosts)")
+    bus_replication: int = Field(1, ge=1, le=16, description="replication factor of each Kafka topic it creates")
+    bus_topic_prefix: str = Field("sysmon.", pattern=r"^[A-Za-z0-9._-]{0,200}$",
+                                  description="Kafka topic names are this prefix and the bus topic")
+    bus_retention: Duration = Field(
+        timedelta(minutes=15), description="how long a topic keeps events (a durable consumer may be away this long)"
+    )
+    bus_topic_retention: TopicDurations = Field(
+        default_factory=dict, description="retention per topic, over bus_retention: samples=15m,alerts=1d"
+    )
+    bus_session_timeout: Duration = Field(
+        timedelta(seconds=10), description="a Kafka consumer-group member silent this long leaves its group and "
+                                           "its partitions (hosts) move to the others"
+    )
+    bus_retention_bytes: int = Field(-1, ge=-1, description="Kafka retention.bytes per partition; -1: by time only")
+    bus_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
+        None, description="Kafka security protocol (default: SSL with TLS options, SASL_SSL with SASL and TLS, "
+                          "SASL_PLAINTEXT with SASL alone)"
+    )
+    bus_tls: bool = Field(False, description="TLS to the Kafka brokers with the system's roots (implied by bus_tls_ca)")
+    bus_tls_ca: Path | None = Field(None, description="PEM CA that signed the Kafka brokers' certificates")
+    bus_tls_cert: Path | None = Field(None, description="PEM client certificate for the Kafka brokers (mTLS)")
+    bus_tls_key: Path | None = Field(None, description="PEM private key for bus_tls_cert")
+    bus_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism for the Kafka brokers"
+    )
+    bus_sasl_username: str | None = Field(None, description="SASL user name")
+    bus_sasl_password: SecretStr | None = Field(None, description="SASL password")
+
+    @field_validator("bus_url")
+    @classmethod
+    def _bus_url(cls, v: str | None) -> str | None:
+        if v and not v.startswith("kafka://"):
+            raise ValueError("the bus URL is kafka://host:port[,host:port...] (unset for the Redis bus)")
+        if v:
+            from sysmon.core.bus.kafka import parse_kafka_url
+
+            parse_kafka_url(v)
+        return v or None
+
+    @field_validator("bus_topic_retention")
+    @classmethod
+    def _topics(cls, v: dict[str, timedelta]) -> dict[str, timedelta]:
+        for topic, d in v.items():
+            if topic not in BUS_TOPICS:
+                raise ValueError(f"{topic!r} is not a bus topic ({', '.join(BUS_TOPICS)})")
+            if d <= timedelta(0):
+                raise ValueError(f"retention of {topic} must be more than 0")
+        return v
+
+    @field_validator("bus_session_timeout")
+    @classmethod
+    def _session(cls, v: timedelta) -> timedelta:
+        if not timedelta(milliseconds=500) <= v <= timedelta(minutes=30):
+            raise ValueError("must be between 500ms and 30m")
+        return v
+
+    @model_validator(mode="after")
+    def _bus_credentials(self) -> BusSettings:
+        if self.bus_sasl_mechanism and not (self.bus_sasl_username and self.bus_sasl_password):
+            raise ValueError("bus_sasl_mechanism needs bus_sasl_username and bus_sasl_password")
+        if (self.bus_tls_cert is None) != (self.bus_tls_key is None):
+            raise ValueError("bus_tls_cert and bus_tls_key are given together")
+        return self
+
+    def bus_security(self) -> Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]:
+        if self.bus_security_protocol:
+            return self.bus_security_protocol
+        tls = bool(self.bus_tls or self.bus_tls_ca or self.bus_tls_cert)
+        if self.bus_sasl_mechanism:
+            return "SASL_SSL" if tls else "SASL_PLAINTEXT"
+        return "SSL" if tls else "PLAINTEXT"
+
+
+class ConnectionSettings(BusSettings):
     postgres_url: str | None = Field(None, description="PostgreSQL DSN; embedded server when unset (sysmon up)")
     redis_url: str | None = Field(None, description="Redis URL; embedded server when unset (sysmon up)")
     token: SecretStr | None = Field(

@@ -17,7 +17,8 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
-from sysmon.core.bus import Bus, RedisBus
+from sysmon.core import bus as busmod
+from sysmon.core.bus import Bus
 from sysmon.core.hot import HotTier
 from sysmon.core.identity import Authenticator
 from sysmon.core.query import QueryLimits, QueryService, TierPolicy
@@ -78,7 +79,7 @@ def create_app(
         if r is None and settings.redis_url:
             r = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         hot = HotTier(r, int(settings.hot_window.total_seconds() * 1000)) if r is not None else None
-        b = bus or (RedisBus(r) if r is not None else None)
+        b = bus or busmod.from_settings(settings, r, client_id="sysmon-gateway")
         service = QueryService(
             p, hot,
             TierPolicy(settings.hot_window, settings.raw_retention, settings.rollup_1m_retention),
@@ -98,6 +99,9 @@ def create_app(
             await running
             if pool is None:
                 await p.close()
+            if bus is None and b is not None:
+                with contextlib.suppress(Exception):
+                    await b.close()
             if redis is None and r is not None:
                 with contextlib.suppress(Exception):
                     await r.aclose()

@@ -11,7 +11,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from sysmon.core.durations import Duration
 from sysmon.core.metrics import ATTR_KEY_RE, METRIC_GROUPS
@@ -107,9 +107,62 @@ class Gateway(Spec):
 class Alerts(Spec):
     enabled: bool = True
     image: Image = None
-    # No replicas: the alerts service is one process per fleet (its windows live in memory and it
-    # resumes its bus consumer by name), so it runs as one pod that a rollout replaces, never doubles.
+    # More than one only on the Kafka bus, whose consumer group shares the hosts out among the
+    # replicas. On the Redis bus it is one pod (it resumes its consumer by name), replaced, never doubled.
+    replicas: Replicas = 1
     resources: Resources = _default_resources({"cpu": "50m", "memory": "128Mi"}, {"memory": "512Mi"})
+
+
+# host:port of a Kafka broker (a bootstrap server).
+BROKER_RE = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):[0-9]{1,5}$"
+
+
+class KafkaTls(Spec):
+    """TLS to the brokers: the CA that signed them (e.g. Strimzi's <cluster>-cluster-ca-cert), and
+    a client certificate for mutual TLS (a kubernetes.io/tls Secret, or a Strimzi KafkaUser's)."""
+
+    ca_secret_ref: SecretKeyRef | None = Field(None, alias="caSecretRef")
+    client_secret_name: str | None = Field(None, alias="clientSecretName", max_length=253,
+                                           pattern=DNS_1123_SUBDOMAIN_RE)
+    client_cert_key: str = Field("tls.crt", alias="clientCertKey", max_length=253, pattern=SECRET_KEY_RE)
+    client_key_key: str = Field("tls.key", alias="clientKeyKey", max_length=253, pattern=SECRET_KEY_RE)
+
+
+class KafkaSasl(Spec):
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    username: str = Field(..., min_length=1, max_length=253)
+    password: SecretSource
+
+
+class Kafka(Spec):
+    bootstrap_servers: list[Annotated[str, Field(max_length=260, pattern=BROKER_RE)]] = Field(
+        ..., alias="bootstrapServers", min_length=1, max_length=16)
+    partitions: int = Field(12, ge=1, le=10_000)
+    replication: int = Field(3, ge=1, le=16)
+    topic_prefix: str = Field("sysmon.", alias="topicPrefix", max_length=200, pattern=r"^[A-Za-z0-9._-]*$")
+    retention: Duration = timedelta(minutes=15)
+    tls: KafkaTls | None = None
+    sasl: KafkaSasl | None = None
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, v: timedelta) -> timedelta:
+        if v < timedelta(minutes=1):
+            raise ValueError("must be at least 1m")
+        return v
+
+
+class Bus(Spec):
+    """Which bus carries samples, host and alert events: the fleet's Redis (the default) or Kafka."""
+
+    type: Literal["redis", "kafka"] = "redis"
+    kafka: Kafka | None = None
+
+    @model_validator(mode="after")
+    def _kafka_with_servers(self) -> Bus:
+        if self.type == "kafka" and self.kafka is None:
+            raise ValueError("bus.type kafka needs bus.kafka.bootstrapServers")
+        return self
 
 
 class Tls(Spec):
@@ -188,6 +241,14 @@ class FleetSpec(Spec):
     alerts: Alerts = Field(default_factory=Alerts)
     tls: Tls | None = None
     identity: Identity = Field(default_factory=Identity)
+    bus: Bus = Field(default_factory=Bus)
+
+    @model_validator(mode="after")
+    def _alerts_replicas_need_kafka(self) -> FleetSpec:
+        if self.alerts.replicas > 1 and self.bus.type != "kafka":
+            raise ValueError("alerts.replicas above 1 needs bus.type kafka (on the Redis bus the alerts "
+                             "service is one replica)")
+        return self
 
     @field_validator("host_labels")
     @classmethod

@@ -36,6 +36,7 @@ KINDS = {
     "Service": ("CoreV1Api", "namespaced_service"),
     "Deployment": ("AppsV1Api", "namespaced_deployment"),
     "DaemonSet": ("AppsV1Api", "namespaced_daemon_set"),
+    "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget"),
 }
 
 

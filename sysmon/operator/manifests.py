@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sysmon.core.durations import format_duration
-from sysmon.operator.fleet_spec import FleetSpec, Identity, Resources, SecretSource, Tls
+from sysmon.operator.fleet_spec import FleetSpec, Identity, Kafka, Resources, SecretSource, Tls
 
 GROUP = "sysmon.dev"
 VERSION = "v1alpha1"
@@ -48,6 +48,11 @@ HOST_ROOT = "/host"
 TLS_DIR = "/etc/sysmon/tls"
 TLS_VOLUME = "tls"
 TLS_CERT, TLS_KEY, TLS_CA = "tls.crt", "tls.key", "ca.crt"
+# Where the Kafka bus's CA and client certificate are mounted (spec.bus.kafka.tls).
+KAFKA_TLS_DIR = "/etc/sysmon/kafka-tls"
+KAFKA_TLS_VOLUME = "kafka-tls"
+# The components on the bus (the collector is not: it speaks to the aggregator alone).
+BUS_COMPONENTS = ("aggregator", "gateway", "alerts")
 # Where a client's projected ServiceAccount token for the aggregator is mounted (not the API
 # server's /var/run/secrets/kubernetes.io/serviceaccount, which these pods do not get).
 TOKEN_DIR = "/var/run/secrets/sysmon.dev/serviceaccount"
@@ -187,6 +192,62 @@ def _server_identity_env(fleet: Fleet) -> dict[str, str]:
     return env
 
 
+def _kafka(spec: FleetSpec) -> Kafka | None:
+    return spec.bus.kafka if spec.bus.type == "kafka" else None
+
+
+def _bus_env(spec: FleetSpec) -> dict[str, str]:
+    """SYSMON_BUS_* of a component on the bus: nothing for the Redis bus (the default), the
+    brokers, topics and TLS/SASL settings for Kafka (the SASL password comes from its Secret)."""
+    k = _kafka(spec)
+    if k is None:
+        return {}
+    env = {
+        "SYSMON_BUS_URL": "kafka://" + ",".join(k.bootstrap_servers),
+        "SYSMON_BUS_PARTITIONS": str(k.partitions),
+        "SYSMON_BUS_REPLICATION": str(k.replication),
+        "SYSMON_BUS_TOPIC_PREFIX": k.topic_prefix,
+        "SYSMON_BUS_RETENTION": format_duration(k.retention),
+    }
+    if k.tls is not None:
+        env["SYSMON_BUS_TLS"] = "true"
+        if k.tls.ca_secret_ref is not None:
+            env["SYSMON_BUS_TLS_CA"] = f"{KAFKA_TLS_DIR}/ca.crt"
+        if k.tls.client_secret_name:
+            env["SYSMON_BUS_TLS_CERT"] = f"{KAFKA_TLS_DIR}/client.crt"
+            env["SYSMON_BUS_TLS_KEY"] = f"{KAFKA_TLS_DIR}/client.key"
+    if k.sasl is not None:
+        env["SYSMON_BUS_SASL_MECHANISM"] = k.sasl.mechanism
+        env["SYSMON_BUS_SASL_USERNAME"] = k.sasl.username
+    return env
+
+
+def _bus_secret_env(spec: FleetSpec) -> list[dict[str, Any]]:
+    k = _kafka(spec)
+    if k is None or k.sasl is None:
+        return []
+    return [_secret_env("SYSMON_BUS_SASL_PASSWORD", k.sasl.password)]
+
+
+def _kafka_tls_volume(spec: FleetSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts) of the Kafka CA and client certificate, from their Secrets (a
+    Strimzi cluster CA Secret and KafkaUser Secret fit as they are)."""
+    k = _kafka(spec)
+    if k is None or k.tls is None or (k.tls.ca_secret_ref is None and not k.tls.client_secret_name):
+        return [], []
+    sources: list[dict[str, Any]] = []
+    if k.tls.ca_secret_ref is not None:
+        ref = k.tls.ca_secret_ref
+        sources.append({"secret": {"name": ref.name, "items": [{"key": ref.key, "path": "ca.crt"}]}})
+    if k.tls.client_secret_name:
+        sources.append({"secret": {"name": k.tls.client_secret_name, "items": [
+            {"key": k.tls.client_cert_key, "path": "client.crt"},
+            {"key": k.tls.client_key_key, "path": "client.key"},
+        ]}})
+    volume = {"name": KAFKA_TLS_VOLUME, "projected": {"defaultMode": 0o440, "sources": sources}}
+    return [volume], [{"name": KAFKA_TLS_VOLUME, "mountPath": KAFKA_TLS_DIR, "readOnly": True}]
+
+
 def _tls_path(key: str) -> str:
     return f"{TLS_DIR}/{key}"
 
@@ -250,15 +311,17 @@ def config_data(fleet: Fleet, component: str) -> dict[str, str]:
             **_retention_env(spec),
             **_server_tls_env(spec.tls),
             **_server_identity_env(fleet),
+            **_bus_env(spec),
         }
     if component == "gateway":
-        return {"SYSMON_LISTEN": f"0.0.0.0:{GATEWAY_PORT}", **_retention_env(spec)}
+        return {"SYSMON_LISTEN": f"0.0.0.0:{GATEWAY_PORT}", **_retention_env(spec), **_bus_env(spec)}
     if component == "alerts":
         data = {
             "SYSMON_LISTEN": f"0.0.0.0:{ALERTS_PORT}",
             "SYSMON_AGGREGATOR": aggregator_address(fleet),
             **_client_tls_env(spec.tls),
             **_client_identity_env(spec.identity),
+            **_bus_env(spec),
         }
         if spec.gateway.external_url:
             data["SYSMON_EXTERNAL_URL"] = spec.gateway.external_url
@@ -470,6 +533,7 @@ def _service_env(spec: FleetSpec, *, fleet_token: bool = True) -> list[dict[str,
     env = [
         _secret_env("SYSMON_POSTGRES_URL", spec.postgres),
         _secret_env("SYSMON_REDIS_URL", spec.redis),
+        *_bus_secret_env(spec),
     ]
     if fleet_token:
         env.append(_secret_env("SYSMON_TOKEN", spec.token))
@@ -495,6 +559,7 @@ def aggregator_deployment(fleet: Fleet) -> dict[str, Any]:
     if spec.tls:
         ports.append({"name": "grpc-health", "containerPort": AGGREGATOR_HEALTH_PORT, "protocol": "TCP"})
     tls_volumes, tls_mounts = _tls_volume(spec.tls, server=True)
+    kafka_volumes, kafka_mounts = _kafka_tls_volume(spec)
     container = _container(
         fleet, "aggregator", _image(fleet, a.image), a.resources,
         env=_service_env(spec),
@@ -505,24 +570,25 @@ def aggregator_deployment(fleet: Fleet) -> dict[str, Any]:
             "livenessProbe": grpc_probe(10, 3),
             "readinessProbe": grpc_probe(5, 2),
         },
-        mounts=tls_mounts,
+        mounts=[*tls_mounts, *kafka_mounts],
     )
     # It keeps the fleet token whatever the mode: people, scripts and the gateway's users hold it.
-    return _deployment(fleet, "aggregator", a.replicas, container, volumes=tls_volumes,
+    return _deployment(fleet, "aggregator", a.replicas, container, volumes=[*tls_volumes, *kafka_volumes],
                        api_token=spec.identity.service_account_tokens)
 
 
 def gateway_deployment(fleet: Fleet) -> dict[str, Any]:
     spec = fleet.spec
     g = spec.gateway
+    kafka_volumes, kafka_mounts = _kafka_tls_volume(spec)
     container = _container(
         fleet, "gateway", _image(fleet, g.image), g.resources,
         env=_service_env(spec),
         ports=[{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
         probes=_http_probes(GATEWAY_PORT),
-        mounts=[],
+        mounts=kafka_mounts,
     )
-    return _deployment(fleet, "gateway", g.replicas, container)
+    return _deployment(fleet, "gateway", g.replicas, container, volumes=kafka_volumes or None)
 
 
 def alerts_deployment(fleet: Fleet) -> dict[str, Any]:
@@ -530,15 +596,35 @@ def alerts_deployment(fleet: Fleet) -> dict[str, Any]:
     al = spec.alerts
     tls_volumes, tls_mounts = _tls_volume(spec.tls, server=False)
     token_volumes, token_mounts = _token_volume(spec.identity)
+    kafka_volumes, kafka_mounts = _kafka_tls_volume(spec)
+    kafka = _kafka(spec) is not None
+    env = _service_env(spec, fleet_token=not spec.identity.service_account_tokens)
+    if kafka:
+        # A member of the consumer group per pod, named for it in the logs and the broker's group list.
+        env.append({"name": "SYSMON_CONSUMER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     container = _container(
         fleet, "alerts", _image(fleet, al.image), al.resources,
         # The fleet token is only how it reaches the aggregator: with its own token it needs none.
-        env=_service_env(spec, fleet_token=not spec.identity.service_account_tokens),
+        env=env,
         ports=[{"name": "http", "containerPort": ALERTS_PORT, "protocol": "TCP"}],
         probes=_http_probes(ALERTS_PORT),
-        mounts=[*tls_mounts, *token_mounts],
+        mounts=[*tls_mounts, *token_mounts, *kafka_mounts],
     )
-    return _deployment(fleet, "alerts", 1, container, volumes=[*tls_volumes, *token_volumes], singleton=True)
+    # On Kafka the replicas share the hosts (a rollout surges, the group rebalances); on Redis it is
+    # one pod, stopped before its successor starts.
+    return _deployment(fleet, "alerts", al.replicas if kafka else 1, container,
+                       volumes=[*tls_volumes, *token_volumes, *kafka_volumes], singleton=not kafka)
+
+
+def alerts_disruption_budget(fleet: Fleet) -> dict[str, Any]:
+    """With replicas sharing the hosts, a node drain takes one at a time: the others take its
+    hosts over while it moves."""
+    return _finish({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(fleet, "alerts", child_name(fleet, "alerts")),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(fleet, "alerts")}},
+    })
 
 
 def service(fleet: Fleet, component: str) -> dict[str, Any]:
@@ -583,6 +669,8 @@ def desired_children(fleet: Fleet) -> list[dict[str, Any]]:
         out += [gateway_deployment(fleet), service(fleet, "gateway")]
     if "alerts" in components:
         out += [alerts_deployment(fleet), service(fleet, "alerts")]
+        if fleet.spec.alerts.replicas > 1 and _kafka(fleet.spec) is not None:
+            out.append(alerts_disruption_budget(fleet))
     return out
 
 
@@ -593,4 +681,5 @@ def possible_children(fleet: Fleet) -> list[tuple[str, str]]:
     out.append(("DaemonSet", child_name(fleet, "collector")))
     for c in ("aggregator", "gateway", "alerts"):
         out += [("Deployment", child_name(fleet, c)), ("Service", child_name(fleet, c))]
+    out.append(("PodDisruptionBudget", child_name(fleet, "alerts")))
     return out

@@ -4,6 +4,7 @@ fleet validates too; and the rendered install is secure by default and consisten
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from functools import cache
@@ -176,7 +177,8 @@ def test_the_operator_is_granted_only_what_it_uses() -> None:
     assert not any(resource in ("serviceaccounts/token", "roles", "rolebindings") for _, resource in grants)
     # The children, exactly the verbs sysmon.operator.kube uses on them.
     plural = {"ConfigMap": ("", "configmaps"), "Service": ("", "services"), "Deployment": ("apps", "deployments"),
-              "DaemonSet": ("apps", "daemonsets"), "ServiceAccount": ("", "serviceaccounts")}
+              "DaemonSet": ("apps", "daemonsets"), "ServiceAccount": ("", "serviceaccounts"),
+              "PodDisruptionBudget": ("policy", "poddisruptionbudgets")}
     for kind in kube.KINDS:
         assert grants.pop(plural[kind]) == {"get", "create", "patch", "delete"}, kind
     assert grants == {
@@ -359,3 +361,65 @@ def test_the_operator_pushes_as_admin_with_a_projected_token_for_the_fleets_audi
     # Its API token is the ordinary one (kopf needs it), which is not this one.
     assert pod.get("automountServiceAccountToken", True) is True
     assert aggregator["serviceAccountName"] == "sysmon-aggregator"
+
+
+# --- the Kafka bus components -----------------------------------------------------------------------
+
+
+def _fleet_children(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    (fleet,) = of_kind(docs, "MonitoredFleet")
+    f = manifests.Fleet(fleet["metadata"]["name"], "sysmon", "uid", FleetSpec.model_validate(fleet["spec"]))
+    return {(c["kind"], c["metadata"]["name"]): c for c in manifests.desired_children(f)}
+
+
+def test_the_kafka_component_switches_the_fleet_to_kafka_with_two_alerts_replicas(tmp_path: Path) -> None:
+    docs = render_overlay(tmp_path, components=["components/kafka-bus"])
+    for d in docs:
+        assert manifest_errors(d) == [], (d["kind"], d["metadata"].get("name"))
+    children = _fleet_children(docs)
+    for child in children.values():
+        assert manifest_errors(child) == [], manifests.key(child)
+    for component in ("aggregator", "gateway", "alerts"):
+        data = children["ConfigMap", f"sysmon-{component}"]["data"]
+        assert data["SYSMON_BUS_URL"] == "kafka://sysmon-kafka-kafka-bootstrap:9093", component
+        assert data["SYSMON_BUS_SASL_MECHANISM"] == "SCRAM-SHA-512"
+        assert data["SYSMON_BUS_TLS_CA"] == "/etc/sysmon/kafka-tls/ca.crt"
+        assert "password" not in json.dumps(data).lower()  # the password only by Secret reference
+        pod = children["Deployment", f"sysmon-{component}"]["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["SYSMON_BUS_SASL_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "sysmon", "key": "password"}}
+        (ca,) = [v for v in pod["volumes"] if v["name"] == "kafka-tls"]
+        assert ca["projected"]["sources"][0]["secret"]["name"] == "sysmon-kafka-cluster-ca-cert"
+    assert "SYSMON_BUS_URL" not in children["ConfigMap", "sysmon-collector"]["data"]  # collectors are not on it
+    alerts = children["Deployment", "sysmon-alerts"]["spec"]
+    assert alerts["replicas"] == 2
+    assert alerts["strategy"]["type"] == "RollingUpdate"  # replicas overlap: the consumer group rebalances
+    pdb = children["PodDisruptionBudget", "sysmon-alerts"]
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": alerts["selector"]}
+
+
+def test_the_strimzi_component_declares_what_the_kafka_component_points_at(tmp_path: Path) -> None:
+    from sysmon.core.bus import TOPICS
+
+    docs = render_overlay(tmp_path, components=["components/kafka-bus", "components/kafka-strimzi"])
+    (fleet,) = of_kind(docs, "MonitoredFleet")
+    kafka_spec = fleet["spec"]["bus"]["kafka"]
+    (cluster,) = of_kind(docs, "Kafka")
+    name = cluster["metadata"]["name"]
+    (listener,) = [x for x in cluster["spec"]["kafka"]["listeners"] if x["tls"]]
+    assert kafka_spec["bootstrapServers"] == [f"{name}-kafka-bootstrap:{listener['port']}"]
+    assert kafka_spec["tls"]["caSecretRef"] == {"name": f"{name}-cluster-ca-cert", "key": "ca.crt"}
+    assert listener["authentication"]["type"] == kafka_spec["sasl"]["mechanism"].lower()
+    (user,) = of_kind(docs, "KafkaUser")
+    assert user["metadata"]["name"] == kafka_spec["sasl"]["username"]
+    assert kafka_spec["sasl"]["password"]["secretKeyRef"] == {"name": user["metadata"]["name"], "key": "password"}
+    topics = {t["metadata"]["name"]: t["spec"] for t in of_kind(docs, "KafkaTopic")}
+    assert set(topics) == {kafka_spec["topicPrefix"] + t for t in TOPICS}
+    assert all(t["partitions"] == kafka_spec["partitions"] for t in topics.values())
+    assert all(x["metadata"]["labels"]["strimzi.io/cluster"] == name for x in [*of_kind(docs, "KafkaTopic"), user])
+    acls = [a["resource"] for a in user["spec"]["authorization"]["acls"]]
+    assert {"type": "topic", "name": kafka_spec["topicPrefix"], "patternType": "prefix"} in acls
+    assert {"type": "group", "name": "alerts", "patternType": "literal"} in acls
+    for d in docs:  # everything else is as valid as without it
+        if not d["apiVersion"].startswith("kafka.strimzi.io/"):
+            assert manifest_errors(d) == [], (d["kind"], d["metadata"].get("name"))

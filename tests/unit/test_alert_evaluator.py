@@ -517,3 +517,30 @@ def test_unknown_series_are_counted_not_fatal() -> None:
     _, changes = evaluator.step(state, [batch(0, 99.0, sid=999)], 0)
     assert changes == []
     assert state.unknown_series == 1
+
+
+# --- replicas sharing the fleet -------------------------------------------------------------------
+
+
+def test_releasing_hosts_to_another_replica_ends_nothing() -> None:
+    """A rebalance gives web-2 to another replica: this one forgets it without a transition (no
+    resolved notification for an alert that still fires elsewhere), and keeps web-1 as it was."""
+    state = two_hosts()
+    _, changes = evaluator.step(state, [batch(0, 95.0), batch(0, 95.0, sid=202, host="web-2")], 0)
+    assert transitions(changes) == ["inactive->firing", "inactive->firing"]
+    assert evaluator.release_hosts(state, lambda h: h == HOST) == ["web-2"]
+    assert set(state.hosts) == {HOST}
+    assert 202 not in state.series
+    assert [a.host_id for a in state.alerts.values()] == [HOST]
+    _, changes = evaluator.step(state, [], 10_000_000)  # no timer resolves the released alert
+    assert changes == []
+    _, changes = evaluator.step(state, [batch(10_000, 10.0)], 10_000)
+    assert transitions(changes) == ["firing->resolved"]
+
+
+def test_only_the_replica_watching_the_fleet_raises_its_silence() -> None:
+    state = two_hosts(no_data_ms=30_000, forget_ms=0)
+    state.watch_fleet = False
+    evaluator.step(state, [batch(0, 10.0), batch(0, 10.0, sid=202, host="web-2")], 0)
+    _, changes = evaluator.step(state, [], 30_000)
+    assert "SysmonFleetSilent" not in [c.alert.labels["alertname"] for c in changes]

@@ -641,3 +641,57 @@ def test_an_identity_change_rolls_exactly_the_pods_that_use_it(
     before: dict[str, Any], after: dict[str, Any], rolled: list[str]
 ) -> None:
     assert _rolled(fleet(before), fleet(after)) == rolled
+
+
+# --- the bus ------------------------------------------------------------------------------------
+
+KAFKA = {"bus": {"type": "kafka", "kafka": {
+    "bootstrapServers": ["k-0.kafka:9093", "k-1.kafka:9093"], "partitions": 24, "replication": 3,
+    "tls": {"caSecretRef": {"name": "kafka-ca", "key": "ca.crt"}, "clientSecretName": "sysmon-user",
+            "clientCertKey": "user.crt", "clientKeyKey": "user.key"},
+    "sasl": {"mechanism": "SCRAM-SHA-512", "username": "sysmon",
+             "password": {"secretKeyRef": {"name": "kafka-pass", "key": "password"}}},
+}}}
+
+
+def test_on_the_redis_bus_alerts_is_one_pod_replaced_never_doubled() -> None:
+    children = by_key(m.desired_children(fleet()))
+    alerts = children["Deployment", "prod-alerts"]["spec"]
+    assert (alerts["replicas"], alerts["strategy"]) == (1, {"type": "Recreate"})
+    assert ("PodDisruptionBudget", "prod-alerts") not in children
+    assert not any(k.startswith("SYSMON_BUS_") for c in children.values() if c["kind"] == "ConfigMap"
+                   for k in c["data"])
+    with pytest.raises(ValueError, match=r"alerts\.replicas above 1 needs bus\.type kafka"):
+        fleet({"alerts": {"replicas": 2}})
+    with pytest.raises(ValueError, match=r"bus\.type kafka needs bus\.kafka\.bootstrapServers"):
+        fleet({"bus": {"type": "kafka"}})
+
+
+def test_on_kafka_every_bus_component_loads_the_brokers_tls_and_sasl(clean_env: pytest.MonkeyPatch) -> None:
+    children = by_key(m.desired_children(fleet({**KAFKA, "alerts": {"replicas": 3}})))
+    for child in children.values():
+        assert manifest_errors(child) == [], m.key(child)
+    for settings_type, name in ((AggregatorSettings, "prod-aggregator"), (GatewaySettings, "prod-gateway"),
+                                (AlertsSettings, "prod-alerts")):
+        load_env(clean_env, children["ConfigMap", name]["data"])
+        pod = children["Deployment", name]["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["SYSMON_BUS_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "kafka-pass", "key": "password"}
+        clean_env.setenv("SYSMON_BUS_SASL_PASSWORD", "from-the-secret")
+        s = settings_type()
+        assert s.bus_url == "kafka://k-0.kafka:9093,k-1.kafka:9093"
+        assert (s.bus_partitions, s.bus_replication, s.bus_security()) == (24, 3, "SASL_SSL")
+        (vol,) = [v for v in pod["volumes"] if v["name"] == m.KAFKA_TLS_VOLUME]
+        files = {i["path"]: (src["secret"]["name"], i["key"]) for src in vol["projected"]["sources"]
+                 for i in src["secret"]["items"]}
+        assert files == {"ca.crt": ("kafka-ca", "ca.crt"), "client.crt": ("sysmon-user", "user.crt"),
+                         "client.key": ("sysmon-user", "user.key")}
+        mounts = {x["mountPath"] for x in pod["containers"][0]["volumeMounts"]}
+        assert {str(p.parent) for p in (s.bus_tls_ca, s.bus_tls_cert, s.bus_tls_key)} <= mounts
+    alerts = children["Deployment", "prod-alerts"]["spec"]
+    assert alerts["replicas"] == 3
+    assert alerts["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e for e in alerts["template"]["spec"]["containers"][0]["env"]}
+    assert env["SYSMON_CONSUMER"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert children["PodDisruptionBudget", "prod-alerts"]["spec"]["maxUnavailable"] == 1
+    assert "SYSMON_BUS_URL" not in children["ConfigMap", "prod-collector"]["data"]

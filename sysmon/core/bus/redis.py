@@ -1,7 +1,4 @@
-"""The event bus: publish to a topic; subscribe live (fan-out) or durably (consumer group).
-
-One small interface so that Kafka can replace Redis without touching the services. The Redis
-implementation keeps each topic in a Redis Stream, capped in length: a live subscriber reads
+"""The Redis bus, the default: each topic in a Redis Stream, capped in age: a live subscriber reads
 new entries from the end (fire-and-forget fan-out), a group subscriber reads through a
 consumer group, gets its own unacknowledged entries again after a restart, and acknowledges
 what it has handled (the same model as a Kafka consumer group).
@@ -14,41 +11,13 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from sysmon.core.bus.base import DEFAULT_RETENTION_MS, Message, OnAssign, OnRevoke
+
 log = logging.getLogger(__name__)
-
-SAMPLES = "samples"  # sysmon.v1.SamplesEvent, after the hot tier has the batch
-HOSTS = "hosts"  # sysmon.v1.HostEvent
-COMMANDS = "commands"  # sysmon.v1.CommandEvent, routed to a collector by its aggregator
-CONFIG = "config"  # a configuration version changed; payload is the version as text
-ALERTS = "alerts"  # sysmon.v1.AlertEvent, after the alerts service stored the transition
-
-# How long a topic keeps its entries: a durable consumer may be away this long and miss nothing.
-DEFAULT_RETENTION_MS = 15 * 60 * 1000
-
-
-@dataclass(frozen=True)
-class Message:
-    topic: str
-    id: str
-    payload: bytes
-
-
-class Bus(Protocol):
-    async def publish(self, topic: str, payload: bytes) -> str: ...
-
-    async def publish_many(self, topic: str, payloads: Sequence[bytes]) -> None: ...
-
-    def subscribe(
-        self, topic: str, *, group: str | None = None, consumer: str | None = None, batch: int = 100
-    ) -> AsyncIterator[Message]: ...
-
-    async def ack(self, message: Message, group: str) -> None: ...
 
 
 def stream_key(topic: str) -> str:
@@ -72,6 +41,10 @@ def _honour_cancellation() -> None:
 
 
 class RedisBus:
+    # One stream per topic, read whole by every consumer: keys change nothing (and a publisher
+    # sends one entry for a group of batches of many hosts, the cheapest for Redis).
+    partitioned = False
+
     def __init__(self, redis: aioredis.Redis, *, retention_ms: int = DEFAULT_RETENTION_MS, block_ms: int = 1000):
         self.redis = redis
         self.retention_ms = retention_ms
@@ -82,11 +55,12 @@ class RedisBus:
         # Trimming by age (stream ids start with the time in ms) bounds memory by rate x retention.
         return str(time.time_ns() // 1_000_000 - self.retention_ms)
 
-    async def publish(self, topic: str, payload: bytes) -> str:
+    async def publish(self, topic: str, payload: bytes, *, key: str | None = None) -> str:
         mid = await self.redis.xadd(stream_key(topic), {"p": payload}, minid=self._minid(), approximate=True)
         return _s(mid)
 
-    async def publish_many(self, topic: str, payloads: Sequence[bytes]) -> None:
+    async def publish_many(self, topic: str, payloads: Sequence[bytes], *,
+                           keys: Sequence[str | None] | None = None) -> None:
         if not payloads:
             return
         minid = self._minid()
@@ -96,8 +70,11 @@ class RedisBus:
         await pipe.execute()
 
     async def subscribe(
-        self, topic: str, *, group: str | None = None, consumer: str | None = None, batch: int = 100
+        self, topic: str, *, group: str | None = None, consumer: str | None = None, batch: int = 100,
+        on_assign: OnAssign | None = None, on_revoke: OnRevoke | None = None,
     ) -> AsyncIterator[Message]:
+        # No partitions: a group's consumers take turns on entries, whatever their key, so a group
+        # member that needs whole hosts (alerts) is the group's only member, and owns everything.
         if group is None:
             async for m in self._live(topic, batch):
                 yield m
@@ -157,8 +134,25 @@ class RedisBus:
         with contextlib.suppress(redis.exceptions.ResponseError):  # BUSYGROUP: it exists already
             await self.redis.xgroup_create(key, group, id="0", mkstream=True)
 
+    def partition_of(self, topic: str, key: str) -> int:
+        return -1
+
+    async def partition_count(self, topic: str) -> int:
+        return 1
+
     async def ack(self, message: Message, group: str) -> None:
         await self.redis.xack(stream_key(message.topic), group, message.id)
+
+    async def ack_many(self, messages: Sequence[Message], group: str) -> None:
+        by_topic: dict[str, list[str]] = {}
+        for m in messages:
+            by_topic.setdefault(m.topic, []).append(m.id)
+        for topic, ids in by_topic.items():
+            for i in range(0, len(ids), 500):
+                await self.redis.xack(stream_key(topic), group, *ids[i:i + 500])
+
+    async def close(self) -> None:
+        """The Redis client is the caller's (it serves the hot tier too): nothing to close."""
 
 
 async def connect_redis(url: str, **kwargs) -> aioredis.Redis:
