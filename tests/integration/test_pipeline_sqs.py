@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from sysmon.core import bus as busmod
+from sysmon.core.bus import redis as redis_bus
 from sysmon.core.storage import rollups
 from sysmon.core.telemetry import MetricsEndpoint
 from sysmon.pb.v1 import events_pb2
@@ -100,9 +101,9 @@ def exporter_settings(queue_url: str, endpoint: str, **kw: Any) -> SqsExporterSe
 async def forwarded(redis: aioredis.Redis, group: str) -> bool:
     """Every entry of the samples topic delivered to the exporter's group and acknowledged."""
     key = busmod.stream_key(busmod.SAMPLES)
-    g = {busmod._s(g["name"]): g for g in await redis.xinfo_groups(key)}.get(group)
-    newest = busmod._s((await redis.xinfo_stream(key))["last-generated-id"])
-    return g is not None and g["pending"] == 0 and busmod._s(g["last-delivered-id"]) == newest
+    g = {redis_bus._s(g["name"]): g for g in await redis.xinfo_groups(key)}.get(group)
+    newest = redis_bus._s((await redis.xinfo_stream(key))["last-generated-id"])
+    return g is not None and g["pending"] == 0 and redis_bus._s(g["last-delivered-id"]) == newest
 
 
 async def host_rows(conn: asyncpg.Connection, table: str) -> dict[tuple[int, datetime], tuple]:
