@@ -29,12 +29,23 @@ class SqsExporterSettings(ConnectionSettings):
     linger: Duration = Field(timedelta(milliseconds=500),
                              description="wait this long for more samples before sending a call that is not full")
     retry_max: Duration = Field(timedelta(seconds=30), description="longest wait between attempts of a failed call")
+    # Read only to refuse it: the exporter resumes from a Redis consumer group's position, so on a
+    # fleet whose bus is Kafka it would read an empty Redis stream and forward nothing, silently.
+    bus_url: str | None = Field(None, description="must be unset: the exporter reads the Redis bus")
 
     @field_validator("message_bytes")
     @classmethod
     def _message_bytes(cls, v: int) -> int:
         if not MIN_MESSAGE_BYTES <= v <= wire.MAX_MESSAGE_BYTES:
             raise ValueError(f"must be between {MIN_MESSAGE_BYTES} and {wire.MAX_MESSAGE_BYTES} (SQS's limit)")
+        return v
+
+    @field_validator("bus_url")
+    @classmethod
+    def _bus_url(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("the SQS exporter reads the Redis bus (SYSMON_REDIS_URL) only; it cannot forward "
+                             "from the Kafka bus yet: unset SYSMON_BUS_URL")
         return v
 
     @field_validator("queue_url")

@@ -245,3 +245,16 @@ def test_storage_defaults_match_the_design() -> None:
     assert (s.raw_retention, s.rollup_1m_retention, s.rollup_1h_retention, s.hot_window) == (
         timedelta(hours=24), timedelta(days=7), timedelta(days=90), timedelta(minutes=5)
     )
+
+
+# --- SqsExporterSettings ---------------------------------------------------------------------------
+
+
+def test_the_sqs_exporter_refuses_a_kafka_bus_instead_of_forwarding_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sysmon.pipeline.settings import SqsExporterSettings
+
+    queue = "https://sqs.eu-west-1.amazonaws.com/123456789012/samples"
+    assert SqsExporterSettings(queue_url=queue).region_name() == "eu-west-1"
+    monkeypatch.setenv("SYSMON_BUS_URL", "kafka://broker:9092")
+    with pytest.raises(ValidationError, match=r"reads the Redis bus .* unset SYSMON_BUS_URL"):
+        SqsExporterSettings(queue_url=queue)
