@@ -12,7 +12,6 @@ the aggregator. Statuses are what remote-write senders act on: 2xx stored; 400 (
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import ssl
@@ -30,7 +29,7 @@ from starlette.routing import Route
 from sysmon.aggregator import otlp, remote_write, telemetry
 from sysmon.aggregator.admission import Admission, BadRequest, Refused, Samples
 from sysmon.aggregator.ingest import now_ms
-from sysmon.core.http_server import EmbeddedServer, bind
+from sysmon.core.http_server import EmbeddedServer, bind, serve_until
 from sysmon.core.identity import Authenticator, InvalidCredential, Principal, Scope
 
 log = logging.getLogger(__name__)
@@ -185,18 +184,4 @@ class IngestHttpServer:
         return f"{self.scheme}://{self.host}:{self.port}"
 
     async def run(self, stop: asyncio.Event) -> None:
-        serving = asyncio.create_task(self.server.serve(sockets=[self.socket]))
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            self.server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
-            # The listener leaves the event loop before its socket is closed: a socket closed while
-            # still registered leaves a stale registration behind, which a later listener given the
-            # same descriptor number inherits (it accepts nothing).
-            for server in getattr(self.server, "servers", []):
-                server.close()
-            self.socket.close()
+        await serve_until(self.server, self.socket, stop)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from sysmon.core.http_server import EmbeddedServer, bind
+from sysmon.core.http_server import EmbeddedServer, bind, serve_until
 
 # () -> (ready, what is missing)
 ReadyCheck = Callable[[], tuple[bool, list[str]]]
@@ -53,13 +52,4 @@ class HttpEndpoint:
         return f"http://{self.host}:{self.port}"
 
     async def run(self, stop: asyncio.Event) -> None:
-        serving = asyncio.create_task(self.server.serve(sockets=[self.socket]))
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            self.server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
-            self.socket.close()
+        await serve_until(self.server, self.socket, stop)

@@ -3,6 +3,7 @@ health endpoint, both in `sysmon up`), on a socket bound before serving."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Generator
@@ -36,3 +37,22 @@ def bind(listen: str) -> socket.socket:
     sock.listen(2048)
     sock.setblocking(False)
     return sock
+
+
+async def serve_until(server: EmbeddedServer, sock: socket.socket, stop: asyncio.Event) -> None:
+    """Serve on `sock` until `stop` is set (or the server ends), then close the listener and the socket."""
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        # The listener leaves the event loop before its socket is closed: a socket closed while
+        # still registered leaves a stale registration behind, which a later listener given the
+        # same descriptor number inherits (it accepts nothing).
+        for listener in getattr(server, "servers", []):
+            listener.close()
+        sock.close()
