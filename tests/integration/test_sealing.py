@@ -34,6 +34,17 @@ NAME = "system.cpu.utilization"
 HOUR = timedelta(hours=1)
 
 
+def settled_now() -> datetime:
+    """Now, unless this hour began less than 10 minutes ago: then 5 minutes before it began.
+
+    Sealing waits GRACE after an hour ends, so in an hour's first minutes the hour before is still
+    open: tests that count the closed hours sealed would depend on when they run. Every job and
+    query here takes `now` as an argument, so a moment a few minutes back is as good as the clock."""
+    now = datetime.now(UTC)
+    this_hour = partitions.floor_time(now, HOUR)
+    return now if now - this_hour >= timedelta(minutes=10) else this_hour - timedelta(minutes=5)
+
+
 def ms(t: datetime) -> int:
     return int((t - EPOCH) / timedelta(milliseconds=1))
 
@@ -87,7 +98,7 @@ async def answers(service: QueryService, now: datetime) -> list[tuple[str, list[
 
 
 async def test_sealed_and_open_give_the_same_answers_on_every_tier(pool: asyncpg.Pool) -> None:
-    now = datetime.now(UTC)
+    now = settled_now()
     await load(pool, now, history(now))
     service = QueryService(pool, None)
     async with pool.acquire() as conn:
@@ -115,7 +126,7 @@ async def test_sealed_and_open_give_the_same_answers_on_every_tier(pool: asyncpg
 
 
 async def test_the_current_hour_stays_open_until_it_closes_and_its_rollups_are_done(pool: asyncpg.Pool) -> None:
-    now = datetime.now(UTC)
+    now = settled_now()
     await load(pool, now, history(now, hours=1))
     async with pool.acquire() as conn:
         # Rollups not run yet: the closed hour waits for them.
@@ -130,7 +141,7 @@ async def test_the_current_hour_stays_open_until_it_closes_and_its_rollups_are_d
 
 
 async def test_late_samples_are_merged_into_sealed_blocks_and_rollups_corrected(pool: asyncpg.Pool) -> None:
-    now = datetime.now(UTC)
+    now = settled_now()
     await load(pool, now, history(now, hours=2))
     service = QueryService(pool, None)
     hour = partitions.floor_time(now - 2 * HOUR, HOUR)
@@ -176,7 +187,7 @@ async def test_a_replayed_batch_of_a_sealed_hour_stores_nothing_twice(
     start_aggregator: AggregatorFactory, pool: asyncpg.Pool
 ) -> None:
     agg = await start_idle_aggregator(start_aggregator)
-    now = datetime.now(UTC)
+    now = settled_now()
     hour = partitions.floor_time(now - 2 * HOUR, HOUR)
     t = ms(hour) + 5_000
     async with RawClient(agg.address, "replay-host", "s1") as c:
@@ -214,7 +225,7 @@ async def test_the_aggregators_retention_drops_expired_sealed_hours_and_their_re
     start_aggregator: AggregatorFactory, pool: asyncpg.Pool
 ) -> None:
     agg = await start_idle_aggregator(start_aggregator, raw_retention="2h")
-    now = datetime.now(UTC)
+    now = settled_now()
     await load(pool, now, history(now, hours=3))
     this_hour = partitions.floor_time(now, HOUR)
     expired, *kept = [this_hour - k * HOUR for k in (3, 2, 1)]
@@ -277,7 +288,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 
 
 async def test_a_kill_in_the_middle_of_sealing_leaves_the_rows_and_no_block(pool: asyncpg.Pool, pg_dsn: str) -> None:
-    now = datetime.now(UTC)
+    now = settled_now()
     await load(pool, now, history(now, hours=1))
     async with pool.acquire() as conn:
         await rollups.run_rollups(conn, now)
@@ -312,7 +323,7 @@ async def _gone(pool: asyncpg.Pool, backend: int) -> bool:
 async def test_windows_after_a_restart_come_from_sealed_hours_too(pool: asyncpg.Pool) -> None:
     """The alerts service fills an hour's window from the raw tier when Redis lost it, across the
     sealed hour and the open one."""
-    now = datetime.now(UTC)
+    now = settled_now()
     await load(pool, now, history(now, hours=3))
     async with pool.acquire() as conn:
         await rollups.run_rollups(conn, now)
