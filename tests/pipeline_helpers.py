@@ -123,14 +123,6 @@ def percentile_cont(values: Sequence[float], q: float) -> float:
 
 # --- SQS through moto's server ----------------------------------------------------------------------------
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def lambda_records(messages: Sequence[dict[str, Any]], queue_arn: str, region: str = "us-east-1") -> list[dict]:
     """ReceiveMessage's messages (AttributeNames and MessageAttributeNames "All") as the records of the
     event Lambda's poller builds from them."""

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -201,7 +202,38 @@ class EmbeddedRedis:
         (self.dir / "socket-path").unlink(missing_ok=True)
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now, for a server started later (often in another process).
+
+    Drawn from below the kernel's ephemeral range: a port the kernel picked (bind to port 0) is
+    the very kind it hands out next, to the next port-0 listener or to an outgoing connection's
+    local end, and a server started a moment later then finds its port taken. A port is not
+    handed out twice by one process."""
+    low, _ = _ephemeral_range()
+    start, stop = (10000, low) if low > 12000 else (low, 65535)
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(start, stop)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from sysmon.core import bus as busmod
 from sysmon.pb.v1 import events_pb2
@@ -147,6 +148,15 @@ async def test_live_mode_adds_new_samples_without_refetching(
 ) -> None:
     queries: list[str] = []
     page.on("request", lambda r: queries.append(r.url) if "/api/v1/query" in r.url else None)
+    # The frames pushed for the host, so that a wait that runs out says whether none came or none was drawn.
+    pushed: list[float] = []
+
+    def on_frame(payload: str | bytes) -> None:
+        text = payload if isinstance(payload, str) else payload.decode()
+        if '"samples"' in text and "e2e-web" in text:
+            pushed.append(time.time())
+
+    page.on("websocket", lambda ws: ws.on("framereceived", on_frame))
     await page.goto(f"{stack.url}#/host/e2e-web?range={range_}")
     chart = page.locator('[data-panel="memory"] .chart')
     await expect(chart).not_to_have_attribute("data-points", "0")
@@ -158,10 +168,18 @@ async def test_live_mode_adds_new_samples_without_refetching(
     points = int(await chart.get_attribute("data-points") or 0)
     waiting_since = time.time()
     # A sample the collector takes from now on shows up, pushed over the WebSocket ...
-    await page.wait_for_function(
-        """([sel, t]) => Number(document.querySelector(sel).dataset.updated) > t""",
-        arg=['[data-panel="memory"] .chart', waiting_since - 1], timeout=10_000,
-    )
+    try:
+        await page.wait_for_function(
+            """([sel, t]) => Number(document.querySelector(sel).dataset.updated) > t""",
+            arg=['[data-panel="memory"] .chart', waiting_since - 1], timeout=30_000,
+        )
+    except PlaywrightTimeout:
+        state = await chart.evaluate("(el) => ({...el.dataset})")
+        conn = await page.locator("#conn").text_content()
+        raise AssertionError(
+            f"no live sample drawn in 30 s: {len(pushed)} sample frames for the host pushed since the page opened "
+            f"({sum(t >= waiting_since for t in pushed)} while waiting), connection {conn!r}, chart {state}, "
+            f"{len(queries) - loaded} refetches") from None
     assert len(queries) == loaded, "live mode refetched instead of adding the sample"
     # ... in its step bucket: a new point only when the sample starts a new bucket.
     newest = float(await chart.get_attribute("data-last") or 0)

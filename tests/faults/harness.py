@@ -340,13 +340,13 @@ class Platform:
                  "--metrics-listen", f"127.0.0.1:{port}")
 
         self.procs["aggregator"].start()
-        await wait_for(self.storage_up, within=60, interval=0.2, message="aggregator serving with PostgreSQL")
+        await self.started("aggregator", self.storage_up, "serving with PostgreSQL")
         await self.apply_rules()
         for name in ("gateway", "alerts", *AGENT_HOSTS):
             self.procs[name].start()
         self.start_probe()
-        await wait_for(self.gateway_ready, within=30, interval=0.2, message="gateway ready")
-        await wait_for(self.alerts_ready, within=60, interval=0.2, message="alerts service ready")
+        await self.started("gateway", self.gateway_ready, "ready")
+        await self.started("alerts", self.alerts_ready, "ready")
         await wait_for(self.all_connected, within=30, interval=0.2, message="collectors connected")
 
         def baseline() -> bool:
@@ -354,6 +354,23 @@ class Platform:
             return {(UPTIME_RULE, h) for h in AGENT_HOSTS} | {(PROBE_RULE, PROBE_HOST)} <= firing
 
         await wait_for(baseline, within=30, interval=0.2, message="each host's first alert fired")
+
+    async def started(self, name: str, ready: Callable[[], Awaitable[bool]], what: str, within: float = 60) -> None:
+        """Wait for a child to be `what`; if it exits first or the deadline passes, fail with its log's tail."""
+        p = self.procs[name]
+
+        async def check() -> bool:
+            if not p.alive:
+                raise AssertionError(f"{name} exited (code {p.popen and p.popen.poll()}) before it was {what}:\n"
+                                     + "\n".join(p.log_lines()[-30:]))
+            return await ready()
+
+        try:
+            await wait_for(check, within=within, interval=0.2, message=f"{name} {what}")
+        except AssertionError as e:
+            if "exited" in str(e):
+                raise
+            raise AssertionError(f"{e}; its log ends:\n" + "\n".join(p.log_lines()[-30:])) from None
 
     async def stop(self) -> None:
         await self.stop_probe(count=False)

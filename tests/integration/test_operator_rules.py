@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 
 from sysmon.aggregator.server import Aggregator
 from sysmon.core.config_model import spec_from_struct
+from sysmon.core.embedded import free_port
 from sysmon.core.settings import OperatorSettings
 from sysmon.operator.config_client import ConfigClient
 from sysmon.operator.handlers import OperatorContext, rule_push, rule_remove
@@ -88,12 +88,6 @@ def rules_in(snap: config_pb2.ConfigSnapshot) -> dict[str, tuple[int, dict[str, 
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in status["conditions"] if c["type"] == type_)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY
 
 from sysmon.core import bus as busmod
 from sysmon.core.bus import redis as redis_bus
+from sysmon.core.embedded import free_port
 from sysmon.core.storage import rollups
 from sysmon.core.telemetry import MetricsEndpoint
 from sysmon.pb.v1 import events_pb2
@@ -34,7 +35,7 @@ from sysmon.pipeline.exporter import SqsExporter, sqs_client
 from sysmon.pipeline.settings import SqsExporterSettings
 from tests.conftest import AggregatorFactory
 from tests.helpers import running_collector, start_idle_aggregator, wait_for
-from tests.pipeline_helpers import LambdaContext, free_port, minutes, poll_like_lambda, recorded_events, sqs_event
+from tests.pipeline_helpers import LambdaContext, minutes, poll_like_lambda, recorded_events, sqs_event
 
 REGION = "us-east-1"
 
