@@ -17,7 +17,7 @@ import websockets
 from sysmon.core.settings import GatewaySettings
 from sysmon.gateway.app import create_app
 from sysmon.gateway.server import HttpServer
-from tests.helpers import RawClient, make_batch, wait_for
+from tests.helpers import RawClient, make_batch, running_collector, wait_for
 
 
 @dataclass
@@ -105,3 +105,23 @@ async def write_history(address: str, host_id: str, *, hours: float, every_s: in
         await wait_for(lambda: len(c.acked) == len(times), within=60, message=f"{len(times)} batches acked")
         await c.finish()
     return len(times)
+
+
+async def two_gateways_serve_every_host(address: str, pg_dsn: str, redis_url: str, hosts: list[str],
+                                        **bus: Any) -> None:
+    """Gateways scale out: two replicas on one bus each push every host's live samples, so a
+    dashboard on either sees the whole fleet."""
+    async with running_gateway(pg_dsn, redis_url, **bus) as g1, running_gateway(pg_dsn, redis_url, **bus) as g2, \
+            live_reader(g1) as live1, live_reader(g2) as live2, contextlib.AsyncExitStack() as stack:
+        for h in hosts:
+            await stack.enter_async_context(running_collector(address, host_id=h))
+
+        async def known() -> bool:
+            return all([(await g1.http.get(f"/api/v1/hosts/{h}")).status_code == 200 for h in hosts])
+
+        await wait_for(known, message="every host known")
+        for live in (live1, live2):
+            await live.subscribe(hosts=["*"], metrics=["system.uptime"])
+        for live in (live1, live2):
+            await wait_for(lambda live=live: {f["host"] for f in live.of("samples")} >= set(hosts), within=30,
+                           message="every host's samples on each gateway's stream")

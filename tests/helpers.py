@@ -141,3 +141,69 @@ def make_batch(host_id: str, session_id: str, seq: int, *, declare: bool = True,
             batch.series.add(ref=i + 1, name=name, attributes=attrs, unit="1", kind=1)
     batch.frames.add(time_unix_ms=t, refs=list(range(1, len(values) + 1)), values=list(values))
     return batch
+
+
+class TcpProxy:
+    """One address in front of several backends, as a Kubernetes Service is: each new connection
+    goes to the next backend in turn, skipping one that refuses. `stop()` takes the address away,
+    and `start()` brings it back on the same port."""
+
+    def __init__(self, *targets: str):
+        from sysmon.core.embedded import free_port
+
+        self.targets = [(h, int(p)) for h, _, p in (t.removeprefix("http://").rpartition(":") for t in targets)]
+        self.port = free_port()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        # Connections each backend took, by its index in targets.
+        self.taken: list[int] = [0] * len(self.targets)
+        self._next = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in list(self.writers):
+            w.transport.abort()
+        await self.server.wait_closed()
+        self.server = None
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        for _ in self.targets:
+            i = self._next
+            self._next = (self._next + 1) % len(self.targets)
+            try:
+                up = await asyncio.open_connection(*self.targets[i])
+            except OSError:
+                continue
+            self.taken[i] += 1
+            return up
+        return None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up = await self._connect()
+        if up is None:
+            writer.transport.abort()
+            return
+        up_r, up_w = up
+        self.writers |= {writer, up_w}
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            w.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+        self.writers -= {writer, up_w}

@@ -24,6 +24,10 @@ CHANNEL_OPTIONS = [
     # Our own loop reconnects with backoff and jitter; keep gRPC's from adding minutes of its own.
     ("grpc.initial_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 5_000),
+    # A connection of its own: channels to the same target in one process otherwise share one
+    # (gRPC's global subchannel pool), so that behind a load-balanced address they all land on the
+    # same aggregator and fail over together.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 

@@ -5,7 +5,6 @@ whose rule fires to a webhook, and the gateway's live stream, with the alert on 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from sysmon.alerts.service import AlertsService
 from sysmon.core.hot import HotTier
 from sysmon.core.settings import AlertsSettings
 from tests.conftest import AggregatorFactory
-from tests.gateway_helpers import live_reader, running_gateway
+from tests.gateway_helpers import live_reader, running_gateway, two_gateways_serve_every_host
 from tests.helpers import running_collector, wait_for
 from tests.integration.test_alerts import Receiver, Rules
 
@@ -125,19 +124,5 @@ async def test_two_gateways_serve_the_same_live_stream_over_kafka(
     dashboard on either replica sees every host."""
     bus = kafka(kafka_url, kafka_prefix)
     agg = await start_aggregator(**bus)
-    async with running_gateway(pg_dsn, redis_url, **bus) as g1, running_gateway(pg_dsn, redis_url, **bus) as g2, \
-            live_reader(g1) as live1, live_reader(g2) as live2:
-        hosts = [f"kafka-gw-{i}" for i in range(4)]  # over more than one of the 4 partitions
-        async with contextlib.AsyncExitStack() as stack:
-            for h in hosts:
-                await stack.enter_async_context(running_collector(agg.address, host_id=h))
-
-            async def known() -> bool:
-                return all([(await g1.http.get(f"/api/v1/hosts/{h}")).status_code == 200 for h in hosts])
-
-            await wait_for(known, message="every host known")
-            for live in (live1, live2):
-                await live.subscribe(hosts=["*"], metrics=["system.uptime"])
-            for live in (live1, live2):
-                await wait_for(lambda live=live: {f["host"] for f in live.of("samples")} >= set(hosts), within=30,
-                               message="every host's samples on each gateway's stream")
+    # Over more than one of the 4 partitions.
+    await two_gateways_serve_every_host(agg.address, pg_dsn, redis_url, [f"kafka-gw-{i}" for i in range(4)], **bus)

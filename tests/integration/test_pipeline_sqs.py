@@ -34,7 +34,7 @@ from sysmon.pipeline import lambda_handler, wire
 from sysmon.pipeline.exporter import SqsExporter, sqs_client
 from sysmon.pipeline.settings import SqsExporterSettings
 from tests.conftest import AggregatorFactory
-from tests.helpers import running_collector, start_idle_aggregator, wait_for
+from tests.helpers import TcpProxy, running_collector, start_idle_aggregator, wait_for
 from tests.pipeline_helpers import LambdaContext, minutes, poll_like_lambda, recorded_events, sqs_event
 
 REGION = "us-east-1"
@@ -197,50 +197,6 @@ async def test_a_malformed_record_is_reported_and_then_dead_lettered_and_duplica
     assert await lambda_db.fetch("SELECT * FROM pipeline_fleet_1m ORDER BY metric_key, bucket") == fleet
 
 
-class Proxy:
-    """A TCP proxy in front of the SQS endpoint that a test can take away and bring back on the same port."""
-
-    def __init__(self, target: str):
-        self.target_host, port = target.removeprefix("http://").rsplit(":", 1)
-        self.target_port = int(port)
-        self.port = free_port()
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in list(self.writers):
-            w.transport.abort()
-        await self.server.wait_closed()
-        self.server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection(self.target_host, self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.writers |= {writer, up_w}
-
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-            w.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
-        self.writers -= {writer, up_w}
-
-
 def _metric(text: str, name: str, labels: str = "") -> float:
     for line in text.splitlines():
         if line.startswith(name + (("{" + labels + "}") if labels else " ")):
@@ -252,7 +208,7 @@ async def test_the_exporter_survives_the_endpoint_going_away_and_resumes_without
     sqs: Any, moto_url: str, redis_url: str, redis_client: aioredis.Redis, lambda_db: asyncpg.Connection,
 ) -> None:
     queue, _ = make_queues(sqs)
-    proxy = Proxy(moto_url)
+    proxy = TcpProxy(moto_url)
     await proxy.start()
     settings = exporter_settings(queue, proxy.url)
     bus = busmod.RedisBus(redis_client)

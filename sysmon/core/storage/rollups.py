@@ -215,8 +215,9 @@ async def _create(conn: asyncpg.Connection, table: PartitionedTable, p: Partitio
         )
         if table.after_create:
             await conn.execute(table.after_create.format(name=p.name))
-    except asyncpg.InvalidObjectDefinitionError as e:
-        # Another aggregator created an overlapping partition first; it covers the range.
+    except (asyncpg.InvalidObjectDefinitionError, asyncpg.DuplicateTableError, asyncpg.UniqueViolationError) as e:
+        # Another aggregator created it (or an overlapping one) first; it covers the range. IF NOT
+        # EXISTS does not cover two creating at once: the later fails on the name (pg_type's index).
         log.info("partition %s not created: %s", p.name, e)
         return False
     return True
