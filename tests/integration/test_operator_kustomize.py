@@ -423,3 +423,33 @@ def test_the_strimzi_component_declares_what_the_kafka_component_points_at(tmp_p
     for d in docs:  # everything else is as valid as without it
         if not d["apiVersion"].startswith("kafka.strimzi.io/"):
             assert manifest_errors(d) == [], (d["kind"], d["metadata"].get("name"))
+
+
+# --- the SQS exporter component ---------------------------------------------------------------------
+
+
+def test_the_sqs_exporter_component_adds_the_exporter_to_the_sample_fleet(tmp_path: Path) -> None:
+    docs = render_overlay(tmp_path, components=["components/sqs-exporter"])
+    for d in docs:
+        assert manifest_errors(d) == [], (d["kind"], d["metadata"].get("name"))
+    children = _fleet_children(docs)
+    for child in children.values():
+        assert manifest_errors(child) == [], manifests.key(child)
+    sa = children["ServiceAccount", "sysmon-sqs-exporter"]
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == \
+        "arn:aws:iam::123456789012:role/sysmon-sqs-exporter"
+    pod = children["Deployment", "sysmon-sqs-exporter"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "sysmon-sqs-exporter"
+    (c,) = pod["containers"]
+    assert c["args"] == ["export", "sqs"]
+    # The Redis it reads lets it in: its NetworkPolicy admits every sysmon pod.
+    (policy,) = [d for d in of_kind(docs, "NetworkPolicy") if d["metadata"]["name"] == "sysmon-redis"]
+    selector = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    template_labels = children["Deployment", "sysmon-sqs-exporter"]["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= template_labels.items()
+
+
+def test_the_sqs_exporter_with_the_kafka_bus_is_refused_at_apply(tmp_path: Path) -> None:
+    docs = render_overlay(tmp_path, components=["components/kafka-bus", "components/sqs-exporter"])
+    (fleet,) = of_kind(docs, "MonitoredFleet")
+    assert any("exporters.sqs reads the Redis bus only" in e for e in manifest_errors(fleet))
