@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sysmon.core.durations import Duration
+from sysmon.core.durations import Duration, within
 from sysmon.core.metrics import ATTR_KEY_RE, METRIC_GROUPS
 from sysmon.core.spec_base import CollectionInterval, MetricGroups, Spec
 
@@ -157,24 +157,11 @@ class SqsExporter(Spec):
     consumer_group: str = Field("sqs-exporter", alias="consumerGroup", pattern=CONSUMER_GROUP_RE)
     message_bytes: int = Field(64 * 1024, alias="messageBytes", ge=SQS_MIN_MESSAGE_BYTES, le=SQS_MAX_MESSAGE_BYTES,
                                strict=True)
-    linger: Duration = timedelta(milliseconds=500)
-    retry_max: Duration = Field(timedelta(seconds=30), alias="retryMax")
+    linger: Annotated[Duration, within(timedelta(0), timedelta(seconds=60))] = timedelta(milliseconds=500)
+    retry_max: Annotated[Duration, within(timedelta(seconds=1), timedelta(hours=1))] = Field(
+        timedelta(seconds=30), alias="retryMax")
     image: Image = None
     resources: Resources = _default_resources({"cpu": "50m", "memory": "128Mi"}, {"memory": "512Mi"})
-
-    @field_validator("linger")
-    @classmethod
-    def _linger(cls, v: timedelta) -> timedelta:
-        if not timedelta(0) <= v <= timedelta(seconds=60):
-            raise ValueError("must be between 0s and 60s")
-        return v
-
-    @field_validator("retry_max")
-    @classmethod
-    def _retry_max(cls, v: timedelta) -> timedelta:
-        if not timedelta(seconds=1) <= v <= timedelta(hours=1):
-            raise ValueError("must be between 1s and 1h")
-        return v
 
     @model_validator(mode="after")
     def _queue_region_credentials(self) -> SqsExporter:

@@ -707,6 +707,7 @@ SQS_SECRET = {"exporters": {"sqs": {
     "endpointUrl": "http://localstack.aws.svc:4566",
     "credentialsSecret": {"name": "sysmon-aws", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"},
     "messageBytes": 131072, "linger": "2s", "retryMax": "1m", "consumerGroup": "sqs-pipeline"}}}
+SQS_MIN, SQS_MAX = 16 * 1024, 256 * 1024
 SQS_CHILDREN = {("ServiceAccount", "prod-sqs-exporter"), ("ConfigMap", "prod-sqs-exporter"),
                 ("Deployment", "prod-sqs-exporter")}
 
@@ -806,13 +807,31 @@ def test_the_exporters_limits_and_defaults_are_the_exporters_own() -> None:
     from sysmon.pipeline import pack, wire
     from sysmon.pipeline.settings import SqsExporterSettings
 
-    assert fleet_spec.SQS_MIN_MESSAGE_BYTES == pack.MIN_MESSAGE_BYTES
-    assert fleet_spec.SQS_MAX_MESSAGE_BYTES == wire.MAX_MESSAGE_BYTES
+    assert fleet_spec.SQS_MIN_MESSAGE_BYTES == pack.MIN_MESSAGE_BYTES == SQS_MIN
+    assert fleet_spec.SQS_MAX_MESSAGE_BYTES == wire.MAX_MESSAGE_BYTES == SQS_MAX
     spec = FleetSpec.model_validate({**BASE, **SQS_IRSA}).exporters.sqs
     assert spec is not None
     defaults = SqsExporterSettings.model_fields
     for name in ("consumer_group", "message_bytes", "linger", "retry_max"):
         assert getattr(spec, name) == defaults[name].default, name
+    # The same bounds: what the CRD lets through, the exporter takes.
+    sqs = SQS_IRSA["exporters"]["sqs"]
+    for linger, ok in (("60s", True), ("61s", False)):
+        assert model_ok(FleetSpec, {**BASE, "exporters": {"sqs": {**sqs, "linger": linger}}}) is ok
+        assert model_ok(SqsExporterSettings, {"queue_url": QUEUE, "linger": linger}) is ok
+    for size, ok in ((SQS_MIN, True), (SQS_MIN - 1, False), (SQS_MAX, True), (SQS_MAX + 1, False)):
+        assert model_ok(FleetSpec, {**BASE, "exporters": {"sqs": {**sqs, "messageBytes": size}}}) is ok
+        assert model_ok(SqsExporterSettings, {"queue_url": QUEUE, "message_bytes": size}) is ok
+
+
+def model_ok(model: Any, data: dict[str, Any]) -> bool:
+    from pydantic import ValidationError
+
+    try:
+        model.model_validate(data)
+    except ValidationError:
+        return False
+    return True
 
 
 def test_the_exporter_is_refused_on_the_kafka_bus() -> None:
