@@ -34,8 +34,9 @@ RUN apt-get update \
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md setup.py ./
-# Dependencies alone first: this layer is rebuilt only when pyproject.toml changes.
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+# Dependencies alone first: this layer is rebuilt only when pyproject.toml changes. With them boto3
+# (of the aws extra), which `sysmon export sqs` needs: a fleet's spec.exporters.sqs runs this image.
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + [r for r in p['optional-dependencies']['aws'] if r.startswith('boto3')]))" \
       > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 COPY sysmon/ sysmon/

@@ -7,7 +7,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -65,3 +65,14 @@ Duration = Annotated[
     BeforeValidator(_coerce),
     PlainSerializer(format_duration, return_type=str, when_used="json"),
 ]
+
+
+def within(low: timedelta, high: timedelta) -> AfterValidator:
+    """Bounds of a Duration, `Annotated[Duration, within(low, high)]`, refused in the units people write."""
+
+    def check(v: timedelta) -> timedelta:
+        if not low <= v <= high:
+            raise ValueError(f"must be between {format_duration(low)} and {format_duration(high)}")
+        return v
+
+    return AfterValidator(check)

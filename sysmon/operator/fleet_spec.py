@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sysmon.core.durations import Duration
+from sysmon.core.durations import Duration, within
 from sysmon.core.metrics import ATTR_KEY_RE, METRIC_GROUPS
 from sysmon.core.spec_base import CollectionInterval, MetricGroups, Spec
 
@@ -111,6 +111,72 @@ class Alerts(Spec):
     # replicas. On the Redis bus it is one pod (it resumes its consumer by name), replaced, never doubled.
     replicas: Replicas = 1
     resources: Resources = _default_resources({"cpu": "50m", "memory": "128Mi"}, {"memory": "512Mi"})
+
+
+# An SQS queue URL: https://sqs.REGION.amazonaws.com/ACCOUNT/NAME on AWS; on another SQS API
+# (endpointUrl: LocalStack, ElasticMQ, moto) any http(s) host, the same /ACCOUNT/NAME path.
+SQS_QUEUE_URL_RE = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[0-9]{12}/[A-Za-z0-9_-]{1,80}([.]fifo)?$"
+# Without endpointUrl the queue is AWS's (the exporter calls AWS's endpoint for the region).
+AWS_QUEUE_URL_RE = r"^https://[^/]+[.]amazonaws[.]com([.]cn)?/"
+# The URLs from which the exporter reads the region itself (SqsExporterSettings.region_name).
+REGIONAL_QUEUE_URL_RE = r"^https?://sqs[.][^./]+[.]amazonaws[.]"
+AWS_REGION_RE = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"
+IAM_ROLE_ARN_RE = r"^arn:aws(-[a-z]+)*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
+CONSUMER_GROUP_RE = r"^[A-Za-z0-9._:-]{1,64}$"
+# The exporter's own limits (sysmon.pipeline.pack.MIN_MESSAGE_BYTES, wire.MAX_MESSAGE_BYTES: SQS's),
+# repeated because the operator does not import the pipeline; a test keeps them equal.
+SQS_MIN_MESSAGE_BYTES = 16 * 1024
+SQS_MAX_MESSAGE_BYTES = 256 * 1024
+
+
+class AwsCredentialsSecret(Spec):
+    """A Secret in the fleet's namespace holding an access key: its values reach the exporter as
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY by secretKeyRef, never in a manifest."""
+
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN_RE)
+    access_key_id_key: str = Field("AWS_ACCESS_KEY_ID", alias="accessKeyIdKey", max_length=253,
+                                   pattern=SECRET_KEY_RE)
+    secret_access_key_key: str = Field("AWS_SECRET_ACCESS_KEY", alias="secretAccessKeyKey", max_length=253,
+                                       pattern=SECRET_KEY_RE)
+
+
+class SqsExporter(Spec):
+    """`sysmon export sqs` for the fleet: its samples to an SQS queue (the Lambda pipeline).
+
+    Credentials: serviceAccountRoleArn (IRSA: the exporter's own ServiceAccount carries the role, and
+    EKS injects a web identity token), or credentialsSecret (an access key), or neither (whatever
+    the AWS SDK finds: EKS Pod Identity, the node's role).
+    """
+
+    queue_url: str = Field(..., alias="queueUrl", max_length=2048, pattern=SQS_QUEUE_URL_RE)
+    region: str | None = Field(None, max_length=32, pattern=AWS_REGION_RE)
+    endpoint_url: str | None = Field(None, alias="endpointUrl", max_length=2048, pattern=HTTP_URL_RE)
+    service_account_role_arn: str | None = Field(None, alias="serviceAccountRoleArn", max_length=2048,
+                                                 pattern=IAM_ROLE_ARN_RE)
+    credentials_secret: AwsCredentialsSecret | None = Field(None, alias="credentialsSecret")
+    consumer_group: str = Field("sqs-exporter", alias="consumerGroup", pattern=CONSUMER_GROUP_RE)
+    message_bytes: int = Field(64 * 1024, alias="messageBytes", ge=SQS_MIN_MESSAGE_BYTES, le=SQS_MAX_MESSAGE_BYTES,
+                               strict=True)
+    linger: Annotated[Duration, within(timedelta(0), timedelta(seconds=60))] = timedelta(milliseconds=500)
+    retry_max: Annotated[Duration, within(timedelta(seconds=1), timedelta(hours=1))] = Field(
+        timedelta(seconds=30), alias="retryMax")
+    image: Image = None
+    resources: Resources = _default_resources({"cpu": "50m", "memory": "128Mi"}, {"memory": "512Mi"})
+
+    @model_validator(mode="after")
+    def _queue_region_credentials(self) -> SqsExporter:
+        if self.endpoint_url is None and not re.match(AWS_QUEUE_URL_RE, self.queue_url):
+            raise ValueError("without endpointUrl, queueUrl must be an AWS queue URL "
+                             "(https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)")
+        if self.region is None and not re.match(REGIONAL_QUEUE_URL_RE, self.queue_url):
+            raise ValueError("region is needed when the queue URL does not name one (sqs.REGION.amazonaws.com)")
+        if self.service_account_role_arn and self.credentials_secret:
+            raise ValueError("serviceAccountRoleArn or credentialsSecret, not both")
+        return self
+
+
+class Exporters(Spec):
+    sqs: SqsExporter | None = None
 
 
 # host:port of a Kafka broker (a bootstrap server).
@@ -242,12 +308,21 @@ class FleetSpec(Spec):
     tls: Tls | None = None
     identity: Identity = Field(default_factory=Identity)
     bus: Bus = Field(default_factory=Bus)
+    exporters: Exporters = Field(default_factory=Exporters)
 
     @model_validator(mode="after")
     def _alerts_replicas_need_kafka(self) -> FleetSpec:
         if self.alerts.replicas > 1 and self.bus.type != "kafka":
             raise ValueError("alerts.replicas above 1 needs bus.type kafka (on the Redis bus the alerts "
                              "service is one replica)")
+        return self
+
+    @model_validator(mode="after")
+    def _sqs_exporter_needs_redis(self) -> FleetSpec:
+        # The exporter resumes from a Redis consumer group (SqsExporterSettings refuses SYSMON_BUS_URL):
+        # on a Kafka fleet it would read an empty Redis stream and forward nothing.
+        if self.exporters.sqs is not None and self.bus.type == "kafka":
+            raise ValueError("exporters.sqs reads the Redis bus only: it cannot forward from bus.type kafka")
         return self
 
     @field_validator("host_labels")

@@ -67,7 +67,9 @@ class FleetResult:
 
 def _first_error(e: ValidationError) -> str:
     err = e.errors()[0]
-    return f"spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+    # A rule across fields (a model validator) has no field of its own: its message names them.
+    where = ".".join(["spec", *(str(p) for p in err["loc"])])
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}"
 
 
 def reconcile_fleet(kube: Kube, *, name: str, namespace: str, uid: str, generation: int,

@@ -13,6 +13,10 @@ present a projected token of it (audience-bound, rotated by the kubelet, read th
 SYSMON_TOKEN_FILE) instead of the fleet token, and the aggregator, the one pod here with a
 Kubernetes API token, verifies them with TokenReview: collectors for their own node, the alerts
 service as reader, the operator's ServiceAccount as admin.
+
+The SQS exporter (spec.exporters.sqs) is a Deployment of `sysmon export sqs` with a ServiceAccount
+of its own that the Kubernetes API grants nothing: it is there for IRSA (its role-arn annotation)
+and so that no other pod shares the AWS identity. It reads only the Redis URL Secret.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sysmon.core.durations import format_duration
-from sysmon.operator.fleet_spec import FleetSpec, Identity, Kafka, Resources, SecretSource, Tls
+from sysmon.operator.fleet_spec import FleetSpec, Identity, Kafka, Resources, SecretSource, SqsExporter, Tls
 
 GROUP = "sysmon.dev"
 VERSION = "v1alpha1"
@@ -43,6 +47,11 @@ GATEWAY_PORT = 8080
 ALERTS_PORT = 8081
 # Collectors share the node's network, so their /metrics port is taken on every node.
 COLLECTOR_METRICS_PORT = 9465
+# The SQS exporter's /metrics (its only HTTP endpoint: the probes ask it too).
+SQS_EXPORTER_METRICS_PORT = 9466
+SQS_EXPORTER = "sqs-exporter"
+# IRSA: EKS's webhook gives pods of a ServiceAccount so annotated a web identity token for the role.
+IRSA_ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
 HOST_ROOT = "/host"
 # Where the fleet's TLS Secret is mounted; its keys are those of a kubernetes.io/tls Secret.
 TLS_DIR = "/etc/sysmon/tls"
@@ -65,10 +74,11 @@ SPEC_HASH = "sysmon.dev/spec-hash"
 CONFIG_HASH = "sysmon.dev/config-hash"
 FLEET_LABEL = "sysmon.dev/fleet"
 
-COMPONENTS = ("collector", "aggregator", "gateway", "alerts")
-# Components with a ServiceAccount of their own: those that call the aggregator, and the aggregator
-# (which calls TokenReview). The gateway calls neither and keeps the namespace's default one.
-SERVICE_ACCOUNTS = ("collector", "aggregator", "alerts")
+COMPONENTS = ("collector", "aggregator", "gateway", "alerts", SQS_EXPORTER)
+# Components with a ServiceAccount of their own: those that call the aggregator, the aggregator
+# (which calls TokenReview), and the SQS exporter (its AWS identity). The gateway keeps the
+# namespace's default one.
+SERVICE_ACCOUNTS = ("collector", "aggregator", "alerts", SQS_EXPORTER)
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,11 @@ def owner_reference(fleet: Fleet) -> dict[str, Any]:
 def spec_hash(manifest: Mapping[str, Any]) -> str:
     """Hash of everything the operator sets, less the annotation that carries the hash."""
     meta = {k: v for k, v in manifest["metadata"].items() if k != "annotations"}
+    # Other annotations count only where there are some, so that the hashes of objects without
+    # any stay what they were.
+    annotations = {k: v for k, v in (manifest["metadata"].get("annotations") or {}).items() if k != SPEC_HASH}
+    if annotations:
+        meta["annotations"] = annotations
     return _hash({**manifest, "metadata": meta})
 
 
@@ -147,7 +162,8 @@ def _metadata(fleet: Fleet, component: str, name: str) -> dict[str, Any]:
 
 
 def _finish(manifest: dict[str, Any]) -> dict[str, Any]:
-    manifest["metadata"]["annotations"] = {SPEC_HASH: spec_hash(manifest)}
+    manifest["metadata"]["annotations"] = {**manifest["metadata"].get("annotations", {}),
+                                           SPEC_HASH: spec_hash(manifest)}
     return manifest
 
 
@@ -326,7 +342,27 @@ def config_data(fleet: Fleet, component: str) -> dict[str, str]:
         if spec.gateway.external_url:
             data["SYSMON_EXTERNAL_URL"] = spec.gateway.external_url
         return data
+    if component == SQS_EXPORTER and spec.exporters.sqs is not None:
+        return _sqs_exporter_env(spec.exporters.sqs)
     raise ValueError(f"unknown component {component!r}")
+
+
+def _sqs_exporter_env(sqs: SqsExporter) -> dict[str, str]:
+    """SqsExporterSettings' variables. The consumer keeps the exporter's default name: one pod, the
+    same name across restarts, so it resumes the entries it was handed and never acknowledged."""
+    data = {
+        "SYSMON_QUEUE_URL": sqs.queue_url,
+        "SYSMON_CONSUMER_GROUP": sqs.consumer_group,
+        "SYSMON_MESSAGE_BYTES": str(sqs.message_bytes),
+        "SYSMON_LINGER": format_duration(sqs.linger),
+        "SYSMON_RETRY_MAX": format_duration(sqs.retry_max),
+        "SYSMON_METRICS_LISTEN": f"0.0.0.0:{SQS_EXPORTER_METRICS_PORT}",
+    }
+    if sqs.region:
+        data["SYSMON_REGION"] = sqs.region
+    if sqs.endpoint_url:
+        data["SYSMON_ENDPOINT_URL"] = sqs.endpoint_url
+    return data
 
 
 def _tls_volume(tls: Tls | None, *, server: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -369,10 +405,14 @@ def service_account_ref(fleet: Fleet, component: str) -> str:
 
 
 def service_account(fleet: Fleet, component: str) -> dict[str, Any]:
+    metadata = _metadata(fleet, component, service_account_name(fleet, component))
+    sqs = fleet.spec.exporters.sqs
+    if component == SQS_EXPORTER and sqs is not None and sqs.service_account_role_arn:
+        metadata["annotations"] = {IRSA_ROLE_ANNOTATION: sqs.service_account_role_arn}
     return _finish({
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _metadata(fleet, component, service_account_name(fleet, component)),
+        "metadata": metadata,
         # No API token unless a pod asks for one itself (only the aggregator's does, to call TokenReview).
         "automountServiceAccountToken": False,
     })
@@ -389,13 +429,13 @@ def config_map(fleet: Fleet, component: str) -> dict[str, Any]:
 
 def _container(fleet: Fleet, component: str, image: str, resources: Resources,
                env: list[dict[str, Any]], ports: list[dict[str, Any]], probes: dict[str, Any],
-               mounts: list[dict[str, Any]]) -> dict[str, Any]:
+               mounts: list[dict[str, Any]], args: list[str] | None = None) -> dict[str, Any]:
     return {
         "name": component,
         "image": image,
         "imagePullPolicy": fleet.spec.image_pull_policy,
         # args, not command: the image's entrypoint is the sysmon CLI (and Tilt's restart wrapper in dev).
-        "args": ["agent" if component == "collector" else component],
+        "args": args or ["agent" if component == "collector" else component],
         "envFrom": [{"configMapRef": {"name": child_name(fleet, component)}}],
         "env": env,
         "ports": ports,
@@ -458,14 +498,17 @@ def _http_probes(port: int, start_seconds: int = 60) -> dict[str, Any]:
     }
 
 
+def _metrics_probes(port: int) -> dict[str, Any]:
+    """For a process whose only HTTP endpoint is /metrics (the collector, the SQS exporter)."""
+    def probe(period: int, failures: int) -> dict[str, Any]:
+        return {"httpGet": {"path": "/metrics", "port": port}, "periodSeconds": period, "failureThreshold": failures}
+
+    return {"livenessProbe": probe(10, 3), "readinessProbe": probe(5, 2)}
+
+
 def collector_daemonset(fleet: Fleet) -> dict[str, Any]:
     spec = fleet.spec
     c = spec.collectors
-
-    def metrics_probe(period: int, failures: int) -> dict[str, Any]:
-        return {"httpGet": {"path": "/metrics", "port": COLLECTOR_METRICS_PORT}, "periodSeconds": period,
-                "failureThreshold": failures}
-
     tls_volumes, tls_mounts = _tls_volume(spec.tls, server=False)
     token_volumes, token_mounts = _token_volume(spec.identity)
     env = [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
@@ -475,10 +518,7 @@ def collector_daemonset(fleet: Fleet) -> dict[str, Any]:
         fleet, "collector", _image(fleet, c.image), c.resources,
         env=env,
         ports=[{"name": "metrics", "containerPort": COLLECTOR_METRICS_PORT, "protocol": "TCP"}],
-        probes={
-            "livenessProbe": metrics_probe(10, 3),
-            "readinessProbe": metrics_probe(5, 2),
-        },
+        probes=_metrics_probes(COLLECTOR_METRICS_PORT),
         mounts=[{"name": "host-root", "mountPath": HOST_ROOT, "readOnly": True,
                  "mountPropagation": "HostToContainer"}, *tls_mounts, *token_mounts],
     )
@@ -616,6 +656,33 @@ def alerts_deployment(fleet: Fleet) -> dict[str, Any]:
                        volumes=[*tls_volumes, *token_volumes, *kafka_volumes], singleton=not kafka)
 
 
+def sqs_exporter_deployment(fleet: Fleet) -> dict[str, Any]:
+    """One pod, stopped before its successor starts. The Redis consumer group hands a consumer's
+    unacknowledged entries back only to a consumer of the same name, and nothing claims a gone
+    consumer's: so the exporter keeps one name, and two pods of that name would both send its
+    pending entries (pods of their own names would leave a replaced pod's entries unsent)."""
+    spec = fleet.spec
+    sqs = spec.exporters.sqs
+    assert sqs is not None
+    env = [_secret_env("SYSMON_REDIS_URL", spec.redis)]
+    if sqs.credentials_secret is not None:
+        c = sqs.credentials_secret
+        env += [
+            {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": c.name, "key": c.access_key_id_key}}},
+            {"name": "AWS_SECRET_ACCESS_KEY",
+             "valueFrom": {"secretKeyRef": {"name": c.name, "key": c.secret_access_key_key}}},
+        ]
+    container = _container(
+        fleet, SQS_EXPORTER, _image(fleet, sqs.image), sqs.resources,
+        env=env,
+        ports=[{"name": "metrics", "containerPort": SQS_EXPORTER_METRICS_PORT, "protocol": "TCP"}],
+        probes=_metrics_probes(SQS_EXPORTER_METRICS_PORT),
+        mounts=[],
+        args=["export", "sqs"],
+    )
+    return _deployment(fleet, SQS_EXPORTER, 1, container, singleton=True)
+
+
 def alerts_disruption_budget(fleet: Fleet) -> dict[str, Any]:
     """With replicas sharing the hosts, a node drain takes one at a time: the others take its
     hosts over while it moves."""
@@ -654,6 +721,8 @@ def enabled_components(spec: FleetSpec) -> list[str]:
         out.append("gateway")
     if spec.alerts.enabled:
         out.append("alerts")
+    if spec.exporters.sqs is not None:
+        out.append(SQS_EXPORTER)
     return out
 
 
@@ -671,6 +740,8 @@ def desired_children(fleet: Fleet) -> list[dict[str, Any]]:
         out += [alerts_deployment(fleet), service(fleet, "alerts")]
         if fleet.spec.alerts.replicas > 1 and _kafka(fleet.spec) is not None:
             out.append(alerts_disruption_budget(fleet))
+    if SQS_EXPORTER in components:
+        out.append(sqs_exporter_deployment(fleet))
     return out
 
 
@@ -682,4 +753,5 @@ def possible_children(fleet: Fleet) -> list[tuple[str, str]]:
     for c in ("aggregator", "gateway", "alerts"):
         out += [("Deployment", child_name(fleet, c)), ("Service", child_name(fleet, c))]
     out.append(("PodDisruptionBudget", child_name(fleet, "alerts")))
+    out.append(("Deployment", child_name(fleet, SQS_EXPORTER)))
     return out

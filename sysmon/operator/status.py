@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+# A component's block in status, where its name is not the key (status keys are camelCase).
+STATUS_KEYS = {"collector": "collectors", "sqs-exporter": "sqsExporter"}
+
 
 @dataclass(frozen=True)
 class Rollout:
@@ -110,8 +113,8 @@ def fleet_status(*, generation: int, rollouts: Sequence[Rollout], error: tuple[s
         ],
     }
     for r in rollouts:
-        status["collectors" if r.component == "collector" else r.component] = block(r)
+        status[STATUS_KEYS.get(r.component, r.component)] = block(r)
     # None removes a disabled component's block (status is merge-patched).
-    for c in ("gateway", "alerts"):
+    for c in ("gateway", "alerts", "sqsExporter"):
         status.setdefault(c, None)
     return status

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from sysmon.core.durations import Duration
+from sysmon.core.durations import Duration, within
 from sysmon.core.settings import ConnectionSettings
 from sysmon.pipeline import wire
 from sysmon.pipeline.pack import MIN_MESSAGE_BYTES
@@ -26,8 +27,10 @@ class SqsExporterSettings(ConnectionSettings):
     message_bytes: int = Field(
         64 * 1024, description=f"fill messages up to this size ({MIN_MESSAGE_BYTES}-{wire.MAX_MESSAGE_BYTES})"
     )
-    linger: Duration = Field(timedelta(milliseconds=500),
-                             description="wait this long for more samples before sending a call that is not full")
+    linger: Annotated[Duration, within(timedelta(0), timedelta(seconds=60))] = Field(
+        timedelta(milliseconds=500),
+        description="wait this long for more samples before sending a call that is not full",
+    )
     retry_max: Duration = Field(timedelta(seconds=30), description="longest wait between attempts of a failed call")
     # Read only to refuse it: the exporter resumes from a Redis consumer group's position, so on a
     # fleet whose bus is Kafka it would read an empty Redis stream and forward nothing, silently.
@@ -53,13 +56,6 @@ class SqsExporterSettings(ConnectionSettings):
     def _queue_url(cls, v: str) -> str:
         if not v.startswith(("https://", "http://")):
             raise ValueError("must be the queue's URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)")
-        return v
-
-    @field_validator("linger")
-    @classmethod
-    def _linger(cls, v: timedelta) -> timedelta:
-        if not timedelta(0) <= v <= timedelta(seconds=60):
-            raise ValueError("must be between 0s and 60s")
         return v
 
     def region_name(self) -> str | None:

@@ -372,13 +372,19 @@ def _fleet_children(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[st
     return {(c["kind"], c["metadata"]["name"]): c for c in manifests.desired_children(f)}
 
 
-def test_the_kafka_component_switches_the_fleet_to_kafka_with_two_alerts_replicas(tmp_path: Path) -> None:
-    docs = render_overlay(tmp_path, components=["components/kafka-bus"])
+def _valid_fleet_children(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """What the operator builds from a rendered overlay's fleet, with the overlay and all of that valid."""
     for d in docs:
         assert manifest_errors(d) == [], (d["kind"], d["metadata"].get("name"))
     children = _fleet_children(docs)
     for child in children.values():
         assert manifest_errors(child) == [], manifests.key(child)
+    return children
+
+
+def test_the_kafka_component_switches_the_fleet_to_kafka_with_two_alerts_replicas(tmp_path: Path) -> None:
+    docs = render_overlay(tmp_path, components=["components/kafka-bus"])
+    children = _valid_fleet_children(docs)
     for component in ("aggregator", "gateway", "alerts"):
         data = children["ConfigMap", f"sysmon-{component}"]["data"]
         assert data["SYSMON_BUS_URL"] == "kafka://sysmon-kafka-kafka-bootstrap:9093", component
@@ -423,3 +429,29 @@ def test_the_strimzi_component_declares_what_the_kafka_component_points_at(tmp_p
     for d in docs:  # everything else is as valid as without it
         if not d["apiVersion"].startswith("kafka.strimzi.io/"):
             assert manifest_errors(d) == [], (d["kind"], d["metadata"].get("name"))
+
+
+# --- the SQS exporter component ---------------------------------------------------------------------
+
+
+def test_the_sqs_exporter_component_adds_the_exporter_to_the_sample_fleet(tmp_path: Path) -> None:
+    docs = render_overlay(tmp_path, components=["components/sqs-exporter"])
+    children = _valid_fleet_children(docs)
+    sa = children["ServiceAccount", "sysmon-sqs-exporter"]
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == \
+        "arn:aws:iam::123456789012:role/sysmon-sqs-exporter"
+    pod = children["Deployment", "sysmon-sqs-exporter"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "sysmon-sqs-exporter"
+    (c,) = pod["containers"]
+    assert c["args"] == ["export", "sqs"]
+    # The Redis it reads lets it in: its NetworkPolicy admits every sysmon pod.
+    (policy,) = [d for d in of_kind(docs, "NetworkPolicy") if d["metadata"]["name"] == "sysmon-redis"]
+    selector = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    template_labels = children["Deployment", "sysmon-sqs-exporter"]["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= template_labels.items()
+
+
+def test_the_sqs_exporter_with_the_kafka_bus_is_refused_at_apply(tmp_path: Path) -> None:
+    docs = render_overlay(tmp_path, components=["components/kafka-bus", "components/sqs-exporter"])
+    (fleet,) = of_kind(docs, "MonitoredFleet")
+    assert any("exporters.sqs reads the Redis bus only" in e for e in manifest_errors(fleet))

@@ -437,3 +437,76 @@ async def test_sysmon_export_sqs_runs_until_signalled(sqs: Any, moto_url: str, r
         proc.terminate()
         _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 0, err.decode()[-2000:]
+
+
+async def test_the_exporter_a_fleet_asks_for_runs_from_the_operators_manifests(
+    sqs: Any, moto_url: str, redis_url: str, redis_client: aioredis.Redis, tmp_path: Path,
+) -> None:
+    """`sysmon export sqs` started as the fleet's Deployment starts it: the container's args, its
+    ConfigMap, and each Secret's value under the name its secretKeyRef gives. Its probe's /metrics
+    answers, and what the bus carries reaches the queue."""
+    from sysmon.core.embedded import free_port as loopback_port
+    from sysmon.operator import manifests
+    from sysmon.operator.fleet_spec import FleetSpec
+
+    queue, _ = make_queues(sqs)
+
+    def ref(name: str, key: str) -> dict[str, Any]:
+        return {"secretKeyRef": {"name": name, "key": key}}
+
+    spec = FleetSpec.model_validate({
+        "postgres": ref("sysmon-postgres", "url"), "redis": ref("sysmon-redis", "url"),
+        "token": ref("sysmon-token", "token"),
+        "exporters": {"sqs": {"queueUrl": queue, "endpointUrl": moto_url, "region": REGION, "linger": "100ms",
+                              "credentialsSecret": {"name": "sysmon-aws", "accessKeyIdKey": "id",
+                                                    "secretAccessKeyKey": "secret"}}},
+    })
+    children = {manifests.key(c): c for c in manifests.desired_children(manifests.Fleet("prod", "sysmon", "u", spec))}
+    (container,) = children["Deployment", "prod-sqs-exporter"]["spec"]["template"]["spec"]["containers"]
+    secrets = {("sysmon-redis", "url"): redis_url, ("sysmon-aws", "id"): "testing", ("sysmon-aws", "secret"): "testing"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYSMON_", "AWS_"))}
+    env.update(children["ConfigMap", "prod-sqs-exporter"]["data"])
+    for e in container["env"]:
+        r = e["valueFrom"]["secretKeyRef"]
+        env[e["name"]] = secrets[r["name"], r["key"]]
+    probe = container["readinessProbe"]["httpGet"]
+    # In the pod it listens on every address at the probe's port; here on a free loopback port.
+    assert env["SYSMON_METRICS_LISTEN"] == f"0.0.0.0:{probe['port']}"
+    port = loopback_port()
+    env["SYSMON_METRICS_LISTEN"] = f"127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe['path']}", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    events = recorded_events(["node-a", "node-b"], frames=8, per_batch=4)
+    bus = busmod.RedisBus(redis_client)
+    with (tmp_path / "exporter.log").open("w") as log:
+        proc = await asyncio.create_subprocess_exec(str(Path(sys.executable).parent / "sysmon"), *container["args"],
+                                                    env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            await wait_for(ready, within=30, message="the readiness probe's /metrics")
+            for ev in events:
+                await bus.publish(busmod.SAMPLES, events_pb2.SamplesEvents(events=[ev]).SerializeToString())
+            await wait_for(lambda: forwarded(redis_client, env["SYSMON_CONSUMER_GROUP"]), within=30,
+                           message="every bus entry sent and acknowledged")
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            await asyncio.wait_for(proc.wait(), 15)
+    assert proc.returncode == 0, (tmp_path / "exporter.log").read_text()
+
+    got: set[tuple[str, int]] = set()
+    while True:
+        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, MessageAttributeNames=["All"],
+                                       WaitTimeSeconds=0).get("Messages", [])
+        if not messages:
+            break
+        for msg in messages:
+            got |= {(ev.host_id, ev.seq) for ev in wire.decode(msg["Body"], msg["MessageAttributes"]).events}
+        sqs.delete_message_batch(QueueUrl=queue, Entries=[{"Id": str(i), "ReceiptHandle": msg["ReceiptHandle"]}
+                                                          for i, msg in enumerate(messages)])
+    assert got == {(ev.host_id, ev.seq) for ev in events}

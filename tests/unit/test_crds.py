@@ -44,6 +44,9 @@ WHY_BAD = {
     "monitoredfleet-identity-unknown-mode.yaml": "'clientCertificate' is not one of",
     "monitoredfleet-identity-short-lived-token.yaml": "60 is less than the minimum of 600",
     "monitoredfleet-identity-api-server-audience.yaml": "the audience must not be the Kubernetes API server's",
+    "monitoredfleet-sqs-bad-queue-url.yaml": "'https://console.aws.amazon.com/sqs/v3/home?region=eu-west-1#/queues' "
+                                             "does not match",
+    "monitoredfleet-sqs-on-kafka.yaml": "exporters.sqs reads the Redis bus only",
     "alertrule-unknown-op.yaml": "'=>' is not one of",
     "alertrule-resolve-above-threshold.yaml": "resolveThreshold must not be above the threshold",
     "alertrule-window-too-long.yaml": "window must be more than 0 and at most 1h",
@@ -293,3 +296,75 @@ def test_identity_is_the_same_rule_in_both(identity: dict[str, Any], ok: bool) -
     doc = fleet_doc(identity=identity)
     assert (custom_resource_errors(doc) == []) is ok
     assert model_accepts(FleetSpec, doc["spec"]) is ok
+
+
+AWS_QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/sysmon-pipeline"
+LOCAL_QUEUE = "http://localstack:4566/000000000000/sysmon-pipeline"
+
+
+@pytest.mark.parametrize(
+    ("sqs", "ok"),
+    [
+        ({"queueUrl": AWS_QUEUE}, True),
+        ({"queueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/orders.fifo"}, True),
+        ({"queueUrl": "https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q"}, True),
+        ({"queueUrl": "https://sqs-fips.us-gov-west-1.amazonaws.com/123456789012/q", "region": "us-gov-west-1"}, True),
+        ({"queueUrl": "https://queue.amazonaws.com/123456789012/q", "region": "us-east-1"}, True),
+        ({"queueUrl": LOCAL_QUEUE, "endpointUrl": "http://localstack:4566", "region": "us-east-1"}, True),
+        ({"queueUrl": AWS_QUEUE, "serviceAccountRoleArn": "arn:aws:iam::123456789012:role/exporter"}, True),
+        ({"queueUrl": AWS_QUEUE, "serviceAccountRoleArn": "arn:aws-cn:iam::123456789012:role/path/exporter"}, True),
+        ({"queueUrl": AWS_QUEUE, "credentialsSecret": {"name": "aws-key"}}, True),
+        ({"queueUrl": AWS_QUEUE, "messageBytes": 16384, "linger": "0s", "retryMax": "1h"}, True),
+        ({"queueUrl": AWS_QUEUE, "messageBytes": 262144, "linger": "60s", "retryMax": "1s"}, True),
+        # Not a queue's URL: no account, a console page, another scheme, a name with a space or too long.
+        ({"queueUrl": "https://sqs.eu-west-1.amazonaws.com/sysmon-pipeline"}, False),
+        ({"queueUrl": "https://console.aws.amazon.com/sqs/v3/home?region=eu-west-1#/queues"}, False),
+        ({"queueUrl": "sqs://sqs.eu-west-1.amazonaws.com/123456789012/q"}, False),
+        ({"queueUrl": "https://sqs.eu-west-1.amazonaws.com/123456789012/a b"}, False),
+        ({"queueUrl": "https://sqs.eu-west-1.amazonaws.com/123456789012/" + "q" * 81}, False),
+        ({"queueUrl": "https://user:pw@sqs.eu-west-1.amazonaws.com/123456789012/q"}, False),
+        ({}, False),
+        # AWS's queues without endpointUrl, over https; a region the URL does not name must be given.
+        ({"queueUrl": "http://sqs.eu-west-1.amazonaws.com/123456789012/q"}, False),
+        ({"queueUrl": LOCAL_QUEUE, "region": "us-east-1"}, False),
+        ({"queueUrl": LOCAL_QUEUE, "endpointUrl": "http://localstack:4566"}, False),
+        ({"queueUrl": AWS_QUEUE, "region": "Europe"}, False),
+        # One way to the credentials.
+        ({"queueUrl": AWS_QUEUE, "serviceAccountRoleArn": "arn:aws:iam::123456789012:role/e",
+          "credentialsSecret": {"name": "aws-key"}}, False),
+        ({"queueUrl": AWS_QUEUE, "serviceAccountRoleArn": "arn:aws:iam::123456789012:user/e"}, False),
+        ({"queueUrl": AWS_QUEUE, "credentialsSecret": {"name": "Aws_Key"}}, False),
+        ({"queueUrl": AWS_QUEUE, "credentialsSecret": {"accessKeyIdKey": "id"}}, False),
+        # The exporter's own bounds.
+        ({"queueUrl": AWS_QUEUE, "messageBytes": 16383}, False),
+        ({"queueUrl": AWS_QUEUE, "messageBytes": 262145}, False),
+        ({"queueUrl": AWS_QUEUE, "linger": "61s"}, False),
+        ({"queueUrl": AWS_QUEUE, "retryMax": "500ms"}, False),
+        ({"queueUrl": AWS_QUEUE, "retryMax": "2h"}, False),
+        ({"queueUrl": AWS_QUEUE, "consumerGroup": "a group"}, False),
+        ({"queueUrl": AWS_QUEUE, "replicas": 2}, False),
+    ],
+)
+def test_the_sqs_exporter_is_the_same_rule_in_both(sqs: dict[str, Any], ok: bool) -> None:
+    doc = fleet_doc(exporters={"sqs": sqs})
+    assert (custom_resource_errors(doc) == []) is ok, custom_resource_errors(doc)
+    assert model_accepts(FleetSpec, doc["spec"]) is ok
+
+
+def test_the_sqs_exporters_crd_defaults_are_the_models() -> None:
+    sqs = schema_of("MonitoredFleet")["properties"]["spec"]["properties"]["exporters"]["properties"]["sqs"]
+    props = sqs["properties"]
+    model = FleetSpec.model_validate(fleet_doc(exporters={"sqs": {
+        "queueUrl": AWS_QUEUE, "credentialsSecret": {"name": "k"}}})["spec"]).exporters.sqs
+    assert model is not None
+    assert props["consumerGroup"]["default"] == model.consumer_group
+    assert props["messageBytes"]["default"] == model.message_bytes
+    assert parse_duration(props["linger"]["default"]) == model.linger
+    assert parse_duration(props["retryMax"]["default"]) == model.retry_max
+    secret = props["credentialsSecret"]["properties"]
+    assert model.credentials_secret is not None
+    assert secret["accessKeyIdKey"]["default"] == model.credentials_secret.access_key_id_key
+    assert secret["secretAccessKeyKey"]["default"] == model.credentials_secret.secret_access_key_key
+    # Absent means no exporter.
+    assert FleetSpec.model_validate(fleet_doc()["spec"]).exporters.sqs is None
+    assert "default" not in schema_of("MonitoredFleet")["properties"]["spec"]["properties"]["exporters"]

@@ -571,7 +571,7 @@ async def test_the_aggregator_so_configured_takes_each_service_account_for_what_
 
 
 def test_service_accounts_are_the_fleets_and_carry_no_api_token() -> None:
-    children = by_key(m.desired_children(fleet()))
+    children = by_key(m.desired_children(fleet(SQS_IRSA)))
     for component in m.SERVICE_ACCOUNTS:
         sa = children["ServiceAccount", f"prod-{component}"]
         assert sa["automountServiceAccountToken"] is False
@@ -695,3 +695,153 @@ def test_on_kafka_every_bus_component_loads_the_brokers_tls_and_sasl(clean_env: 
     assert env["SYSMON_CONSUMER"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert children["PodDisruptionBudget", "prod-alerts"]["spec"]["maxUnavailable"] == 1
     assert "SYSMON_BUS_URL" not in children["ConfigMap", "prod-collector"]["data"]
+
+
+# --- the SQS exporter ------------------------------------------------------------------------------
+
+QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/sysmon-pipeline"
+ROLE = "arn:aws:iam::123456789012:role/sysmon-sqs-exporter"
+SQS_IRSA = {"exporters": {"sqs": {"queueUrl": QUEUE, "serviceAccountRoleArn": ROLE}}}
+SQS_SECRET = {"exporters": {"sqs": {
+    "queueUrl": "http://localstack.aws.svc:4566/000000000000/sysmon-pipeline", "region": "us-east-1",
+    "endpointUrl": "http://localstack.aws.svc:4566",
+    "credentialsSecret": {"name": "sysmon-aws", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"},
+    "messageBytes": 131072, "linger": "2s", "retryMax": "1m", "consumerGroup": "sqs-pipeline"}}}
+SQS_MIN, SQS_MAX = 16 * 1024, 256 * 1024
+SQS_CHILDREN = {("ServiceAccount", "prod-sqs-exporter"), ("ConfigMap", "prod-sqs-exporter"),
+                ("Deployment", "prod-sqs-exporter")}
+
+
+def exporter_settings(monkeypatch: pytest.MonkeyPatch, children: dict[tuple[str, str], Any]) -> Any:
+    """What `sysmon export sqs` reads in that pod: its ConfigMap, and the Redis URL from its Secret."""
+    from sysmon.pipeline.settings import SqsExporterSettings
+
+    load_env(monkeypatch, children["ConfigMap", "prod-sqs-exporter"]["data"])
+    monkeypatch.setenv("SYSMON_REDIS_URL", "redis://from-the-secret:6379/0")
+    return SqsExporterSettings()
+
+
+def test_no_exporter_unless_the_fleet_asks_yet_its_children_are_among_what_a_fleet_may_own() -> None:
+    assert not SQS_CHILDREN & {m.key(c) for c in m.desired_children(fleet())}
+    # So removing spec.exporters.sqs deletes them (the reconciler looks up every possible child).
+    assert set(m.possible_children(fleet())) >= SQS_CHILDREN
+    assert {m.key(c) for c in m.desired_children(fleet(SQS_IRSA))} >= SQS_CHILDREN
+
+
+@pytest.mark.parametrize("spec", [SQS_IRSA, SQS_SECRET], ids=["irsa", "secret"])
+def test_the_exporter_is_one_pod_of_sysmon_export_sqs_as_its_own_service_account(spec: dict[str, Any]) -> None:
+    children = by_key(m.desired_children(fleet(spec)))
+    for k in SQS_CHILDREN:
+        assert manifest_errors(children[k]) == [], k
+        assert children[k]["metadata"]["ownerReferences"][0]["uid"] == "0b5e-uid"
+    deployment = children["Deployment", "prod-sqs-exporter"]["spec"]
+    # One consumer name that survives restarts: never two pods of it at once.
+    assert (deployment["replicas"], deployment["strategy"]) == (1, {"type": "Recreate"})
+    pod = deployment["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["args"] == ["export", "sqs"]
+    assert pod["serviceAccountName"] == "prod-sqs-exporter"
+    # No Kubernetes API token: the exporter calls no Kubernetes API (IRSA's webhook mounts its own token).
+    assert pod["automountServiceAccountToken"] is False
+    assert children["ServiceAccount", "prod-sqs-exporter"]["automountServiceAccountToken"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/metrics", "port": 9466}
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9466, "protocol": "TCP"}]
+
+
+def test_with_irsa_the_role_is_on_the_exporters_service_account_and_no_key_anywhere(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    children = by_key(m.desired_children(fleet(SQS_IRSA)))
+    sa = children["ServiceAccount", "prod-sqs-exporter"]
+    assert sa["metadata"]["annotations"][m.IRSA_ROLE_ANNOTATION] == ROLE
+    # Only the exporter's ServiceAccount carries the role.
+    others = [c for k, c in children.items() if k[0] == "ServiceAccount" and k[1] != "prod-sqs-exporter"]
+    assert others
+    assert all(m.IRSA_ROLE_ANNOTATION not in c["metadata"]["annotations"] for c in others)
+    (c,) = children["Deployment", "prod-sqs-exporter"]["spec"]["template"]["spec"]["containers"]
+    # Only the bus it reads: no database URL, no fleet token, no access key.
+    assert c["env"] == [{"name": "SYSMON_REDIS_URL", "valueFrom": {"secretKeyRef": BASE["redis"]["secretKeyRef"]}}]
+    s = exporter_settings(clean_env, children)
+    assert s.queue_url == QUEUE
+    assert s.region_name() == "eu-west-1"
+    assert s.endpoint_url is None
+    assert s.bus_url is None
+    assert s.metrics_listen == "0.0.0.0:9466"
+    assert (s.consumer_group, s.consumer) == ("sqs-exporter", "sqs-exporter-0")
+
+
+def test_a_role_change_rewrites_the_service_account() -> None:
+    """The annotation counts in the spec hash, so the reconciler sees the change as one."""
+    other = {"exporters": {"sqs": {"queueUrl": QUEUE, "serviceAccountRoleArn": ROLE + "-2"}}}
+
+    def sa(spec: dict[str, Any]) -> dict[str, Any]:
+        return by_key(m.desired_children(fleet(spec)))["ServiceAccount", "prod-sqs-exporter"]
+
+    assert sa(SQS_IRSA)["metadata"]["annotations"][m.SPEC_HASH] != sa(other)["metadata"]["annotations"][m.SPEC_HASH]
+    assert m.IRSA_ROLE_ANNOTATION not in sa(SQS_SECRET)["metadata"]["annotations"]
+
+
+def test_with_a_secret_the_access_key_comes_by_reference_and_the_settings_reach_the_exporter(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    children = by_key(m.desired_children(fleet(SQS_SECRET)))
+    (c,) = children["Deployment", "prod-sqs-exporter"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert set(env) == {"SYSMON_REDIS_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {"secretKeyRef": {"name": "sysmon-aws", "key": "id"}}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "sysmon-aws", "key": "secret"}}
+    assert all("value" not in e for e in c["env"])
+    data = children["ConfigMap", "prod-sqs-exporter"]["data"]
+    assert not [k for k in data if k.startswith("AWS_") or "SECRET" in k or "TOKEN" in k]
+    s = exporter_settings(clean_env, children)
+    assert s.endpoint_url == "http://localstack.aws.svc:4566"
+    assert s.region_name() == "us-east-1"
+    assert (s.message_bytes, s.linger, s.retry_max) == (131072, timedelta(seconds=2), timedelta(minutes=1))
+    assert s.consumer_group == "sqs-pipeline"
+
+
+def test_the_exporters_limits_and_defaults_are_the_exporters_own() -> None:
+    from sysmon.operator import fleet_spec
+    from sysmon.pipeline import pack, wire
+    from sysmon.pipeline.settings import SqsExporterSettings
+
+    assert fleet_spec.SQS_MIN_MESSAGE_BYTES == pack.MIN_MESSAGE_BYTES == SQS_MIN
+    assert fleet_spec.SQS_MAX_MESSAGE_BYTES == wire.MAX_MESSAGE_BYTES == SQS_MAX
+    spec = FleetSpec.model_validate({**BASE, **SQS_IRSA}).exporters.sqs
+    assert spec is not None
+    defaults = SqsExporterSettings.model_fields
+    for name in ("consumer_group", "message_bytes", "linger", "retry_max"):
+        assert getattr(spec, name) == defaults[name].default, name
+    # The same bounds: what the CRD lets through, the exporter takes.
+    sqs = SQS_IRSA["exporters"]["sqs"]
+    for linger, ok in (("60s", True), ("61s", False)):
+        assert model_ok(FleetSpec, {**BASE, "exporters": {"sqs": {**sqs, "linger": linger}}}) is ok
+        assert model_ok(SqsExporterSettings, {"queue_url": QUEUE, "linger": linger}) is ok
+    for size, ok in ((SQS_MIN, True), (SQS_MIN - 1, False), (SQS_MAX, True), (SQS_MAX + 1, False)):
+        assert model_ok(FleetSpec, {**BASE, "exporters": {"sqs": {**sqs, "messageBytes": size}}}) is ok
+        assert model_ok(SqsExporterSettings, {"queue_url": QUEUE, "message_bytes": size}) is ok
+
+
+def model_ok(model: Any, data: dict[str, Any]) -> bool:
+    from pydantic import ValidationError
+
+    try:
+        model.model_validate(data)
+    except ValidationError:
+        return False
+    return True
+
+
+def test_the_exporter_is_refused_on_the_kafka_bus() -> None:
+    with pytest.raises(ValueError, match=r"exporters\.sqs reads the Redis bus only: it cannot forward from bus\.type "
+                                         r"kafka"):
+        fleet({**KAFKA, **SQS_IRSA})
+
+
+def test_an_exporter_change_rolls_the_exporter_alone() -> None:
+    before, after = _templates(fleet()), _templates(fleet(SQS_IRSA))
+    assert {k: v for k, v in after.items() if k in before} == before, "adding it restarts nothing else"
+    linger = {"exporters": {"sqs": {**SQS_IRSA["exporters"]["sqs"], "linger": "2s"}}}
+    assert _rolled(fleet(SQS_IRSA), fleet(linger)) == ["prod-sqs-exporter"]

@@ -51,6 +51,22 @@ def test_the_image_is_multi_stage_non_root_with_the_cli_as_entrypoint() -> None:
     assert f"--uid {RUN_AS}" in " ".join(runtime)
 
 
+def test_the_image_installs_the_dependencies_and_boto3_for_the_sqs_exporter() -> None:
+    """What the build stage pip-installs, by running its own command on this pyproject.toml: every
+    dependency, and boto3, without which a fleet's spec.exporters.sqs pod (`sysmon export sqs`) exits."""
+    import subprocess
+    import sys
+    import tomllib
+
+    (script,) = re.findall(r'RUN python -c "(.+?)"\s', (ROOT / "Dockerfile").read_text())
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    requirements = out.stdout.splitlines()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    boto3 = [r for r in project["optional-dependencies"]["aws"] if r.startswith("boto3")]
+    assert boto3
+    assert requirements == project["dependencies"] + boto3
+
+
 def test_the_build_context_holds_what_the_dockerfile_copies_and_no_more() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in ignore, "everything is left out unless named"

@@ -333,3 +333,61 @@ def test_a_service_account_someone_else_made_is_not_taken_over(kube: FakeKube) -
     degraded = fleet.condition("Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "Conflict")
     assert "ServiceAccount prod-aggregator exists and is not owned by this fleet" in degraded["message"]
+
+
+# --- the SQS exporter ----------------------------------------------------------------------------
+
+SQS = {"sqs": {"queueUrl": "https://sqs.eu-west-1.amazonaws.com/123456789012/sysmon-pipeline",
+               "serviceAccountRoleArn": "arn:aws:iam::123456789012:role/sysmon-sqs-exporter"}}
+EXPORTER = [("apply", "ServiceAccount", "prod-sqs-exporter"), ("apply", "ConfigMap", "prod-sqs-exporter"),
+            ("apply", "Deployment", "prod-sqs-exporter")]
+
+
+def test_the_sqs_exporter_comes_with_its_spec_and_goes_without_it(kube: FakeKube) -> None:
+    import jsonschema
+
+    fleet = Fleet(kube)
+    fleet.reconcile()
+    kube.roll_out(NS)
+    fleet.reconcile()
+
+    fleet.change(exporters=SQS)
+    # Its own three objects, and nothing of the rest rewritten.
+    assert fleet.reconcile() == EXPORTER
+    assert kube.get("ServiceAccount", NS, "prod-sqs-exporter")["metadata"]["annotations"][
+        "eks.amazonaws.com/role-arn"] == SQS["sqs"]["serviceAccountRoleArn"]
+    assert fleet.condition("Progressing")["status"] == "True"
+    assert "sqs-exporter 0/1 ready" in fleet.condition("Progressing")["message"]
+    kube.roll_out(NS)
+    assert fleet.reconcile() == [], "what was applied reads back as written"
+    assert fleet.status["sqsExporter"] == {"desired": 1, "ready": 1, "updated": 1}
+    assert fleet.condition("Ready")["status"] == "True"
+    jsonschema.validate(fleet.status, to_json_schema(schema_of("MonitoredFleet")["properties"]["status"], False))
+
+    fleet.change(exporters={})
+    assert sorted(fleet.reconcile()) == [("delete", "ConfigMap", "prod-sqs-exporter"),
+                                         ("delete", "Deployment", "prod-sqs-exporter"),
+                                         ("delete", "ServiceAccount", "prod-sqs-exporter")]
+    assert "sqsExporter" not in fleet.status
+    assert fleet.condition("Ready")["status"] == "True"
+
+
+def test_the_sqs_exporter_on_the_kafka_bus_is_refused_and_says_why(kube: FakeKube) -> None:
+    """The CRD refuses it at kubectl apply; a fleet stored before (or a schema not yet updated) reaches the operator."""
+    fleet = Fleet(kube, {"bus": {"type": "kafka", "kafka": {"bootstrapServers": ["kafka-0.kafka:9093"]}},
+                         "exporters": SQS})
+    with pytest.raises(kopf.PermanentError, match=r"exporters\.sqs reads the Redis bus only"):
+        fleet.reconcile()
+    assert kube.writes == []
+    degraded = fleet.condition("Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "InvalidSpec")
+    assert degraded["message"] == "spec: exporters.sqs reads the Redis bus only: it cannot forward from bus.type kafka"
+
+
+def test_a_bad_queue_url_is_reported_at_its_field(kube: FakeKube) -> None:
+    fleet = Fleet(kube, {"exporters": {"sqs": {"queueUrl": "https://sqs.eu-west-1.amazonaws.com/sysmon-pipeline"}}})
+    with pytest.raises(kopf.PermanentError):
+        fleet.reconcile()
+    assert kube.writes == []
+    message = fleet.condition("Degraded")["message"]
+    assert message.startswith("spec.exporters.sqs.queueUrl: String should match pattern"), message
