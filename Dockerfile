@@ -34,11 +34,16 @@ RUN apt-get update \
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md setup.py ./
-# Dependencies alone first: this layer is rebuilt only when pyproject.toml changes. With them boto3
-# (of the aws extra), which `sysmon export sqs` needs: a fleet's spec.exporters.sqs runs this image.
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + [r for r in p['optional-dependencies']['aws'] if r.startswith('boto3')]))" \
+# Dependencies alone first: this layer is rebuilt only when pyproject.toml changes.
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
       > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
+# boto3 (of the aws extra), which `sysmon export sqs` needs: a fleet's spec.exporters.sqs runs this
+# image. A step of its own, resolved against what is installed: in one resolution with the rest,
+# this pip backtracked through boto3's releases for over 20 minutes.
+RUN python -c "import tomllib; print('\n'.join(r for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['aws'] if r.startswith('boto3')))" \
+      > /tmp/aws.txt \
+ && pip install -r /tmp/aws.txt
 COPY sysmon/ sysmon/
 COPY --from=web /src/sysmon/gateway/static/ sysmon/gateway/static/
 # The wheel, as `python -m build` makes it (setup.py finds the dashboard already built), installed

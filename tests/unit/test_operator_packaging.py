@@ -58,9 +58,10 @@ def test_the_image_installs_the_dependencies_and_boto3_for_the_sqs_exporter() ->
     import sys
     import tomllib
 
-    (script,) = re.findall(r'RUN python -c "(.+?)"\s', (ROOT / "Dockerfile").read_text())
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
-    requirements = out.stdout.splitlines()
+    requirements = []
+    for script in re.findall(r'RUN python -c "(.+?)"\s', (ROOT / "Dockerfile").read_text()):
+        out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+        requirements += out.stdout.splitlines()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     boto3 = [r for r in project["optional-dependencies"]["aws"] if r.startswith("boto3")]
     assert boto3
