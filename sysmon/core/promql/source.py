@@ -55,7 +55,7 @@ def series_labels(host: str, name: str, attributes: dict[str, str], unit: str, k
     return tuple(sorted(d.items()))
 
 
-def _compile(m: Matcher) -> object:
+def compile_matcher(m: Matcher) -> object:
     if m.op in ("=~", "!~"):
         try:
             return re.compile(m.value)
@@ -109,7 +109,7 @@ class PostgresSource:
         if not any(m.op in ("=", "=~") and m.value != "" and not (m.op == "=~" and re.fullmatch(m.value, ""))
                    for m in matchers):
             raise PromQLError("vector selector must contain at least one non-empty matcher")
-        compiled = [_compile(m) for m in matchers]
+        compiled = [compile_matcher(m) for m in matchers]
         return [e for e, d in await self.catalog() if matches(d, matchers, compiled)]
 
     async def select(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> list[SeriesData]:
