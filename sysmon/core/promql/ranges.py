@@ -34,7 +34,7 @@ from sysmon.core.promql.engine import (
 
 Series = tuple[np.ndarray, np.ndarray]  # times (Unix ms, int64) and values (float64)
 STEP_AGGREGATIONS = frozenset(["sum", "avg", "min", "max", "count", "group"])
-STEP_ARITHMETIC = frozenset(["+", "-", "*", "/"])
+STEP_ARITHMETIC = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide}
 
 
 @dataclass
@@ -115,13 +115,7 @@ def _aggregate(op: str, node: object, arg: Steps) -> Steps:
 def _arith(op: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # IEEE float arithmetic, as Go's and so Prometheus's: x/0 is a signed infinity, 0/0 NaN.
     with np.errstate(all="ignore"):
-        if op == "+":
-            return a + b
-        if op == "-":
-            return a - b
-        if op == "*":
-            return a * b
-        return a / b
+        return STEP_ARITHMETIC[op](a, b)
 
 
 def evaluate(ev: Evaluation, node: object, steps: np.ndarray) -> Steps | np.ndarray:
