@@ -102,3 +102,5 @@ def test_values_are_written_as_one_at_a_time() -> None:
     vs = np.array([0.0, -0.0, 1.0, -3.0, 2.5, 1e15, 1e16, 123456789012345.0, 0.1 + 0.2, math.nan, math.inf,
                    -math.inf, 1e-300, -7.25e20, 5e-324])
     assert fmt_all(vs) == [fmt(float(v)) for v in vs]
+    for same_kind in (np.array([1.0, -2.0, 3e14]), np.array([0.5, 1e16, -2.25]), np.array([], dtype=np.float64)):
+        assert fmt_all(same_kind) == [fmt(float(v)) for v in same_kind]

@@ -74,9 +74,14 @@ def fmt(v: float) -> str:
 
 def fmt_all(vs: np.ndarray) -> list[str]:
     """fmt of each value, the integral ones told apart with numpy (formatting a day of a hundred
-    series is 140,000 values)."""
+    series is 140,000 values); a series of only one kind is written by one map in C."""
     with np.errstate(invalid="ignore"):
-        integral = np.isfinite(vs) & (np.trunc(vs) == vs) & (np.abs(vs) < 1e15)
+        finite = np.isfinite(vs)
+        integral = finite & (np.trunc(vs) == vs) & (np.abs(vs) < 1e15)
+    if integral.all():
+        return list(map(str, vs.astype(np.int64).tolist()))
+    if finite.all() and not integral.any():
+        return list(map(repr, vs.tolist()))
     ints = np.where(integral, vs, 0).astype(np.int64).tolist()
     return [str(i) if k else (repr(v) if math.isfinite(v) else fmt(v))
             for v, i, k in zip(vs.tolist(), ints, integral.tolist(), strict=True)]
@@ -214,8 +219,8 @@ async def query_range(request: Request, state: StateDep) -> Response:
         got = await range_query(expr, start, end, step, _source(request, state), max_series=max_series,
                                 max_points=max_points)
         return success({"resultType": "matrix", "result": [
-            {"metric": _metric(labels), "values": [list(p) for p in zip((ts / 1000).tolist(), fmt_all(vs),
-                                                                        strict=True)]}
+            # (time, value) tuples, which orjson writes as the arrays Prometheus writes
+            {"metric": _metric(labels), "values": list(zip((ts / 1000).tolist(), fmt_all(vs), strict=True))}
             for labels, (ts, vs) in sorted(got.items(), key=lambda kv: kv[0])]})
 
     return await _run(request, run)
