@@ -773,25 +773,3 @@ async def instant_query(expr: str, t: int, source: Source, *, max_series: int = 
     if isinstance(v, str):
         raise PromQLError("a string is not a query result sysmon answers")
     return v
-
-
-async def range_query(expr: str, start: int, end: int, step: int, source: Source, *, max_series: int = 10_000,
-                      max_points: int = 11_000) -> dict[Labels, list[tuple[int, float]]]:
-    if step <= 0:
-        raise PromQLError("zero or negative query resolution step widths are not accepted. Try a positive integer")
-    if (end - start) // step + 1 > max_points:
-        raise PromQLError(f"exceeded maximum resolution of {max_points} points per timeseries. Try decreasing the "
-                          "query resolution (?step=XX)")
-    ev = Evaluation(expr, max_series=max_series)
-    await ev.load(source, start, end)
-    times = range(start, end + 1, step)
-    ev.set_steps(times)
-    out: dict[Labels, list[tuple[int, float]]] = defaultdict(list)
-    for t in times:
-        v = ev.instant(t)
-        if isinstance(v, Scalar):
-            out[()].append((t, v.v))
-        elif isinstance(v, list):
-            for s in v:
-                out[s.labels].append((t, s.v))
-    return dict(out)

@@ -7,6 +7,11 @@ the raw samples (storage.raw.read: sealed blocks and open frames alike), exactly
 than that, each 1-minute rollup stands for one sample at the end of its minute: a counter's
 maximum (its last value, counters only grow between resets) and a gauge's mean; so a rate over
 last week's hour is computed from minutely points, as in a downsampled Prometheus (Thanos).
+
+Which series have samples in a range (the series and label endpoints) is answered by the same
+tiers, each at its own grain: within the raw tier a stored block's first and last sample time (as
+Prometheus answers from its chunks) and the open frames; older, the 1-minute rollups, and past
+their retention the 1-hour rollups.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from sysmon.core.storage import raw
 
 CATALOG_TTL_S = 5.0
 ROLLUP_MS = 60_000
+HOUR_MS = 3_600_000
 # Raw samples are read up to this much before the retention's edge (retention drops whole
 # partitions, some time after the edge passes them).
 EDGE_MARGIN_MS = 10 * 60_000
@@ -49,7 +55,7 @@ def series_labels(host: str, name: str, attributes: dict[str, str], unit: str, k
     return tuple(sorted(d.items()))
 
 
-def _compile(m: Matcher) -> object:
+def compile_matcher(m: Matcher) -> object:
     if m.op in ("=~", "!~"):
         try:
             return re.compile(m.value)
@@ -75,9 +81,11 @@ def matches(labels: dict[str, str], matchers: Sequence[Matcher], compiled: Seque
 
 
 class PostgresSource:
-    def __init__(self, pool: asyncpg.Pool, raw_retention: timedelta = timedelta(hours=24)):
+    def __init__(self, pool: asyncpg.Pool, raw_retention: timedelta = timedelta(hours=24),
+                 rollup_1m_retention: timedelta = timedelta(days=7)):
         self.pool = pool
         self.raw_retention_ms = int(raw_retention.total_seconds() * 1000)
+        self.rollup_1m_retention_ms = int(rollup_1m_retention.total_seconds() * 1000)
         self._catalog: list[CatalogEntry] = []
         self._dicts: list[dict[str, str]] = []
         self._loaded = -1e9
@@ -101,7 +109,7 @@ class PostgresSource:
         if not any(m.op in ("=", "=~") and m.value != "" and not (m.op == "=~" and re.fullmatch(m.value, ""))
                    for m in matchers):
             raise PromQLError("vector selector must contain at least one non-empty matcher")
-        compiled = [_compile(m) for m in matchers]
+        compiled = [compile_matcher(m) for m in matchers]
         return [e for e, d in await self.catalog() if matches(d, matchers, compiled)]
 
     async def select(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> list[SeriesData]:
@@ -122,6 +130,43 @@ class PostgresSource:
             elif parts:
                 out.append(SeriesData(e.labels, *parts[0]))
         return out
+
+    async def with_samples(self, entries: Sequence[CatalogEntry], start_ms: int, end_ms: int) -> list[CatalogEntry]:
+        """The entries that have a sample in [start_ms, end_ms], in their order."""
+        if not entries or end_ms < start_ms:
+            return []
+        now = int(time.time() * 1000)
+        cut = now - self.raw_retention_ms + EDGE_MARGIN_MS
+        minutes_from = now - self.rollup_1m_retention_ms + EDGE_MARGIN_MS
+        hi = end_ms + 1
+        # [lo, hi) of each tier's part of the range (empty where lo >= hi).
+        raw_lo = max(start_ms, cut)
+        old_hi = min(hi, cut)
+        minute_lo = max(start_ms, minutes_from)
+        hour_hi = min(old_hi, minutes_from)
+        async with self.pool.acquire() as conn:
+            # One probe per series and tier, each stopping at its first row (every table is indexed
+            # by series, or by host for the frames, and time). A rollup bucket is named by its start.
+            rows = await conn.fetch(
+                """
+                SELECT s.series_id FROM series s WHERE s.series_id = ANY($1::int8[]) AND (
+                  ($2::timestamptz < $3::timestamptz AND (
+                    EXISTS (SELECT 1 FROM samples_sealed b WHERE b.series_id = s.series_id
+                            AND b.block_start >= $4 AND b.block_start < $3 AND b.t_first < $3 AND b.t_last >= $2)
+                    OR EXISTS (SELECT 1 FROM raw_frames f WHERE f.host_id = s.host_id
+                               AND f.ts >= $2 AND f.ts < $3 AND s.series_id = ANY(f.ids))))
+                  OR ($5::timestamptz < $6::timestamptz AND EXISTS (
+                    SELECT 1 FROM rollup_1m m WHERE m.series_id = s.series_id
+                    AND m.bucket > $5::timestamptz - interval '1 minute' AND m.bucket < $6 AND m.count > 0))
+                  OR ($7::timestamptz < $8::timestamptz AND EXISTS (
+                    SELECT 1 FROM rollup_1h h WHERE h.series_id = s.series_id
+                    AND h.bucket > $7::timestamptz - interval '1 hour' AND h.bucket < $8 AND h.count > 0)))
+                """,
+                [e.id for e in entries], _dt(raw_lo), _dt(hi), _dt(raw_lo - raw_lo % HOUR_MS),
+                _dt(minute_lo), _dt(old_hi), _dt(start_ms), _dt(hour_hi),
+            )
+        found = {r[0] for r in rows}
+        return [e for e in entries if e.id in found]
 
     async def _rollups(self, conn: asyncpg.Connection, entries: Sequence[CatalogEntry], start_ms: int,
                        end_ms: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:

@@ -3,7 +3,9 @@
 query, query_range, series, labels, label/<name>/values, metadata and status/buildinfo, with the
 response and error shapes of Prometheus 2.42 ({"status": "success", "data": ...} or
 {"status": "error", "errorType": ..., "error": ...}), GET or form-encoded POST as Prometheus takes
-them. PromQL is sysmon.core.promql's subset; names are Prometheus's (sysmon.core.promql.names).
+them. series, labels and label values list the series with a sample in [start, end] (the whole
+retention without them), as Prometheus does; 2.42 has no `limit` there. PromQL is
+sysmon.core.promql's subset; names are Prometheus's (sysmon.core.promql.names).
 Limits: a query selects at most max_series series, a range query has at most
 max_points_per_series steps (the REST API's limits); violations are bad_data or execution errors.
 """
@@ -12,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+import numpy as np
 import orjson
 import promql_parser
 from fastapi import APIRouter, Request
@@ -29,9 +33,9 @@ from sysmon.core.promql.engine import (
     Scalar,
     instant_query,
     parse,
-    range_query,
     selector_matchers,
 )
+from sysmon.core.promql.ranges import range_query
 from sysmon.core.promql.source import KIND_TYPES, PostgresSource
 from sysmon.gateway.deps import StateDep
 from sysmon.gateway.problems import UNAVAILABLE
@@ -41,6 +45,7 @@ router = APIRouter(prefix="/prometheus/api/v1", tags=["prometheus"])
 # What Grafana and clients read to pick features: the version sysmon's PromQL is compared against.
 BUILD_INFO = {"version": "2.42.0", "revision": "sysmon", "branch": "sysmon", "buildUser": "sysmon",
               "buildDate": "", "goVersion": ""}
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 STATUS = {"bad_data": 400, "execution": 422, "unavailable": 503, "timeout": 503}
 
 
@@ -67,6 +72,21 @@ def fmt(v: float) -> str:
     return repr(v)
 
 
+def fmt_all(vs: np.ndarray) -> list[str]:
+    """fmt of each value, the integral ones told apart with numpy (formatting a day of a hundred
+    series is 140,000 values); a series of only one kind is written by one map in C."""
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(vs)
+        integral = finite & (np.trunc(vs) == vs) & (np.abs(vs) < 1e15)
+    if integral.all():
+        return list(map(str, vs.astype(np.int64).tolist()))
+    if finite.all() and not integral.any():
+        return list(map(repr, vs.tolist()))
+    ints = np.where(integral, vs, 0).astype(np.int64).tolist()
+    return [str(i) if k else (repr(v) if math.isfinite(v) else fmt(v))
+            for v, i, k in zip(vs.tolist(), ints, integral.tolist(), strict=True)]
+
+
 async def _params(request: Request) -> list[tuple[str, str]]:
     out = list(request.query_params.multi_items())
     if request.method == "POST" and "application/x-www-form-urlencoded" in request.headers.get("content-type", ""):
@@ -81,18 +101,40 @@ def _one(params: list[tuple[str, str]], name: str, default: str | None = None) -
     return next((v for k, v in params if k == name), default)
 
 
-def parse_time(s: str | None, default: float, name: str) -> int:
+# What a timestamp may be here: any datetime in every time zone (years 1 to 9999); Prometheus takes
+# wider ones, but no sample is stored outside these, so a time beyond them is clamped to them.
+MIN_MS = -62_135_596_800_000 + 86_400_000
+MAX_MS = 253_402_214_400_000
+# The bounds Prometheus's own clients send for "no bound" (web/api/v1 minTime, maxTime).
+PROMETHEUS_BOUNDS = {"-292273086-05-16T16:47:06Z": MIN_MS, "292277025-08-17T07:12:55.807Z": MAX_MS}
+
+
+def parse_time(s: str | None, default_ms: int, name: str) -> int:
     """Unix seconds (fractions allowed) or RFC 3339, as Prometheus takes them; in ms."""
     if s is None or s == "":
-        return int(default * 1000)
+        return default_ms
+    if s in PROMETHEUS_BOUNDS:
+        return PROMETHEUS_BOUNDS[s]
+    bad = PromQLError(f'invalid parameter "{name}": cannot parse "{s}" to a valid timestamp')
     try:
-        return round(float(s) * 1000)
+        seconds = float(s)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise bad
+        return min(MAX_MS, max(MIN_MS, round(seconds * 1000)))
     try:
-        return int(datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() * 1000)
+        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
     except ValueError:
-        raise PromQLError(f'invalid parameter "{name}": cannot parse "{s}" to a valid timestamp') from None
+        raise bad from None
+    if t.tzinfo is None:  # RFC 3339 names its offset; a time without one means nothing certain
+        raise bad
+    return min(MAX_MS, max(MIN_MS, int(t.timestamp() * 1000)))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def parse_step(s: str | None) -> int:
@@ -111,7 +153,8 @@ def parse_step(s: str | None) -> int:
 def _source(request: Request, state: Any) -> PostgresSource:
     src = getattr(request.app.state, "promql_source", None)
     if src is None:
-        src = request.app.state.promql_source = PostgresSource(state.pool, state.settings.raw_retention)
+        src = request.app.state.promql_source = PostgresSource(
+            state.pool, state.settings.raw_retention, state.settings.rollup_1m_retention)
     return src
 
 
@@ -141,7 +184,7 @@ async def query(request: Request, state: StateDep) -> Response:
         expr = _one(p, "query")
         if not expr:
             raise PromQLError('invalid parameter "query": missing')
-        t = parse_time(_one(p, "time"), time.time(), "time")
+        t = parse_time(_one(p, "time"), _now_ms(), "time")
         max_series, _ = _limits(state)
         v = await instant_query(expr, t, _source(request, state), max_series=max_series)
         ts = t / 1000
@@ -166,8 +209,8 @@ async def query_range(request: Request, state: StateDep) -> Response:
         expr = _one(p, "query")
         if not expr:
             raise PromQLError('invalid parameter "query": missing')
-        now = time.time()
-        start = parse_time(_one(p, "start"), now - 3600, "start")
+        now = _now_ms()
+        start = parse_time(_one(p, "start"), now - 3_600_000, "start")
         end = parse_time(_one(p, "end"), now, "end")
         if end < start:
             raise PromQLError('invalid parameter "end": end timestamp must not be before start time')
@@ -176,19 +219,25 @@ async def query_range(request: Request, state: StateDep) -> Response:
         got = await range_query(expr, start, end, step, _source(request, state), max_series=max_series,
                                 max_points=max_points)
         return success({"resultType": "matrix", "result": [
-            {"metric": _metric(labels), "values": [[t / 1000, fmt(v)] for t, v in points]}
-            for labels, points in sorted(got.items())]})
+            # (time, value) tuples, which orjson writes as the arrays Prometheus writes
+            {"metric": _metric(labels), "values": list(zip((ts / 1000).tolist(), fmt_all(vs), strict=True))}
+            for labels, (ts, vs) in sorted(got.items(), key=lambda kv: kv[0])]})
 
     return await _run(request, run)
 
 
-async def _selected(request: Request, state: Any, p: list[tuple[str, str]], required: bool) -> list[Any] | None:
+async def _selected(request: Request, state: Any, p: list[tuple[str, str]], required: bool) -> list[Any]:
+    """The series that match[] selects (every series when there is none and none is required) with
+    a sample in [start, end] (the whole retention by default), as Prometheus 2.42 answers series,
+    labels and label values."""
+    start = parse_time(_one(p, "start"), MIN_MS, "start")
+    end = parse_time(_one(p, "end"), MAX_MS, "end")
     selectors = [v for k, v in p if k == "match[]"]
-    if not selectors:
-        if required:
-            raise PromQLError("no match[] parameter provided")
-        return None
+    if not selectors and required:
+        raise PromQLError("no match[] parameter provided")
     src = _source(request, state)
+    if not selectors:
+        return await src.with_samples([e for e, _ in await src.catalog()], start, end)
     seen: dict[int, Any] = {}
     for sel in selectors:
         node = parse(sel)
@@ -196,7 +245,7 @@ async def _selected(request: Request, state: Any, p: list[tuple[str, str]], requ
             raise PromQLError(f"invalid parameter \"match[]\": {sel!r} is not a series selector")
         for e in await src.matching(selector_matchers(node)):
             seen[e.id] = e
-    return list(seen.values())
+    return await src.with_samples(list(seen.values()), start, end)
 
 
 @router.get("/series", summary="Series matching selectors", operation_id="prometheus_series_get")
@@ -204,7 +253,7 @@ async def _selected(request: Request, state: Any, p: list[tuple[str, str]], requ
 async def series(request: Request, state: StateDep) -> Response:
     async def run() -> Response:
         entries = await _selected(request, state, await _params(request), required=True)
-        return success([_metric(e.labels) for e in entries or []])
+        return success([_metric(e.labels) for e in entries])
 
     return await _run(request, run)
 
@@ -214,8 +263,6 @@ async def series(request: Request, state: StateDep) -> Response:
 async def labels(request: Request, state: StateDep) -> Response:
     async def run() -> Response:
         entries = await _selected(request, state, await _params(request), required=False)
-        if entries is None:
-            entries = [e for e, _ in await _source(request, state).catalog()]
         return success(sorted({k for e in entries for k, _ in e.labels}))
 
     return await _run(request, run)
@@ -224,9 +271,9 @@ async def labels(request: Request, state: StateDep) -> Response:
 @router.get("/label/{name}/values", summary="Values of one label")
 async def label_values(name: str, request: Request, state: StateDep) -> Response:
     async def run() -> Response:
+        if not LABEL_NAME.fullmatch(name):
+            raise PromQLError(f'invalid label name: "{name}"')
         entries = await _selected(request, state, await _params(request), required=False)
-        if entries is None:
-            entries = [e for e, _ in await _source(request, state).catalog()]
         return success(sorted({v for e in entries for k, v in e.labels if k == name}))
 
     return await _run(request, run)
