@@ -125,6 +125,7 @@ class Leases:
         self.target: frozenset[int] = frozenset()
         self.changed = asyncio.Event()  # held or target moved: the reader revokes and assigns
         self.lost = 0  # leases that ran out or were taken before this member gave them up
+        self._stopped = False
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
@@ -151,13 +152,20 @@ class Leases:
     async def run(self) -> None:
         """After the first tick: renew, rebalance and acquire every round, until cancelled. Redis away: the leases run
         out locally on time (valid() shrinks), and the round is tried again."""
-        while True:
+        while not self._stopped:
             await asyncio.sleep(self.every_s)
+            if self._stopped:
+                return
             try:
                 await self.tick()
             except (OSError, TimeoutError, aioredis.RedisError) as e:
                 log.warning("bus leases %s: renewal failed (%s)", self.prefix, e)
                 self._expire_locally()
+
+    def stop(self) -> None:
+        """Before cancelling run(): on Python 3.11 redis-py can swallow a cancellation that lands as
+        a command completes (see redis._honour_cancellation), and the loop must end all the same."""
+        self._stopped = True
 
     def _expire_locally(self) -> None:
         now = time.monotonic()

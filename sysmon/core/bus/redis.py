@@ -181,6 +181,8 @@ class RedisBus:
                     cursors[p] = ">"
                     continue
                 for mid, fields in entries:
+                    if p not in cursors:
+                        break  # the shard was given up while its entries were being handed out
                     if cursors[p] != ">":
                         cursors[p] = _s(mid)  # go on through the pending list after this entry
                     if not fields:
@@ -232,6 +234,7 @@ class RedisBus:
                 if leases.holds(m.partition):  # read just as the lease ran out (a pause): not ours to hand out
                     yield m
         finally:
+            leases.stop()
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
 
