@@ -107,8 +107,9 @@ class Gateway(Spec):
 class Alerts(Spec):
     enabled: bool = True
     image: Image = None
-    # More than one only on the Kafka bus, whose consumer group shares the hosts out among the
-    # replicas. On the Redis bus it is one pod (it resumes its consumer by name), replaced, never doubled.
+    # Replicas share the hosts: on Kafka by the consumer group's partitions, on Redis by leases on
+    # the samples shards. One replica on Redis is one pod (it resumes its consumer by name), replaced,
+    # never doubled.
     replicas: Replicas = 1
     resources: Resources = _default_resources({"cpu": "50m", "memory": "128Mi"}, {"memory": "512Mi"})
 
@@ -242,13 +243,6 @@ class FleetSpec(Spec):
     tls: Tls | None = None
     identity: Identity = Field(default_factory=Identity)
     bus: Bus = Field(default_factory=Bus)
-
-    @model_validator(mode="after")
-    def _alerts_replicas_need_kafka(self) -> FleetSpec:
-        if self.alerts.replicas > 1 and self.bus.type != "kafka":
-            raise ValueError("alerts.replicas above 1 needs bus.type kafka (on the Redis bus the alerts "
-                             "service is one replica)")
-        return self
 
     @field_validator("host_labels")
     @classmethod

@@ -31,7 +31,6 @@ BAD = sorted((EXAMPLES / "bad").glob("*.yaml"))
 
 # Each bad example, and what the API server's answer must mention.
 WHY_BAD = {
-    "monitoredfleet-alerts-replicas-on-redis.yaml": "alerts.replicas above 1 needs bus.type kafka",
     "monitoredfleet-negative-interval.yaml": ".spec.interval: '-5s' does not match",
     "monitoredfleet-interval-too-long.yaml": "interval must be between 100ms and 1h",
     "monitoredfleet-unknown-group.yaml": "'gpu' is not one of",
