@@ -161,6 +161,10 @@ class Leases:
             except (OSError, TimeoutError, aioredis.RedisError) as e:
                 log.warning("bus leases %s: renewal failed (%s)", self.prefix, e)
                 self._expire_locally()
+            except Exception:
+                # A keeper that died would leave its member reading nothing, silently, for good.
+                log.exception("bus leases %s: a round failed; the next one tries again", self.prefix)
+                self._expire_locally()
 
     def stop(self) -> None:
         """Before cancelling run(): on Python 3.11 redis-py can swallow a cancellation that lands as
@@ -186,6 +190,8 @@ class Leases:
             for p, lease in held:
                 await self._renew([self.lease_key(p)], [lease.value, self.ttl_ms], client=pipe)
             for (p, lease), ok in zip(held, await pipe.execute(), strict=True):
+                if self.held.get(p) is not lease:
+                    continue  # released by the reader while this round was out
                 if ok:
                     lease.valid_until = until
                 else:

@@ -209,8 +209,8 @@ class RedisBus:
         owned: frozenset[int] = frozenset()
         cursors: dict[int, str] = {}
         assigned = False
+        reader = self._group(topic, group, LEASEHOLDER, batch, lambda: sorted(leases.valid() & owned), cursors)
         try:
-            reader = self._group(topic, group, LEASEHOLDER, batch, lambda: sorted(leases.valid() & owned), cursors)
             while True:
                 if leases.changed.is_set() or not assigned:
                     leases.changed.clear()
@@ -234,6 +234,7 @@ class RedisBus:
                 if leases.holds(m.partition):  # read just as the lease ran out (a pause): not ours to hand out
                     yield m
         finally:
+            await reader.aclose()
             leases.stop()
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
@@ -247,7 +248,9 @@ class RedisBus:
                     del self.leases[(group, topic)]
                 await leases.leave()
 
-            await asyncio.shield(leave())
+            # Awaited, not shielded: the task that was cancelled ends only once the leases are free,
+            # so a service closing its Redis client after its readers ended does not cut this short.
+            await leave()
 
     async def _ensure_group(self, key: str, group: str) -> None:
         with contextlib.suppress(redis.exceptions.ResponseError):  # BUSYGROUP: it exists already
