@@ -135,9 +135,10 @@ class AlertsService:
         self._seen = dict.fromkeys((name for name, _ in COUNTED), 0)
         self._db_ok = False
         self._subscribed = False
-        # Replicas share the fleet by host: the partitions of SAMPLES this one owns (None: every host,
-        # as with the Redis bus, whose group has one member). Changed by the bus reader on a
-        # rebalance; taken up by the evaluation task between steps.
+        # Replicas share the fleet by host: the partitions of SAMPLES this one owns (Kafka's, or the
+        # Redis shards whose leases it holds; None: every host, on the one Redis stream, whose group
+        # has one member). Changed by the bus reader on a rebalance; taken up by the evaluation task
+        # between steps.
         self._owned: frozenset[int] | None = None
         self._rebalancing = False
         self._reassigned = False
