@@ -25,7 +25,8 @@ throughput: --rules rules (each selecting one of the 60 series kinds of a typica
 
 --bus kafka (both): the aggregator, the alerts service and the publisher on the Kafka bus (an
 embedded tansu broker) instead of Redis Streams. throughput --replicas 1 2: one run per count, the
-replicas sharing the hosts through the consumer group (Kafka only past 1), and the figures side by side.
+replicas sharing the hosts (Kafka: through the consumer group; Redis: by leases on the samples
+shards, --redis-shards, 12 past one replica and one stream for one), and the figures side by side.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ from bench.common import (
     stop_process,
 )
 from bench.ingest import GenConfig, generator_entry, realistic_series
+
+REDIS_SHARDS = 12  # as the operator runs alerts replicas on Redis (sysmon.operator.manifests.REDIS_SHARDS)
 
 LATENCY_METRIC = "bench.latency"
 
@@ -433,7 +436,7 @@ def bench_bus(stack: Stack, redis: Any) -> Any:
     from sysmon.core.bus import RedisBus
 
     if stack.bus != "kafka":
-        return RedisBus(redis)
+        return RedisBus(redis, shards=stack.redis_shards)
     from sysmon.core.bus.kafka import KafkaBus, KafkaOptions, parse_kafka_url
 
     return KafkaBus(KafkaOptions(parse_kafka_url(stack.bus_env["SYSMON_BUS_URL"]), partitions=stack.bus_partitions,
@@ -484,7 +487,7 @@ async def _publish(bus_url: str, hosts: list[int], total: int, interval: float, 
 
         bus: Any = KafkaBus(KafkaOptions(parse_kafka_url(bus_url), partitions=partitions, client_id="bench"))
     else:
-        bus = RedisBus(aioredis.from_url(bus_url))
+        bus = RedisBus(aioredis.from_url(bus_url), shards=partitions)  # its shards, split as the aggregator does
     in_flight: set[asyncio.Task[Any]] = set()
     rng = random.Random(7)
     state = []
@@ -555,18 +558,24 @@ async def kafka_backlog(stack: Stack, group: str) -> tuple[int, int]:
         await consumer.stop()
 
 
-async def backlog(redis_url: str, group: str) -> tuple[int, int]:
-    """(entries not yet delivered to the group, delivered but not acknowledged)."""
+async def backlog(redis_url: str, group: str, shards: int = 1) -> tuple[int, int]:
+    """(entries not yet delivered to the group, delivered but not acknowledged), over the samples
+    stream or its shards."""
     import redis.asyncio as aioredis
 
+    from sysmon.core.bus import SAMPLES, shard_key, stream_key
+
     r = aioredis.from_url(redis_url)
+    undelivered = pending = 0
     try:
-        groups = await r.xinfo_groups("bus:samples")
-        g = next(x for x in groups if (x["name"].decode() if isinstance(x["name"], bytes) else x["name"]) == group)
-        last = g["last-delivered-id"]
-        last = last.decode() if isinstance(last, bytes) else last
-        undelivered = len(await r.xrange("bus:samples", min=f"({last}", max="+", count=100_000))
-        return undelivered, int(g["pending"])
+        for key in [shard_key(SAMPLES, p) for p in range(shards)] if shards > 1 else [stream_key(SAMPLES)]:
+            groups = await r.xinfo_groups(key)
+            g = next(x for x in groups if (x["name"].decode() if isinstance(x["name"], bytes) else x["name"]) == group)
+            last = g["last-delivered-id"]
+            last = last.decode() if isinstance(last, bytes) else last
+            undelivered += len(await r.xrange(key, min=f"({last}", max="+", count=100_000))
+            pending += int(g["pending"])
+        return undelivered, pending
     finally:
         await r.aclose()
 
@@ -603,7 +612,11 @@ async def run_throughput_replicas(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def run_throughput(args: argparse.Namespace, replicas: int = 1, json_line: bool = True) -> dict[str, Any]:
-    stack = Stack(args.data_dir, keep=args.keep, bus=args.bus)
+    shards = 1
+    if args.bus == "redis":
+        shards = args.redis_shards or (REDIS_SHARDS if replicas > 1 else 1)
+    stack = Stack(args.data_dir, keep=args.keep, bus=args.bus, redis_shards=shards)
+    share = stack.bus_partitions if args.bus == "kafka" else shards
     replicas_running: list[AlertsProcess] = []
     procs: list[mp.Process] = []
     try:
@@ -618,7 +631,7 @@ async def run_throughput(args: argparse.Namespace, replicas: int = 1, json_line:
             await asyncio.to_thread(wait_rules, a, args.rules)
         if replicas > 1:
             # The group settled before the load starts: a steady state is measured, not a rebalance.
-            await asyncio.to_thread(wait_shared, replicas_running, stack.bus_partitions)
+            await asyncio.to_thread(wait_shared, replicas_running, share)
         print(f"{args.rules} rules applied and loaded in {time.monotonic() - t:.1f}s; "
               f"publishing {args.hosts} hosts x 60 series every {args.interval:g}s...", flush=True)
         ctx = mp.get_context("spawn")
@@ -630,7 +643,7 @@ async def run_throughput(args: argparse.Namespace, replicas: int = 1, json_line:
             parent, child = ctx.Pipe()
             p = ctx.Process(target=publisher_entry, daemon=True, args=(
                 stack.bus_env.get("SYSMON_BUS_URL", stack.redis_url), list(range(g, args.hosts, args.publishers)),
-                args.hosts, args.interval, t0, m_end, child, stack.bus_partitions))
+                args.hosts, args.interval, t0, m_end, child, share))
             p.start()
             procs.append(p)
             pipes.append(parent)
@@ -660,7 +673,7 @@ async def run_throughput(args: argparse.Namespace, replicas: int = 1, json_line:
         if stack.bus == "kafka":
             undelivered, pending = await kafka_backlog(stack, "alerts")
         else:
-            undelivered, pending = await backlog(stack.redis_url, "alerts")
+            undelivered, pending = await backlog(stack.redis_url, "alerts", shards)
         drained_at = time.monotonic()
         while True:
             m2 = await asyncio.to_thread(summed_metrics, replicas_running)
@@ -693,6 +706,7 @@ async def run_throughput(args: argparse.Namespace, replicas: int = 1, json_line:
     figures = {
         "bench": "alerts-throughput",
         "bus": args.bus,
+        "redis_shards": shards if args.bus == "redis" else None,
         "replicas": replicas,
         "replica_events_per_s": per_replica,
         "broker_cpu_pct": usage["broker"].cpu_pct if "broker" in usage else None,
@@ -779,15 +793,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     thr.add_argument("--warmup", type=float, default=15.0)
     thr.add_argument("--publishers", type=int, default=1)
     thr.add_argument("--replicas", type=int, nargs="+", default=[1],
-                     help="alerts replicas sharing the hosts (Kafka bus past 1); several: one run each")
+                     help="alerts replicas sharing the hosts; several: one run each")
+    thr.add_argument("--redis-shards", type=int, default=0,
+                     help=f"samples streams on the Redis bus (default: 1 for one replica, {REDIS_SHARDS} past one)")
     for s in (lat, thr):
         s.add_argument("--bus", choices=("redis", "kafka"), default="redis")
         s.add_argument("--keep", action="store_true", help="keep the data directory")
         s.add_argument("--data-dir", type=Path, default=None)
-    args = p.parse_args(argv)
-    if args.mode == "throughput" and max(args.replicas) > 1 and args.bus != "kafka":
-        p.error("more than one alerts replica needs --bus kafka (on Redis the alerts service is one replica)")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -87,7 +87,8 @@ class Stack:
 
     def __init__(self, data_dir: Path | None = None, *, keep: bool = False, log_level: str = "warning",
                  aggregator_cmd: Sequence[str] | None = None, aggregator_env: dict[str, str] | None = None,
-                 pg_tuning: dict[str, str] | None = None, bus: str = "redis", bus_partitions: int = 12):
+                 pg_tuning: dict[str, str] | None = None, bus: str = "redis", bus_partitions: int = 12,
+                 redis_shards: int = 1):
         self.pg_tuning = pg_tuning  # None: the embedded server's defaults
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="sysmon-bench-"))
         self.keep = keep
@@ -108,7 +109,9 @@ class Stack:
         self.bus = bus
         self.bus_partitions = bus_partitions
         self.kafka = None
-        self.bus_env: dict[str, str] = {}
+        # On Redis, samples streams split by host (alerts replicas share them by lease); 1: one stream.
+        self.redis_shards = redis_shards
+        self.bus_env: dict[str, str] = {"SYSMON_BUS_REDIS_SHARDS": str(redis_shards)} if redis_shards > 1 else {}
 
     # Processes, for accounting -------------------------------------------------------------------
 

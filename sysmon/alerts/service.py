@@ -135,9 +135,10 @@ class AlertsService:
         self._seen = dict.fromkeys((name for name, _ in COUNTED), 0)
         self._db_ok = False
         self._subscribed = False
-        # Replicas share the fleet by host: the partitions of SAMPLES this one owns (None: every host,
-        # as with the Redis bus, whose group has one member). Changed by the bus reader on a
-        # rebalance; taken up by the evaluation task between steps.
+        # Replicas share the fleet by host: the partitions of SAMPLES this one owns (Kafka's, or the
+        # Redis shards whose leases it holds; None: every host, on the one Redis stream, whose group
+        # has one member). Changed by the bus reader on a rebalance; taken up by the evaluation task
+        # between steps.
         self._owned: frozenset[int] | None = None
         self._rebalancing = False
         self._reassigned = False
@@ -435,7 +436,7 @@ class AlertsService:
         assert self.bus is not None
         # Short blocking reads: on Python 3.11 a cancelled read may finish its block first
         # (see bus._honour_cancellation), and a stop should not wait a whole second for it.
-        bus = self.bus if self.bus.partitioned else busmod.RedisBus(self.redis, block_ms=200)
+        bus = busmod.RedisBus(self.redis, block_ms=200) if isinstance(self.bus, busmod.RedisBus) else self.bus
         backoff = Backoff(initial=0.5, maximum=10.0)
         while not stop.is_set():
             try:
@@ -588,6 +589,8 @@ class AlertsService:
         """Store, then acknowledge, then tell: the order that makes a restart lose nothing."""
         assert self.pool is not None
         assert self.bus is not None
+        if self._owned is not None:
+            changes = self._still_ours(changes)
         if changes:
             backoff = Backoff(initial=0.2, maximum=10.0)
             while True:
@@ -624,6 +627,24 @@ class AlertsService:
             except REDIS_ERRORS as e:
                 log.warning("%d alert events not published (the dashboard reads history instead): %s",
                             len(events), e)
+
+    def _still_ours(self, changes: list[Change]) -> list[Change]:
+        """The changes of hosts whose shard this replica still holds. A lease that ran out (paused
+        past its ttl: SIGSTOP, a long GC) ends its say over the shard at once, before the bus
+        reader has revoked it, and before another replica may take it over."""
+        assert self.bus is not None
+        group = self.settings.consumer_group
+
+        def ours(c: Change) -> bool:
+            p = self.bus.partition_of(busmod.SAMPLES, c.alert.host_id) if c.alert.host_id else 0
+            return self.bus.holds(busmod.SAMPLES, group, p)
+
+        kept = [c for c in changes if ours(c)]
+        if len(kept) < len(changes):
+            telemetry.FENCED.inc(len(changes) - len(kept))
+            log.warning("%d alert changes not stored: their shard's lease ran out (its next owner evaluates "
+                        "them again)", len(changes) - len(kept))
+        return kept
 
     def _count(self) -> None:
         for name, metric in COUNTED:

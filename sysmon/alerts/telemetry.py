@@ -34,4 +34,7 @@ LAG_SECONDS = Gauge("sysmon_alerts_lag_seconds", "Age of the newest evaluated ba
 PERSIST_FAILURES = Counter("sysmon_alerts_persist_failures_total", "Failed attempts to store transitions")
 UP = Gauge("sysmon_alerts_ready", "1 while the service has its rules, its state and PostgreSQL")
 PARTITIONS = Gauge("sysmon_alerts_partitions_owned",
-                   "Partitions of the samples topic (shares of the fleet, by host) this replica owns (Kafka bus)")
+                   "Partitions of the samples topic (shares of the fleet, by host) this replica owns "
+                   "(Kafka partitions, or Redis shards by lease)")
+FENCED = Counter("sysmon_alerts_fenced_changes_total",
+                 "Alert changes not stored because their shard's lease ran out before they were")

@@ -89,8 +89,13 @@ class BusSettings(_Base):
         default_factory=dict, description="retention per topic, over bus_retention: samples=15m,alerts=1d"
     )
     bus_session_timeout: Duration = Field(
-        timedelta(seconds=10), description="a Kafka consumer-group member silent this long leaves its group and "
-                                           "its partitions (hosts) move to the others"
+        timedelta(seconds=10), description="a consumer-group member silent this long leaves its group and its "
+                                           "partitions (hosts) move to the others (on Redis: the shard lease time)"
+    )
+    bus_redis_shards: int = Field(
+        1, ge=1, le=1024, description="on the Redis bus, samples are split by host over this many streams, whose "
+                                      "leases alerts replicas share (1: one stream, one alerts replica); the same "
+                                      "on every component"
     )
     bus_retention_bytes: int = Field(-1, ge=-1, description="Kafka retention.bytes per partition; -1: by time only")
     bus_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(

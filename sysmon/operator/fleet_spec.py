@@ -107,8 +107,9 @@ class Gateway(Spec):
 class Alerts(Spec):
     enabled: bool = True
     image: Image = None
-    # More than one only on the Kafka bus, whose consumer group shares the hosts out among the
-    # replicas. On the Redis bus it is one pod (it resumes its consumer by name), replaced, never doubled.
+    # Replicas share the hosts: on Kafka by the consumer group's partitions, on Redis by leases on
+    # the samples shards. One replica on Redis is one pod (it resumes its consumer by name), replaced,
+    # never doubled.
     replicas: Replicas = 1
     resources: Resources = _default_resources({"cpu": "50m", "memory": "128Mi"}, {"memory": "512Mi"})
 
@@ -311,18 +312,15 @@ class FleetSpec(Spec):
     exporters: Exporters = Field(default_factory=Exporters)
 
     @model_validator(mode="after")
-    def _alerts_replicas_need_kafka(self) -> FleetSpec:
-        if self.alerts.replicas > 1 and self.bus.type != "kafka":
-            raise ValueError("alerts.replicas above 1 needs bus.type kafka (on the Redis bus the alerts "
-                             "service is one replica)")
-        return self
-
-    @model_validator(mode="after")
-    def _sqs_exporter_needs_redis(self) -> FleetSpec:
-        # The exporter resumes from a Redis consumer group (SqsExporterSettings refuses SYSMON_BUS_URL):
-        # on a Kafka fleet it would read an empty Redis stream and forward nothing.
+    def _sqs_exporter_needs_one_redis_stream(self) -> FleetSpec:
+        # The exporter resumes from a Redis consumer group on the one samples stream
+        # (SqsExporterSettings refuses SYSMON_BUS_URL and shards): on a Kafka fleet, or one whose
+        # samples are split into shards for alerts replicas, it would forward nothing.
         if self.exporters.sqs is not None and self.bus.type == "kafka":
             raise ValueError("exporters.sqs reads the Redis bus only: it cannot forward from bus.type kafka")
+        if self.exporters.sqs is not None and self.alerts.replicas > 1:
+            raise ValueError("exporters.sqs reads the one Redis samples stream: with alerts.replicas above 1 "
+                             "the samples are split into shards, which it does not follow yet")
         return self
 
     @field_validator("host_labels")

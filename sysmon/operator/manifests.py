@@ -60,6 +60,8 @@ TLS_CERT, TLS_KEY, TLS_CA = "tls.crt", "tls.key", "ca.crt"
 # Where the Kafka bus's CA and client certificate are mounted (spec.bus.kafka.tls).
 KAFKA_TLS_DIR = "/etc/sysmon/kafka-tls"
 KAFKA_TLS_VOLUME = "kafka-tls"
+# Samples streams on the Redis bus when alerts replicas share them (a Kafka topic's default partitions).
+REDIS_SHARDS = 12
 # The components on the bus (the collector is not: it speaks to the aggregator alone).
 BUS_COMPONENTS = ("aggregator", "gateway", "alerts")
 # Where a client's projected ServiceAccount token for the aggregator is mounted (not the API
@@ -212,12 +214,20 @@ def _kafka(spec: FleetSpec) -> Kafka | None:
     return spec.bus.kafka if spec.bus.type == "kafka" else None
 
 
+def _redis_shards(spec: FleetSpec) -> int:
+    """Streams the samples are split over on the Redis bus: one, unless alerts replicas share them.
+    Replicas beyond this many hold no shard (standbys), as beyond a Kafka topic's partitions."""
+    return REDIS_SHARDS if _kafka(spec) is None and spec.alerts.enabled and spec.alerts.replicas > 1 else 1
+
+
 def _bus_env(spec: FleetSpec) -> dict[str, str]:
-    """SYSMON_BUS_* of a component on the bus: nothing for the Redis bus (the default), the
-    brokers, topics and TLS/SASL settings for Kafka (the SASL password comes from its Secret)."""
+    """SYSMON_BUS_* of a component on the bus: for the Redis bus (the default) nothing, or the shard
+    count when alerts replicas share the hosts (every component reads and writes the same streams);
+    the brokers, topics and TLS/SASL settings for Kafka (the SASL password comes from its Secret)."""
     k = _kafka(spec)
     if k is None:
-        return {}
+        shards = _redis_shards(spec)
+        return {"SYSMON_BUS_REDIS_SHARDS": str(shards)} if shards > 1 else {}
     env = {
         "SYSMON_BUS_URL": "kafka://" + ",".join(k.bootstrap_servers),
         "SYSMON_BUS_PARTITIONS": str(k.partitions),
@@ -637,10 +647,11 @@ def alerts_deployment(fleet: Fleet) -> dict[str, Any]:
     tls_volumes, tls_mounts = _tls_volume(spec.tls, server=False)
     token_volumes, token_mounts = _token_volume(spec.identity)
     kafka_volumes, kafka_mounts = _kafka_tls_volume(spec)
-    kafka = _kafka(spec) is not None
+    shared = _kafka(spec) is not None or _redis_shards(spec) > 1
     env = _service_env(spec, fleet_token=not spec.identity.service_account_tokens)
-    if kafka:
-        # A member of the consumer group per pod, named for it in the logs and the broker's group list.
+    if shared:
+        # A member of the consumer group per pod, named for it in the logs, the broker's group list
+        # and the Redis leases.
         env.append({"name": "SYSMON_CONSUMER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     container = _container(
         fleet, "alerts", _image(fleet, al.image), al.resources,
@@ -650,10 +661,10 @@ def alerts_deployment(fleet: Fleet) -> dict[str, Any]:
         probes=_http_probes(ALERTS_PORT),
         mounts=[*tls_mounts, *token_mounts, *kafka_mounts],
     )
-    # On Kafka the replicas share the hosts (a rollout surges, the group rebalances); on Redis it is
-    # one pod, stopped before its successor starts.
-    return _deployment(fleet, "alerts", al.replicas if kafka else 1, container,
-                       volumes=[*tls_volumes, *token_volumes, *kafka_volumes], singleton=not kafka)
+    # Replicas share the hosts (a rollout surges, the group rebalances or the leases move); one pod
+    # on the one Redis stream is stopped before its successor starts.
+    return _deployment(fleet, "alerts", al.replicas, container,
+                       volumes=[*tls_volumes, *token_volumes, *kafka_volumes], singleton=not shared)
 
 
 def sqs_exporter_deployment(fleet: Fleet) -> dict[str, Any]:
@@ -738,7 +749,7 @@ def desired_children(fleet: Fleet) -> list[dict[str, Any]]:
         out += [gateway_deployment(fleet), service(fleet, "gateway")]
     if "alerts" in components:
         out += [alerts_deployment(fleet), service(fleet, "alerts")]
-        if fleet.spec.alerts.replicas > 1 and _kafka(fleet.spec) is not None:
+        if fleet.spec.alerts.replicas > 1:
             out.append(alerts_disruption_budget(fleet))
     if SQS_EXPORTER in components:
         out.append(sqs_exporter_deployment(fleet))

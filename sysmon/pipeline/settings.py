@@ -35,6 +35,8 @@ class SqsExporterSettings(ConnectionSettings):
     # Read only to refuse it: the exporter resumes from a Redis consumer group's position, so on a
     # fleet whose bus is Kafka it would read an empty Redis stream and forward nothing, silently.
     bus_url: str | None = Field(None, description="must be unset: the exporter reads the Redis bus")
+    # Likewise: split into shards (for alerts replicas) the samples are not on the one stream it reads.
+    bus_redis_shards: int = Field(1, description="must be 1: the exporter reads the one Redis samples stream")
 
     @field_validator("message_bytes")
     @classmethod
@@ -49,6 +51,14 @@ class SqsExporterSettings(ConnectionSettings):
         if v:
             raise ValueError("the SQS exporter reads the Redis bus (SYSMON_REDIS_URL) only; it cannot forward "
                              "from the Kafka bus yet: unset SYSMON_BUS_URL")
+        return v
+
+    @field_validator("bus_redis_shards")
+    @classmethod
+    def _one_stream(cls, v: int) -> int:
+        if v != 1:
+            raise ValueError("the SQS exporter reads the one Redis samples stream; it does not follow the samples "
+                             "split into shards yet: unset SYSMON_BUS_REDIS_SHARDS")
         return v
 
     @field_validator("queue_url")

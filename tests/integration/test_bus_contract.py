@@ -22,6 +22,7 @@ from tests.kafka_broker import TansuBroker, real_kafka
 TOPIC = "contract"
 STOP = b"stop"
 BACKENDS = ["redis", "kafka"]
+SHARDS = 4
 
 
 def kafka_bus(url: str, prefix: str, **kw: object) -> KafkaBus:
@@ -35,17 +36,18 @@ def kafka_bus(url: str, prefix: str, **kw: object) -> KafkaBus:
 BusFactory = Callable[[], Bus]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[*BACKENDS, "redis-sharded"])
 async def new_bus(request: pytest.FixtureRequest, redis_server: EmbeddedRedis, kafka_url: str,
                   kafka_prefix: str) -> AsyncIterator[BusFactory]:
     """Buses of one backend on one broker: a publisher and the consumers of one test share it."""
     made: list[Bus] = []
-    if request.param == "redis":
+    if request.param.startswith("redis"):
         r: aioredis.Redis = aioredis.from_url(redis_server.url())
         await r.flushall()
+        shards = SHARDS if request.param == "redis-sharded" else 1
 
         def make() -> Bus:
-            made.append(RedisBus(r, block_ms=100))
+            made.append(RedisBus(r, block_ms=100, shards=shards, sharded=(TOPIC,)))
             return made[-1]
     else:
         def make() -> Bus:
@@ -54,7 +56,7 @@ async def new_bus(request: pytest.FixtureRequest, redis_server: EmbeddedRedis, k
     yield make
     for b in made:
         await b.close()
-    if request.param == "redis":
+    if request.param.startswith("redis"):
         await r.aclose()
 
 
@@ -389,3 +391,51 @@ async def test_on_kafka_a_member_that_stops_hands_its_partitions_over_at_once(ka
 async def _drain(sub: AsyncIterator[Message]) -> None:
     async for _ in sub:
         pass
+
+
+async def test_on_redis_shards_members_share_by_lease_and_a_stop_hands_over_at_once_with_nothing_lost(
+        redis_client: aioredis.Redis) -> None:
+    """The Redis equivalent of a consumer group's assignment: leases on the shards. A member that
+    stops gives its leases back (long before they would run out) and what it read but did not
+    acknowledge goes to the shard's next owner."""
+    owned: dict[str, frozenset[int]] = {}
+    got: dict[str, list[Message]] = {"a": [], "b": []}
+
+    def member(name: str, ack: bool) -> tuple[RedisBus, asyncio.Task[None]]:
+        bus = RedisBus(redis_client, block_ms=100, shards=SHARDS, sharded=(TOPIC,), lease_ms=30_000)
+
+        async def on_assign(parts: frozenset[int], n: int) -> None:
+            assert n == SHARDS
+            owned[name] = parts
+
+        async def run() -> None:
+            async for m in bus.subscribe(TOPIC, group="handover", consumer=name, on_assign=on_assign):
+                got[name].append(m)
+                if ack:
+                    await bus.ack(m, "handover")
+
+        return bus, asyncio.create_task(run())
+
+    (a, task_a), (_, task_b) = member("a", ack=True), member("b", ack=False)
+    try:
+        await wait_for(lambda: owned.get("a") and owned.get("b") and owned["a"] | owned["b"] == set(range(SHARDS))
+                       and not owned["a"] & owned["b"], within=30, message="the members sharing the shards")
+        hosts = [f"h{i}" for i in range(16)]
+        await a.publish_many(TOPIC, [f"{h}:1".encode() for h in hosts], keys=hosts)
+        await wait_for(lambda: len(got["a"]) + len(got["b"]) >= len(hosts), message="every message read once")
+        assert {m.partition for m in got["a"]} <= owned["a"]
+        assert {m.partition for m in got["b"]} <= owned["b"]
+        of_b = sorted(m.payload for m in got["b"])
+        assert of_b
+        task_b.cancel()
+        await asyncio.gather(task_b, return_exceptions=True)
+        # Far sooner than the 30 s lease: b released its shards as it stopped.
+        await wait_for(lambda: owned.get("a") == frozenset(range(SHARDS)), within=15, message="the hand-over")
+        # What b read and never acknowledged, a reads again (pending under the shard's one consumer).
+        await wait_for(lambda: sorted(m.payload for m in got["a"] if m.payload in of_b) == of_b,
+                       message="b's unacknowledged messages at a")
+        assert await redis_client.exists("bus-leases:contract:handover:lease:0")
+    finally:
+        for t in (task_a, task_b):
+            t.cancel()
+        await asyncio.gather(task_a, task_b, return_exceptions=True)

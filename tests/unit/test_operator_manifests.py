@@ -654,17 +654,36 @@ KAFKA = {"bus": {"type": "kafka", "kafka": {
 }}}
 
 
-def test_on_the_redis_bus_alerts_is_one_pod_replaced_never_doubled() -> None:
+def test_on_the_redis_bus_one_alerts_replica_is_one_pod_replaced_never_doubled() -> None:
     children = by_key(m.desired_children(fleet()))
     alerts = children["Deployment", "prod-alerts"]["spec"]
     assert (alerts["replicas"], alerts["strategy"]) == (1, {"type": "Recreate"})
     assert ("PodDisruptionBudget", "prod-alerts") not in children
     assert not any(k.startswith("SYSMON_BUS_") for c in children.values() if c["kind"] == "ConfigMap"
                    for k in c["data"])
-    with pytest.raises(ValueError, match=r"alerts\.replicas above 1 needs bus\.type kafka"):
-        fleet({"alerts": {"replicas": 2}})
+    env = {e["name"] for e in alerts["template"]["spec"]["containers"][0]["env"]}
+    assert "SYSMON_CONSUMER" not in env  # the one consumer keeps its name across pods
     with pytest.raises(ValueError, match=r"bus\.type kafka needs bus\.kafka\.bootstrapServers"):
         fleet({"bus": {"type": "kafka"}})
+
+
+def test_on_the_redis_bus_alerts_replicas_share_the_samples_shards(clean_env: pytest.MonkeyPatch) -> None:
+    children = by_key(m.desired_children(fleet({"alerts": {"replicas": 3}})))
+    for child in children.values():
+        assert manifest_errors(child) == [], m.key(child)
+    alerts = children["Deployment", "prod-alerts"]["spec"]
+    assert alerts["replicas"] == 3
+    assert alerts["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e for e in alerts["template"]["spec"]["containers"][0]["env"]}
+    assert env["SYSMON_CONSUMER"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert children["PodDisruptionBudget", "prod-alerts"]["spec"]["maxUnavailable"] == 1
+    # Every component on the bus splits (aggregator), follows (gateway) or leases (alerts) the same shards.
+    for settings_type, name in ((AggregatorSettings, "prod-aggregator"), (GatewaySettings, "prod-gateway"),
+                                (AlertsSettings, "prod-alerts")):
+        load_env(clean_env, children["ConfigMap", name]["data"])
+        s = settings_type()
+        assert (s.bus_url, s.bus_redis_shards) == (None, m.REDIS_SHARDS)
+    assert "SYSMON_BUS_REDIS_SHARDS" not in children["ConfigMap", "prod-collector"]["data"]
 
 
 def test_on_kafka_every_bus_component_loads_the_brokers_tls_and_sasl(clean_env: pytest.MonkeyPatch) -> None:
@@ -838,6 +857,11 @@ def test_the_exporter_is_refused_on_the_kafka_bus() -> None:
     with pytest.raises(ValueError, match=r"exporters\.sqs reads the Redis bus only: it cannot forward from bus\.type "
                                          r"kafka"):
         fleet({**KAFKA, **SQS_IRSA})
+
+
+def test_the_exporter_is_refused_beside_alerts_replicas_on_redis_shards() -> None:
+    with pytest.raises(ValueError, match=r"exporters\.sqs reads the one Redis samples stream"):
+        fleet({"alerts": {"replicas": 2}, **SQS_IRSA})
 
 
 def test_an_exporter_change_rolls_the_exporter_alone() -> None:

@@ -258,3 +258,12 @@ def test_the_sqs_exporter_refuses_a_kafka_bus_instead_of_forwarding_nothing(monk
     monkeypatch.setenv("SYSMON_BUS_URL", "kafka://broker:9092")
     with pytest.raises(ValidationError, match=r"reads the Redis bus .* unset SYSMON_BUS_URL"):
         SqsExporterSettings(queue_url=queue)
+
+
+def test_the_sqs_exporter_refuses_samples_split_into_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sysmon.pipeline.settings import SqsExporterSettings
+
+    queue = "https://sqs.eu-west-1.amazonaws.com/123456789012/samples"
+    monkeypatch.setenv("SYSMON_BUS_REDIS_SHARDS", "12")
+    with pytest.raises(ValidationError, match=r"one Redis samples stream.*unset SYSMON_BUS_REDIS_SHARDS"):
+        SqsExporterSettings(queue_url=queue)

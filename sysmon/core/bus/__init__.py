@@ -7,6 +7,7 @@ a Kafka topic (SYSMON_BUS_URL=kafka://host:port,...). `from_settings` picks one.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
@@ -22,8 +23,9 @@ from sysmon.core.bus.base import (
     Bus,
     BusUnavailable,
     Message,
+    partition_for,
 )
-from sysmon.core.bus.redis import RedisBus, connect_redis, stream_key
+from sysmon.core.bus.redis import RedisBus, connect_redis, shard_key, stream_key
 
 if TYPE_CHECKING:
     from sysmon.core.bus.kafka import KafkaOptions
@@ -31,16 +33,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALERTS", "COMMANDS", "CONFIG", "DEFAULT_RETENTION_MS", "HOSTS", "SAMPLES", "TOPICS", "Bus", "BusUnavailable",
-    "Message", "RedisBus", "connect_redis", "from_settings", "kafka_options", "stream_key",
+    "Message", "RedisBus", "connect_redis", "from_settings", "kafka_options", "partition_for", "shard_key",
+    "stream_key",
 ]
+
+
+def _ms(td: timedelta) -> int:
+    return round(td.total_seconds() * 1000)
 
 
 def kafka_options(settings: BusSettings, *, client_id: str = "sysmon") -> KafkaOptions:
     from sysmon.core.bus.kafka import KafkaOptions, parse_kafka_url
 
-    def ms(td: object) -> int:
-        return round(td.total_seconds() * 1000)  # type: ignore[attr-defined]
-
+    ms = _ms
     s = settings
     return KafkaOptions(
         bootstrap_servers=parse_kafka_url(s.bus_url or ""),
@@ -69,4 +74,5 @@ def from_settings(settings: BusSettings, redis: aioredis.Redis | None, *, client
         return KafkaBus(kafka_options(settings, client_id=client_id), block_ms=block_ms)
     if redis is None:
         return None
-    return RedisBus(redis, retention_ms=round(settings.bus_retention.total_seconds() * 1000), block_ms=block_ms)
+    return RedisBus(redis, retention_ms=_ms(settings.bus_retention), block_ms=block_ms,
+                    shards=settings.bus_redis_shards, lease_ms=_ms(settings.bus_session_timeout))

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from aiokafka.partitioner import murmur2
+
 SAMPLES = "samples"  # sysmon.v1.SamplesEvents, after the hot tier has the batch
 HOSTS = "hosts"  # sysmon.v1.HostEvent
 COMMANDS = "commands"  # sysmon.v1.CommandEvent, routed to a collector by its aggregator
@@ -21,6 +23,12 @@ TOPICS = (SAMPLES, HOSTS, COMMANDS, CONFIG, ALERTS)
 
 # How long a topic keeps its entries: a durable consumer may be away this long and miss nothing.
 DEFAULT_RETENTION_MS = 15 * 60 * 1000
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as the Java client's) puts `key` on. The
+    Redis bus shards by the same hash, so a host has the same place on either bus."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 class BusUnavailable(ConnectionError):
@@ -63,6 +71,11 @@ class Bus(Protocol):
     ) -> AsyncIterator[Message]: ...
 
     def partition_of(self, topic: str, key: str) -> int: ...
+
+    def holds(self, topic: str, group: str, partition: int) -> bool:
+        """Whether this process's member of `group` may still act on `partition` (False once a
+        lease it held has run out, before it has been told in a revoke)."""
+        ...
 
     async def partition_count(self, topic: str) -> int: ...
 

@@ -35,9 +35,8 @@ from aiokafka.errors import (
     RebalanceInProgressError,
 )
 from aiokafka.helpers import create_ssl_context
-from aiokafka.partitioner import murmur2
 
-from sysmon.core.bus.base import DEFAULT_RETENTION_MS, BusUnavailable, Message, OnAssign, OnRevoke
+from sysmon.core.bus.base import DEFAULT_RETENTION_MS, BusUnavailable, Message, OnAssign, OnRevoke, partition_for
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +136,6 @@ class KafkaOptions:
 
 def _unavailable(action: str, e: Exception) -> BusUnavailable:
     return BusUnavailable(f"Kafka bus: {action} failed: {type(e).__name__}: {e}")
-
-
-def partition_for(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2, as the Java client's) puts `key` on."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -263,6 +257,11 @@ class KafkaBus:
         group subscription learnt the topic's partitions)."""
         n = self._partitions.get(topic) or self.options.partitions
         return partition_for(key, n)
+
+    def holds(self, topic: str, group: str, partition: int) -> bool:
+        # The group's generation fences a member that lost a partition (its commit is refused), and
+        # a revoke comes before the loss: nothing to check between.
+        return True
 
     async def partition_count(self, topic: str) -> int:
         """The partitions the topic has (it may have been created with another count than ours)."""
