@@ -176,6 +176,8 @@ class UpCommand(AggregatorSettings):
             dsn = self.postgres_url or await asyncio.to_thread(pg.start)  # type: ignore[union-attr]
             redis_url = self.redis_url or await asyncio.to_thread(rs.start)  # type: ignore[union-attr]
             self.http_listen = _free_or_any(self.http_listen, "remote write / OTLP/HTTP")
+            self.listen = _free_or_any(self.listen, "aggregator (gRPC)")
+            self.metrics_listen = _free_or_any(self.metrics_listen, "metrics")
             try:
                 agg = Aggregator(self, postgres_url=dsn, redis_url=redis_url)
                 await agg.start()
@@ -258,7 +260,8 @@ async def _start_gateway(up: UpCommand, dsn: str, redis_url: str):  # -> sysmon.
     from sysmon.gateway.server import HttpServer
 
     settings = GatewaySettings(
-        postgres_url=dsn, redis_url=redis_url, token=up.token, listen=f"{up.http_host}:{up.port}",
+        postgres_url=dsn, redis_url=redis_url, token=up.token,
+        listen=_free_or_any(f"{up.http_host}:{up.port}", "dashboard"),
         hot_window=up.hot_window, raw_retention=up.raw_retention, rollup_1m_retention=up.rollup_1m_retention,
         rollup_1h_retention=up.rollup_1h_retention, log_level=up.log_level,
     )

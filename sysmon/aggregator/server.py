@@ -115,8 +115,13 @@ class Aggregator:
                 # The enforcement policy: clients may ping every 10 s (they ping every 15 s, see
                 # sysmon.core.client), with or without calls; more often is answered with GOAWAY.
                 ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                # (The name grpc core reads: "min_recv_ping_interval..." was ignored, leaving its 5 min
+                # default, and the alerts service's idle rule stream was cut every 45 s.)
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.http2.max_ping_strikes", 2),
+                # A port another server holds is an error, not shared with it (grpc's default
+                # SO_REUSEPORT lets a second aggregator bind the port and take half the collectors).
+                ("grpc.so_reuseport", 0),
             ],
         )
         push = MetricsServicer(self.ingest, self.hub, self.limits)
@@ -171,7 +176,10 @@ class Aggregator:
             self._spawn(route_commands(self.hub, self.bus, self._stop), "commands")
         if self.http is not None:
             self._spawn(self.http.run(self._stop), "http-ingest")
-        self.metrics = serve_metrics(s.metrics_listen, ComponentMetrics(["aggregator"]))
+        try:
+            self.metrics = serve_metrics(s.metrics_listen, ComponentMetrics(["aggregator"]))
+        except OSError as e:
+            raise ConfigurationError(str(e)) from e
         log.info("aggregator listening on %s (TLS %s, auth %s)%s", self.address,
                  "on" if s.tls_cert else "off", _auth_summary(self.authenticator),
                  f"; remote write and OTLP/HTTP on {self.http.url}" if self.http else "")

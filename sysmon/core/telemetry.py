@@ -46,7 +46,10 @@ class MetricsEndpoint:
 
     def __init__(self, listen: str, registry: Any = REGISTRY):
         host, _, port = listen.rpartition(":")
-        self._server, self._thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+        try:
+            self._server, self._thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+        except (OSError, ValueError) as e:
+            raise OSError(f"cannot listen on {listen}: {e}") from e
         self.host, self.port = self._server.server_address[:2]
 
     @property

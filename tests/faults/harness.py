@@ -787,6 +787,12 @@ class Scenario:
             self.problem(f"SysmonFleetSilent notifications {[n.status for n in r.fleet_silent]}, expected {want}")
         if r.recovery_s is None and r.recovery_what:
             self.problem(f"no recovery ({r.recovery_what})")
+        # A keepalive policy the two sides disagree on shows as the aggregator's GOAWAY to an idle
+        # stream (the alerts service's rules): a reconnect every 45 s, nowhere else visible.
+        for name, proc in self.p.procs.items():
+            calm = [ln for ln in proc.log_lines(self.log_marks.get(name, 0)) if "too_many_pings" in ln]
+            if calm:
+                self.problem(f"{name} was sent GOAWAY too_many_pings {len(calm)} times")
         print(r.line(), flush=True)
         return r
 

@@ -91,7 +91,7 @@ async def test_the_fleets_aggregator_and_clients_talk_tls_on_the_settings_their_
 
     pod_env(monkeypatch, fleet, "aggregator", secret)
     # Loopback and free ports instead of 0.0.0.0:50051/50052; everything else from the environment.
-    agg = await start_aggregator(listen="127.0.0.1:0", health_listen="127.0.0.1:0")
+    agg = await start_aggregator(listen="127.0.0.1:0", health_listen="127.0.0.1:0", http_listen="127.0.0.1:0")
     assert agg.settings.tls_cert == secret / "tls.crt"
     assert (agg.settings.tls_client_ca is not None) is mutual
 
@@ -129,7 +129,7 @@ async def test_mutual_tls_refuses_a_client_without_the_certificate(
     ca = CA(tmp_path, "fleet-ca")
     secret = issue_tls_secret(ca, tmp_path / "secret", [SERVICE_NAME])
     pod_env(monkeypatch, tls_fleet(mutual=True), "aggregator", secret)
-    agg = await start_aggregator(listen="127.0.0.1:0", health_listen="127.0.0.1:0")
+    agg = await start_aggregator(listen="127.0.0.1:0", health_listen="127.0.0.1:0", http_listen="127.0.0.1:0")
     # What a fleet without mutual TLS gives its clients: the CA only.
     pod_env(monkeypatch, tls_fleet(mutual=False), "collector", secret)
     settings = AgentSettings(aggregator=f"127.0.0.1:{agg.port}", tls_server_name=SERVICE_NAME)
@@ -148,7 +148,7 @@ async def test_the_health_listener_is_plaintext_health_and_nothing_else(
 ) -> None:
     secret = issue_tls_secret(CA(tmp_path, "fleet-ca"), tmp_path / "secret", [SERVICE_NAME])
     pod_env(monkeypatch, tls_fleet(), "aggregator", secret)
-    agg = await start_aggregator(listen="127.0.0.1:0", health_listen="127.0.0.1:0")
+    agg = await start_aggregator(listen="127.0.0.1:0", health_listen="127.0.0.1:0", http_listen="127.0.0.1:0")
     assert agg.health_port is not None
     assert agg.health_port != agg.port
     async with grpc.aio.insecure_channel(f"127.0.0.1:{agg.health_port}") as plain:

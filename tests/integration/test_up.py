@@ -18,10 +18,13 @@ from tests.helpers import wait_for
 
 
 class Up:
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None):
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, listen: dict[str, str] | None = None):
         self.data_dir = data_dir
         self.extra_env = env or {}
         self.grpc = f"127.0.0.1:{free_port()}"
+        self.listen = {"--listen": self.grpc, "--metrics-listen": f"127.0.0.1:{free_port()}",
+                       "--port": str(free_port()), "--alerts-listen": "127.0.0.1:0", "--http-listen": "127.0.0.1:0",
+                       **(listen or {})}
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
         self._reader: asyncio.Task[None] | None = None
@@ -29,9 +32,8 @@ class Up:
     async def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYSMON_")} | self.extra_env
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sysmon", "up", "--data-dir", str(self.data_dir), "--listen", self.grpc,
-            "--metrics-listen", f"127.0.0.1:{free_port()}", "--interval", "200ms", "--host-id", "up-host",
-            "--port", str(free_port()), "--alerts-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+            sys.executable, "-m", "sysmon", "up", "--data-dir", str(self.data_dir), "--interval", "200ms",
+            "--host-id", "up-host", *(a for kv in self.listen.items() for a in kv),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
             start_new_session=True,  # a process group of its own, as a shell gives a command
         )
@@ -148,3 +150,37 @@ async def test_up_uses_given_servers(pg_dsn: str, redis_url: str, pool: asyncpg.
         assert await up.interrupt() == 0
     assert not (data_dir / "postgres").exists()
     assert not (data_dir / "redis").exists()
+
+
+async def test_ports_another_program_holds_are_replaced_by_free_ones_and_said(tmp_path: Path) -> None:
+    """On a laptop a default port may be taken (a second `sysmon up`, another server): every
+    listener moves to a free port, says so, and prints where it is; nothing is shared or crashes."""
+    import socket
+
+    held = []
+    for _ in range(5):
+        s = socket.socket()
+        s.bind(("127.0.0.1", free_port()))
+        s.listen()
+        held.append(s)
+    taken = [f"127.0.0.1:{s.getsockname()[1]}" for s in held]
+    up = Up(tmp_path / "data", listen={"--listen": taken[0], "--metrics-listen": taken[1],
+                                        "--port": taken[2].rpartition(":")[2], "--alerts-listen": taken[3],
+                                        "--http-listen": taken[4]})
+    try:
+        await up.start()
+        for what in ("aggregator (gRPC)", "metrics", "remote write", "dashboard", "alerts"):
+            where = up.info(what)
+            assert not any(t in where for t in taken), f"{what} is on a taken port: {where}"
+        moved = [ln for ln in up.lines if "Address already in use; using a free port" in ln]
+        assert len(moved) == 5, moved
+        dashboard = up.info("dashboard").split()[0]
+        async with httpx.AsyncClient(timeout=10) as client:
+            assert (await client.get(dashboard)).status_code == 200
+        assert await up.interrupt() == 0
+        assert not any("Traceback" in ln for ln in up.lines)
+    finally:
+        for s in held:
+            s.close()
+        if up.proc is not None and up.proc.returncode is None:
+            up.proc.kill()
