@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import signal
 import subprocess
+import time
 
 import asyncpg
 
@@ -45,10 +46,15 @@ async def test_collectors_spread_over_two_aggregators_and_fail_over_without_loss
             assert all(proxy.taken), f"the collectors did not spread: connections per aggregator {proxy.taken}"
 
             # One aggregator dies; its collectors come back through the same address, to the other.
-            procs[0].send_signal(signal.SIGKILL)
-            await asyncio.to_thread(procs[0].wait, 10)
+            at_kill = [c.buffer.acked for c in collectors]
             moved = proxy.taken[1]
+            procs[0].send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            await asyncio.to_thread(procs[0].wait, 10)
             await wait_for(lambda: proxy.taken[1] > moved, within=30, message="a collector failed over")
+            await wait_for(lambda: all(c.buffer.acked > a for c, a in zip(collectors, at_kill, strict=True)),
+                           within=60, message="every collector acknowledged after the kill")
+            recovery_s = time.monotonic() - killed
             acked = [c.buffer.acked for c in collectors]
             await wait_for(lambda: all(c.buffer.acked >= a + 10 for c, a in zip(collectors, acked, strict=True)),
                            within=60, message="every collector acknowledged again after the fail-over")
@@ -57,7 +63,8 @@ async def test_collectors_spread_over_two_aggregators_and_fail_over_without_loss
             await wait_for(lambda: all(len(c.buffer) == 0 for c in collectors), within=30,
                            message="buffers replayed and acknowledged")
             produced = {h: (c.stats.batches, c.stats.samples) for h, c in zip(HOSTS, collectors, strict=True)}
-        assert sum(c.stats.connects for c in collectors) > len(HOSTS), "no collector reconnected"
+        reconnected = sum(c.stats.connects for c in collectors) - len(HOSTS)
+        assert reconnected > 0, "no collector reconnected"
         assert all(c.buffer.dropped == 0 for c in collectors)
         for host, (batches, samples) in produced.items():
             rows = await pool.fetchval(
@@ -69,6 +76,8 @@ async def test_collectors_spread_over_two_aggregators_and_fail_over_without_loss
             assert distinct == rows, f"{host}: a sample stored twice"
             committed = await pool.fetchval("SELECT committed FROM ingest_sessions WHERE host_id = $1", host)
             assert [(r.lower, r.upper) for r in committed] == [(1, batches + 1)], f"{host}: a batch missing"
+        print(f"FAILOVER aggregator SIGKILL behind one address: {reconnected} of {len(HOSTS)} collectors moved, "
+              f"every collector acknowledged again {recovery_s:.1f}s after the kill, lost 0, duplicated 0", flush=True)
     finally:
         if proxy.server is not None:
             await proxy.stop()
