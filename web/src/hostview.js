@@ -76,6 +76,9 @@ export class HostView {
     this.panels = new Map();
     this.offs = [];
     this.loading = null;
+    this.when = {};
+    this.retrying = new Set();
+    this.empty = new Set(); // panels whose last answer had nothing to draw
     this.timers = [];
   }
 
@@ -223,30 +226,45 @@ export class HostView {
     this.loading?.abort();
     const ctl = new AbortController();
     this.loading = ctl;
-    const when = this.range === "custom"
+    this.when = this.range === "custom"
       ? { start: new Date(this.from).toISOString(), end: new Date(this.to).toISOString() }
       : { start: `now-${this.range}` };
     const tiers = new Set();
-    await Promise.all(PANELS.map(async (p) => {
-      const fig = this.root.querySelector(`[data-panel="${p.id}"]`);
-      const msg = fig.querySelector(".panel-msg");
-      try {
-        const res = await api.query({ ...p.query, host: [this.host], ...when }, { signal: ctl.signal });
-        if (ctl.signal.aborted) return;
-        tiers.add(res.tier);
-        fig.querySelector(".panel-tier").textContent = `${res.tier} · ${res.step}`;
-        this.draw(p, fig, res);
-        msg.hidden = true;
-      } catch (e) {
-        if (e.name === "AbortError") return;
-        msg.hidden = false;
-        msg.textContent = e.status === 404 ? "no data for this host" : e.message;
-      }
-    }));
+    await Promise.all(PANELS.map((p) => this.loadPanel(p, ctl.signal, tiers)));
     if (!ctl.signal.aborted) {
       this.root.querySelector("#tier").textContent = tiers.size ? `tier: ${[...tiers].join(", ")}` : "";
       this.root.querySelector("#tier").dataset.tier = [...tiers].join(",");
     }
+  }
+
+  async loadPanel(p, signal, tiers = new Set()) {
+    const fig = this.root.querySelector(`[data-panel="${p.id}"]`);
+    const msg = fig.querySelector(".panel-msg");
+    try {
+      const res = await api.query({ ...p.query, host: [this.host], ...this.when }, { signal });
+      if (signal.aborted) return;
+      tiers.add(res.tier);
+      fig.querySelector(".panel-tier").textContent = `${res.tier} · ${res.step}`;
+      this.draw(p, fig, res);
+      msg.hidden = true;
+      if (this.panels.get(p.id).labels.length) this.empty.delete(p.id);
+      else this.empty.add(p.id);
+    } catch (e) {
+      if (e.name === "AbortError") return;
+      if (e.status === 404) this.empty.add(p.id);
+      msg.hidden = false;
+      msg.textContent = e.status === 404 ? "no data for this host" : e.message;
+    }
+  }
+
+  // A panel that had nothing to draw (a host's first minutes: its memory series may come a sample
+  // after its CPU ones) asks again once a live sample for it arrives, at most every 2 s.
+  retryPanel(p) {
+    if (this.retrying.has(p.id) || !this.loading) return;
+    this.retrying.add(p.id);
+    this.loadPanel(p, this.loading.signal).finally(() => {
+      this.timers.push(setTimeout(() => this.retrying.delete(p.id), 2000));
+    });
   }
 
   draw(p, fig, res) {
@@ -276,6 +294,10 @@ export class HostView {
     const span = this.span();
     for (const p of PANELS) {
       const entry = this.panels.get(p.id);
+      if (this.empty.has(p.id)) {
+        if (m.series.some((s) => p.key(s) != null)) this.retryPanel(p);
+        continue;
+      }
       if (!entry) continue;
       const f = p.value || ((v) => v);
       const rows = new Map();
