@@ -207,3 +207,32 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
         self.writers -= {writer, up_w}
+
+
+async def aggregator_serving(address: str) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as ch:
+        try:
+            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.aio.AioRpcError:
+            return False
+        return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def start_aggregator_process(address: str, pg_dsn: str, redis_url: str) -> Any:
+    """`sysmon aggregator` as its own process on `address`, for tests that kill it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "SYSMON_POSTGRES_URL": pg_dsn,
+        "SYSMON_REDIS_URL": redis_url,
+        "SYSMON_LISTEN": address,
+        "SYSMON_METRICS_LISTEN": "",
+        "SYSMON_LOG_LEVEL": "warning",
+    }
+    return subprocess.Popen([sys.executable, "-m", "sysmon", "aggregator"], env=env)

@@ -7,47 +7,21 @@ again on the same port.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 
 import asyncpg
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sysmon.core.embedded import free_port
-from tests.helpers import running_collector, wait_for
-
-
-async def _serving(address: str) -> bool:
-    async with grpc.aio.insecure_channel(address) as ch:
-        try:
-            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-        except grpc.aio.AioRpcError:
-            return False
-        return resp.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def _start(address: str, pg_dsn: str, redis_url: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "SYSMON_POSTGRES_URL": pg_dsn,
-        "SYSMON_REDIS_URL": redis_url,
-        "SYSMON_LISTEN": address,
-        "SYSMON_METRICS_LISTEN": "",
-        "SYSMON_LOG_LEVEL": "warning",
-    }
-    return subprocess.Popen([sys.executable, "-m", "sysmon", "aggregator"], env=env)
+from tests.helpers import aggregator_serving, running_collector, start_aggregator_process, wait_for
 
 
 async def test_kill_aggregator_mid_stream_nothing_lost_nothing_twice(
     pg_dsn: str, redis_url: str, pool: asyncpg.Pool
 ) -> None:
     address = f"127.0.0.1:{free_port()}"
-    proc = _start(address, pg_dsn, redis_url)
+    proc = start_aggregator_process(address, pg_dsn, redis_url)
     try:
-        await wait_for(lambda: _serving(address), message="aggregator serving")
+        await wait_for(lambda: aggregator_serving(address), message="aggregator serving")
         async with running_collector(address, host_id="replay-host", interval="100ms", ack_timeout="3s") as c:
             await wait_for(lambda: c.buffer.acked >= 10, message="batches acknowledged before the kill")
             proc.send_signal(signal.SIGKILL)
@@ -57,7 +31,7 @@ async def test_kill_aggregator_mid_stream_nothing_lost_nothing_twice(
             await wait_for(lambda: c.stats.batches >= seq_at_kill + 10 and len(c.buffer) >= 10,
                            message="batches buffered while the aggregator is down")
             assert not c.connected.is_set()
-            proc = _start(address, pg_dsn, redis_url)
+            proc = start_aggregator_process(address, pg_dsn, redis_url)
             await wait_for(lambda: c.connected.is_set(), within=30, message="collector reconnected")
             await wait_for(lambda: c.buffer.acked >= c.stats.batches - len(c.buffer) and c.stats.connects >= 2)
             c.paused = True

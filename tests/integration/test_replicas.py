@@ -19,8 +19,7 @@ from sysmon.agent.collector import Collector
 from sysmon.core.embedded import free_port
 from tests.conftest import AggregatorFactory
 from tests.gateway_helpers import two_gateways_serve_every_host
-from tests.helpers import TcpProxy, running_collector, wait_for
-from tests.integration.test_replay import _serving, _start
+from tests.helpers import TcpProxy, aggregator_serving, running_collector, start_aggregator_process, wait_for
 
 HOSTS = [f"rep-{i}" for i in range(4)]
 
@@ -29,11 +28,11 @@ async def test_collectors_spread_over_two_aggregators_and_fail_over_without_loss
     pg_dsn: str, redis_url: str, pool: asyncpg.Pool
 ) -> None:
     backends = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    procs: list[subprocess.Popen[bytes]] = [_start(a, pg_dsn, redis_url) for a in backends]
+    procs: list[subprocess.Popen[bytes]] = [start_aggregator_process(a, pg_dsn, redis_url) for a in backends]
     proxy = TcpProxy(*backends)
     try:
         for a in backends:
-            await wait_for(lambda a=a: _serving(a), within=60, message=f"aggregator on {a} serving")
+            await wait_for(lambda a=a: aggregator_serving(a), within=60, message=f"aggregator on {a} serving")
         await proxy.start()
         async with contextlib.AsyncExitStack() as stack:
             collectors: list[Collector] = [

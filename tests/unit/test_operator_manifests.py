@@ -667,16 +667,21 @@ def test_on_the_redis_bus_one_alerts_replica_is_one_pod_replaced_never_doubled()
         fleet({"bus": {"type": "kafka"}})
 
 
-def test_on_the_redis_bus_alerts_replicas_share_the_samples_shards(clean_env: pytest.MonkeyPatch) -> None:
-    children = by_key(m.desired_children(fleet({"alerts": {"replicas": 3}})))
-    for child in children.values():
-        assert manifest_errors(child) == [], m.key(child)
+def assert_alerts_replicas_share_hosts(children: dict[Any, Any], replicas: int) -> None:
+    """N alerts pods rolled one at a time, each a consumer of its own name, a drain taking one at a time."""
     alerts = children["Deployment", "prod-alerts"]["spec"]
-    assert alerts["replicas"] == 3
+    assert alerts["replicas"] == replicas
     assert alerts["strategy"]["type"] == "RollingUpdate"
     env = {e["name"]: e for e in alerts["template"]["spec"]["containers"][0]["env"]}
     assert env["SYSMON_CONSUMER"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert children["PodDisruptionBudget", "prod-alerts"]["spec"]["maxUnavailable"] == 1
+
+
+def test_on_the_redis_bus_alerts_replicas_share_the_samples_shards(clean_env: pytest.MonkeyPatch) -> None:
+    children = by_key(m.desired_children(fleet({"alerts": {"replicas": 3}})))
+    for child in children.values():
+        assert manifest_errors(child) == [], m.key(child)
+    assert_alerts_replicas_share_hosts(children, 3)
     # Every component on the bus splits (aggregator), follows (gateway) or leases (alerts) the same shards.
     for settings_type, name in ((AggregatorSettings, "prod-aggregator"), (GatewaySettings, "prod-gateway"),
                                 (AlertsSettings, "prod-alerts")):
@@ -707,12 +712,7 @@ def test_on_kafka_every_bus_component_loads_the_brokers_tls_and_sasl(clean_env: 
                          "client.key": ("sysmon-user", "user.key")}
         mounts = {x["mountPath"] for x in pod["containers"][0]["volumeMounts"]}
         assert {str(p.parent) for p in (s.bus_tls_ca, s.bus_tls_cert, s.bus_tls_key)} <= mounts
-    alerts = children["Deployment", "prod-alerts"]["spec"]
-    assert alerts["replicas"] == 3
-    assert alerts["strategy"]["type"] == "RollingUpdate"
-    env = {e["name"]: e for e in alerts["template"]["spec"]["containers"][0]["env"]}
-    assert env["SYSMON_CONSUMER"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    assert children["PodDisruptionBudget", "prod-alerts"]["spec"]["maxUnavailable"] == 1
+    assert_alerts_replicas_share_hosts(children, 3)
     assert "SYSMON_BUS_URL" not in children["ConfigMap", "prod-collector"]["data"]
 
 
